@@ -1,0 +1,73 @@
+"""The course's augmentation, applied to whole batches of tensors, and the batch iterator.
+
+Random crop with symmetric padding, horizontal flip and rotation are one affine warp per image;
+`grid_sample` with reflection padding does all of them for a batch in one call, on the CPU or GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .data import Split
+
+
+@dataclass
+class AugmentConfig:
+    crop_pad: int | None = None  # pixels of symmetric padding before the random crop; None: size // 12
+    flip: bool = True
+    rotate: float = 15.0  # degrees, uniform in [-rotate, rotate]
+
+    def pad_for(self, size: int) -> int:
+        return size // 12 if self.crop_pad is None else self.crop_pad
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop (symmetric padding), horizontal flip and rotation of a float batch [B, 3, H, W]."""
+    b, _, h, w = x.shape
+    pad = cfg.pad_for(h)
+    if pad == 0 and not cfg.flip and cfg.rotate == 0:
+        return x
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (torch.rand(b, generator=generator, device=gen_device) * (high - low) + low).to(x.device)
+
+    angle = uniform(-cfg.rotate, cfg.rotate) * (math.pi / 180)
+    flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(b, device=x.device)
+    # integer pixel shifts in [-pad, pad] make the crop exact; grid units span 2 per image side
+    dx = torch.floor(uniform(-pad, pad + 1)).clamp(max=pad) * (2 / w)
+    dy = torch.floor(uniform(-pad, pad + 1)).clamp(max=pad) * (2 / h)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, dx], 1), torch.stack([sin * flip, cos, dy], 1)], 1
+    ).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def iterate_batches(
+    split: Split,
+    batch_size: int,
+    *,
+    device: torch.device,
+    shuffle: bool = False,
+    augment: AugmentConfig | None = None,
+    generator: torch.Generator | None = None,
+    channels_last: bool = True,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (float images in [0, 1], labels) batches on `device`, optionally shuffled and augmented."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        x = split.images[idx].to(device, non_blocking=True).float().div_(255)
+        if augment is not None:
+            x = augment_batch(x, augment, generator)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, split.labels[idx].to(device, non_blocking=True)

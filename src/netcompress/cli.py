@@ -1,0 +1,282 @@
+"""`netcompress <verb>`: a thin command-line layer over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import NetcompressError
+
+app = typer.Typer(
+    help="Compress image classifiers: train, distill, prune, quantize, measure and report.\n\n"
+    "Data folders use the Food-11 layout (training/, validation/, testing/ with <label>_<k>.jpg) "
+    "or torchvision's ImageFolder layout (<split>/<class>/*.jpg).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+DataOpt = typer.Option(..., "--data", help="Dataset folder (Food-11 or ImageFolder layout).")
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
+SkipBadOpt = typer.Option(False, "--skip-bad", help="Skip unreadable or odd images with a warning instead of stopping.")
+CacheOpt = typer.Option(None, "--cache-dir", help="Where decoded images are cached [default: ~/.cache/netcompress].")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def _emit(result: dict, as_json: bool, table: Table | None = None) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+    elif table is not None:
+        console.print(table)
+
+
+def _kv_table(title: str, rows: dict) -> Table:
+    table = Table(title=title, show_header=False)
+    for k, v in rows.items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) else f"{v:.4f}" if isinstance(v, float) else str(v))
+    return table
+
+
+def open_model(path: Path):
+    """A model file (.safetensors) or a course checkpoint (.bin/.pt/.pth) -> (model, spec)."""
+    from .artifact import import_course_checkpoint, load_model
+
+    if path.suffix in (".bin", ".pt", ".pth"):
+        return import_course_checkpoint(path)
+    return load_model(path)
+
+
+@app.command()
+def models(pattern: str = typer.Argument("*", help="Glob over model names, e.g. 'resnet*'.")):
+    """List the registered model names (StudentNet family, CNNs, torchvision classifiers, EfficientNet-Lite0).
+
+    Example: netcompress models 'student*'
+    """
+    from .models import list_models
+
+    for name in list_models(pattern):
+        console.print(name)
+
+
+@app.command()
+def train(
+    model: str = typer.Option(..., "--model", help="Registered model name, e.g. studentnet, resnet18."),
+    data: Path = DataOpt,
+    out: Path = typer.Option(Path("runs/train"), "--out", help="Run directory (resumes if it holds an interrupted run)."),
+    image_size: int = typer.Option(96, "--image-size", help="Images are resized (shorter side) and center-cropped to this."),
+    epochs: int = typer.Option(30, "--epochs"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    weight_decay: float = typer.Option(1e-2, "--weight-decay"),
+    schedule: str = typer.Option("cosine", "--schedule", help="cosine or constant learning rate."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
+    width_mult: Optional[float] = typer.Option(None, "--width-mult", help="StudentNet width multiplier."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="Start from ImageNet weights (teachers)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = DeviceOpt,
+    skip_bad: bool = SkipBadOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = JsonOpt,
+):
+    """Train a model from scratch (or from pretrained weights) with the course's augmentation.
+
+    Keeps the best-validation model in OUT/best.safetensors; Ctrl-C, then the same command again,
+    resumes after the last finished epoch.
+
+    Example: netcompress train --model studentnet --data ../shared/data/food101_10 --image-size 64 --epochs 10 --out runs/student
+    """
+    from .artifact import new_model
+    from .data import load_split
+    from .runtime import resolve_device
+    from .train import TrainConfig, fit
+
+    dev = resolve_device(device)
+    tr = load_split(data, "training", image_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
+    va = load_split(data, "validation", image_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
+    net, spec = new_model(model, tr.class_names, image_size, width_mult=width_mult, pretrained=pretrained)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
+                      label_smoothing=label_smoothing, seed=seed)
+    result = fit(net, spec, tr, va, cfg, out, device=dev, progress=progress)
+    summary = {"model": model, "best_val_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
+               "epochs_run": result.epochs_run, "model_file": str(result.model_path)}
+    _emit(summary, as_json, _kv_table(f"train {model}", summary))
+
+
+@app.command()
+def evaluate(
+    model_file: Path = typer.Argument(..., help="Model file (.safetensors) or course checkpoint (.bin)."),
+    data: Path = DataOpt,
+    split: str = typer.Option("validation", "--split", help="validation or testing (needs labeled files)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write metrics JSON and confusion.png here."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
+    device: str = DeviceOpt,
+    skip_bad: bool = SkipBadOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    as_json: bool = JsonOpt,
+):
+    """Accuracy, per-class accuracy and the confusion matrix of a model on one split.
+
+    Example: netcompress evaluate runs/student/best.safetensors --data ../shared/data/food101_10 --split validation
+    """
+    from .data import load_split
+    from .evaluate import classification_metrics, plot_confusion, predict_logits
+    from .files import atomic_write_text
+    from .runtime import resolve_device
+
+    net, spec = open_model(model_file)
+    ds = load_split(data, split, image_size or spec.input_size, cache_dir=cache_dir, skip_bad=skip_bad)
+    if not ds.labeled:
+        raise NetcompressError(f"{data / split} has unlabeled files; evaluate needs <label>_<k>.jpg names "
+                               "(use `netcompress predict` for unlabeled test sets)")
+    if ds.num_classes != spec.num_classes:
+        raise NetcompressError(f"{model_file} predicts {spec.num_classes} classes but {data} has {ds.num_classes}")
+    dev = resolve_device(device)
+    metrics = classification_metrics(predict_logits(net.to(dev), ds, dev), ds.labels, ds.num_classes)
+    result = {"model": str(model_file), "split": split, "images": len(ds), **metrics}
+    if out_dir is not None:
+        atomic_write_text(out_dir / f"metrics-{split}.json", json.dumps(result, indent=2))
+        plot_confusion(metrics["confusion"], ds.class_names, out_dir / f"confusion-{split}.png",
+                       title=f"{model_file.name} on {split}: accuracy {metrics['accuracy']:.3f}")
+    table = Table(title=f"{model_file.name} on {split} ({len(ds)} images): accuracy {metrics['accuracy']:.4f}")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    table.add_column("images", justify="right")
+    for name, acc, row in zip(ds.class_names, metrics["per_class_accuracy"], metrics["confusion"]):
+        table.add_row(name, f"{acc:.3f}", str(sum(row)))
+    _emit(result, as_json, table)
+
+
+@app.command()
+def predict(
+    model_file: Path = typer.Argument(..., help="Model file (.safetensors) or course checkpoint (.bin)."),
+    data: Path = DataOpt,
+    out: Path = typer.Option(Path("pred.csv"), "--out", help="CSV in the course's format: Id,label."),
+    split: str = typer.Option("testing", "--split"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
+    device: str = DeviceOpt,
+    skip_bad: bool = SkipBadOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+):
+    """Write predictions for a split in the course's submission format (Id = sorted file order).
+
+    Example: netcompress predict model.safetensors --data ../shared/data/food101_10 --out pred.csv
+    """
+    from .data import load_split
+    from .evaluate import predict_logits, write_submission
+    from .runtime import resolve_device
+
+    net, spec = open_model(model_file)
+    ds = load_split(data, split, image_size or spec.input_size, cache_dir=cache_dir, skip_bad=skip_bad)
+    dev = resolve_device(device)
+    pred = predict_logits(net.to(dev), ds, dev).argmax(1)
+    write_submission(pred, out)
+    console.print(f"wrote {len(pred)} predictions to {out}")
+
+
+@app.command()
+def summary(
+    model: str = typer.Argument(..., help="Model file (.safetensors), course checkpoint (.bin) or model name."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's input size (names: 96)."),
+    num_classes: int = typer.Option(11, "--num-classes", help="For a model name: its class count."),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure fp32 latency at batch 1 and 64."),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """A torchsummary-style layer table and totals: parameters, MACs, bytes, latency.
+
+    Example: netcompress summary ../shared/data/hw7/student_custom_small.bin
+    """
+    from .measure import count_parameters, latency_ms, layer_table
+    from .runtime import resolve_device
+
+    path = Path(model)
+    if path.exists():
+        net, spec = open_model(path)
+        size = image_size or spec.input_size
+    else:
+        from .artifact import new_model
+
+        net, spec = new_model(model, [str(i) for i in range(num_classes)], image_size or 96)
+        size = spec.input_size
+    net.eval()
+    table = layer_table(net, size)
+    totals = {"model": model, "arch": spec.arch, "input_size": size, "parameters": count_parameters(net),
+              "macs": int(table.total_mult_adds)}
+    if path.exists():
+        totals["file_bytes"] = path.stat().st_size
+    if latency:
+        dev = resolve_device(device)
+        totals["latency_ms_batch1"] = round(latency_ms(net, size, 1, device=dev), 4)
+        totals["latency_ms_batch64"] = round(latency_ms(net, size, 64, device=dev, repeats=10), 3)
+        totals["device"] = str(dev)
+    if not as_json:
+        print(table)
+    _emit(totals, as_json, _kv_table("totals", totals))
+
+
+@app.command("import-course")
+def import_course(
+    checkpoint: Path = typer.Argument(..., help="The course's StudentNet state_dict, e.g. student_custom_small.bin."),
+    out: Path = typer.Option(..., "--out", help="Model file to write (.safetensors)."),
+    image_size: int = typer.Option(256, "--image-size", help="Input size the model expects (the course used 256)."),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="classes.txt with the class names."),
+):
+    """Convert a course checkpoint into a netcompress model file (no pickle code runs).
+
+    Example: netcompress import-course ../shared/data/hw7/student_custom_small.bin --out course.safetensors
+    """
+    from .artifact import import_course_checkpoint, save_model
+    from .data import read_class_names
+
+    names = read_class_names(classes.parent) if classes else None
+    if classes and classes.name != "classes.txt":
+        raise NetcompressError(f"--classes {classes}: expected a file named classes.txt")
+    net, spec = import_course_checkpoint(checkpoint, class_names=names, input_size=image_size)
+    save_model(out, net, spec)
+    console.print(f"wrote {out} ({out.stat().st_size:,} bytes): {spec.arch} widths {spec.kwargs['widths']}")
+
+
+@app.command("export-course")
+def export_course(
+    model_file: Path = typer.Argument(..., help="A StudentNet model file."),
+    out: Path = typer.Option(..., "--out", help="state_dict file to write (.bin)."),
+    zip_format: bool = typer.Option(False, "--zip", help="torch's zip serialization instead of the legacy one."),
+):
+    """Export a StudentNet as a plain state_dict that the course's code loads.
+
+    Example: netcompress export-course runs/student/best.safetensors --out student.bin
+    """
+    from .artifact import export_course_state_dict, load_model
+
+    net, spec = load_model(model_file)
+    if not spec.arch.startswith("studentnet"):
+        raise NetcompressError(f"{model_file} is a {spec.arch}; the course format holds StudentNet only")
+    export_course_state_dict(net, out, legacy=not zip_format)
+    console.print(f"wrote {out} ({out.stat().st_size:,} bytes, {'zip' if zip_format else 'legacy'} torch format)")
+
+
+def main() -> None:
+    from .runtime import tune_allocator
+
+    tune_allocator()
+    try:
+        app()
+    except NetcompressError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted: rerun the same command to resume where it stopped")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

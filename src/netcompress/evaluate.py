@@ -1,0 +1,67 @@
+"""Inference over a split, classification metrics, confusion-matrix plots and submission files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .augment import iterate_batches
+from .data import Split
+from .files import atomic_write, atomic_write_text
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, split: Split, device: torch.device, batch_size: int = 256,
+                   channels_last: bool = True) -> torch.Tensor:
+    """Logits [N, C] for a whole split, in file order (center crop: the cached image as is)."""
+    model.eval()
+    outs = [model(x).float().cpu() for x, _ in iterate_batches(split, batch_size, device=device,
+                                                              channels_last=channels_last)]
+    return torch.cat(outs)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix (rows: true class)."""
+    pred = logits.argmax(1)
+    confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
+    per_class = confusion.diag().float() / confusion.sum(1).clamp(min=1).float()
+    return {
+        "accuracy": (pred == labels).float().mean().item(),
+        "loss": nn.functional.cross_entropy(logits, labels).item(),
+        "per_class_accuracy": per_class.tolist(),
+        "confusion": confusion.tolist(),
+    }
+
+
+def plot_confusion(confusion: list[list[int]], class_names: list[str], path: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    im = ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = max(max(r) for r in confusion) or 1
+    for i in range(n):
+        for j in range(n):
+            v = confusion[i][j]
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > peak / 2 else "black")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return Path(path)
+
+
+def write_submission(pred: torch.Tensor, path: str | Path) -> Path:
+    """The course's format: header Id,label; Id = index of the test file in sorted order."""
+    lines = ["Id,label"] + [f"{i},{y}" for i, y in enumerate(pred.tolist())]
+    return atomic_write_text(path, "\n".join(lines) + "\n")

@@ -1,0 +1,57 @@
+"""What a compressed model costs: parameters, MACs, bytes on disk and CPU/GPU latency."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, counted like torchsummary (buffers such as BN statistics excluded)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def layer_table(model: nn.Module, input_size: int, device: torch.device | str = "cpu"):
+    """torchinfo's per-layer table (layer, output shape, parameters, MACs) at batch 1."""
+    from torchinfo import summary
+
+    return summary(model, input_size=(1, 3, input_size, input_size), device=device, verbose=0,
+                   col_names=("output_size", "num_params", "mult_adds"), row_settings=("var_names",))
+
+
+def count_macs(model: nn.Module, input_size: int) -> int:
+    """Multiply-accumulates of one forward pass at batch 1."""
+    return int(layer_table(model, input_size).total_mult_adds)
+
+
+def file_bytes(path: str | Path) -> int:
+    return os.path.getsize(path)
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, input_size: int, batch_size: int = 1, *, device: torch.device | str = "cpu",
+               warmup: int = 10, repeats: int = 50, channels_last: bool = True, min_seconds: float = 0.0) -> float:
+    """Median wall time of one forward pass in milliseconds, after warm-up."""
+    device = torch.device(device)
+    model = model.eval().to(device)
+    x = torch.rand(batch_size, 3, input_size, input_size, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        model(x)
+    sync()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        model(x)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000

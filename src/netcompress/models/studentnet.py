@@ -1,0 +1,87 @@
+"""The course's StudentNet: a depthwise-separable CNN (NTU ML 2020 HW7).
+
+State-dict keys match the course's checkpoints (`cnn.{i}.{0,1,3}.*`, `fc.0.*`), so the course's
+files load directly, and explicit per-layer `widths` rebuild a channel-pruned network exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..errors import NetcompressError
+from .registry import register_model
+
+COURSE_MULTIPLIERS = [1, 2, 4, 8, 16, 16, 16, 16]
+SEED_MULTIPLIERS = [1, 2, 4, 8, 8, 8, 16, 16, 16]
+
+
+def course_widths(base: int, multipliers: list[int], width_mult: float) -> list[int]:
+    """The course's bandwidths: width_mult scales blocks 3 .. n-2 (int truncation), others stay."""
+    widths = [base * m for m in multipliers]
+    for i in range(3, len(widths) - 1):
+        widths[i] = int(widths[i] * width_mult)
+    return widths
+
+
+class StudentNet(nn.Module):
+    """Block 0: conv3x3 (3 -> widths[0]) -> BN -> ReLU6; block i >= 1: depthwise3x3 on widths[i-1]
+    -> BN -> ReLU6 -> pointwise widths[i-1] -> widths[i].
+
+    A MaxPool2d(2) ends every block listed in `pool_after`; global average pooling and one
+    Linear layer on widths[-1] classify.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 11,
+        base: int = 16,
+        multipliers: list[int] | None = None,
+        width_mult: float = 1.0,
+        pool_after: list[int] | None = None,
+        widths: list[int] | None = None,
+    ):
+        super().__init__()
+        multipliers = list(multipliers or COURSE_MULTIPLIERS)
+        widths = list(widths) if widths is not None else course_widths(base, multipliers, width_mult)
+        pool_after = list(pool_after if pool_after is not None else range(min(4, len(widths))))
+        if len(widths) < 2 or min(widths) < 1:
+            raise NetcompressError(f"studentnet: widths must list at least 2 positive ints, got {widths}")
+        if any(not 0 <= p < len(widths) for p in pool_after):
+            raise NetcompressError(f"studentnet: pool_after {pool_after} must index blocks 0..{len(widths) - 1}")
+        self.widths = widths
+        blocks: list[nn.Module] = []
+        for i, w in enumerate(widths):
+            if i == 0:
+                layers: list[nn.Module] = [nn.Conv2d(3, w, 3, 1, 1), nn.BatchNorm2d(w), nn.ReLU6()]
+            else:
+                prev = widths[i - 1]
+                layers = [
+                    nn.Conv2d(prev, prev, 3, 1, 1, groups=prev),
+                    nn.BatchNorm2d(prev),
+                    nn.ReLU6(),
+                    nn.Conv2d(prev, w, 1),
+                ]
+            if i in pool_after:
+                layers.append(nn.MaxPool2d(2, 2, 0))
+            blocks.append(nn.Sequential(*layers))
+        blocks.append(nn.AdaptiveAvgPool2d((1, 1)))
+        self.cnn = nn.Sequential(*blocks)
+        self.fc = nn.Sequential(nn.Linear(widths[-1], num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.cnn(x).flatten(1))
+
+
+@register_model("studentnet", num_classes=11, base=16, multipliers=COURSE_MULTIPLIERS, width_mult=1.0,
+                pool_after=[0, 1, 2, 3], widths=None)
+def studentnet(**kwargs) -> StudentNet:
+    """The course's student: 256,779 parameters at 11 classes."""
+    return StudentNet(**kwargs)
+
+
+@register_model("studentnet9", num_classes=11, base=16, multipliers=SEED_MULTIPLIERS, width_mult=1.0,
+                pool_after=[0, 1, 2, 5], widths=None)
+def studentnet9(**kwargs) -> StudentNet:
+    """The seed report's 9-block student: 224,011 parameters at 11 classes."""
+    return StudentNet(**kwargs)

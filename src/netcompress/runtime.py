@@ -1,0 +1,51 @@
+"""Process-level settings: device choice, seeding, and the allocator tuning measured in design.md."""
+
+from __future__ import annotations
+
+import ctypes
+import random
+import sys
+
+import numpy as np
+import torch
+
+from .errors import NetcompressError
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_allocator() -> None:
+    """Keep large activation buffers in the heap instead of returning them to the OS.
+
+    glibc otherwise unmaps and faults back every large buffer on each forward pass; keeping them
+    made StudentNet inference 2.2x and training 1.4x faster on a 2-core CPU. Same effect as
+    MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296, set from inside.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    except (OSError, AttributeError):
+        pass  # not glibc (musl, ...): nothing to tune
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU; anything else must be a device torch knows."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise NetcompressError(f"--device {name!r} is not a device name: use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NetcompressError(f"--device {name}: CUDA is not available on this machine; use --device auto or cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
