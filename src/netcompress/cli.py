@@ -22,7 +22,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err = Console(stderr=True)
 
 DataOpt = typer.Option(..., "--data", help="Dataset folder (Food-11 or ImageFolder layout).")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
@@ -96,10 +95,11 @@ def train(
     """
     from .artifact import new_model
     from .data import load_split
-    from .runtime import resolve_device
+    from .runtime import resolve_device, seed_everything
     from .train import TrainConfig, fit
 
     dev = resolve_device(device)
+    seed_everything(seed)
     tr = load_split(data, "training", image_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
     va = load_split(data, "validation", image_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
     net, spec = new_model(model, tr.class_names, image_size, width_mult=width_mult, pretrained=pretrained)
@@ -271,10 +271,10 @@ def main() -> None:
     try:
         app()
     except NetcompressError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print(f"error: {exc}", file=sys.stderr)  # one unwrapped line: greppable, no traceback
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("interrupted: rerun the same command to resume where it stopped")
+        print("interrupted: rerun the same command to resume where it stopped", file=sys.stderr)
         sys.exit(130)
 
 

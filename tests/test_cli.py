@@ -1,0 +1,96 @@
+"""The command line as a user meets it: real processes, exit codes, messages, files."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def netcompress(*args, cache: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, NETCOMPRESS_CACHE=str(cache) if cache else os.environ.get("NETCOMPRESS_CACHE", "/tmp/nc"))
+    proc = subprocess.run([sys.executable, "-m", "netcompress.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_every_verb_has_help_with_an_example():
+    for verb in ["train", "evaluate", "predict", "summary", "import-course", "export-course", "models"]:
+        out = netcompress(verb, "--help").stdout
+        assert "Example" in out, verb
+
+
+def test_missing_data_folder_is_one_clear_line(tmp_path):
+    proc = netcompress("train", "--model", "studentnet", "--data", tmp_path / "nowhere", "--out", tmp_path / "run",
+                       cache=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "nowhere does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_jpeg_is_one_clear_line(jpeg_dataset, tmp_path):
+    (jpeg_dataset / "validation" / "2_0.jpg").write_bytes(b"\xff\xd8\xff broken")
+    proc = netcompress("train", "--model", "studentnet", "--data", jpeg_dataset, "--image-size", 32, "--epochs", 1,
+                       "--out", tmp_path / "run", cache=tmp_path / "c", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "2_0.jpg: unreadable or corrupt image" in proc.stderr and "--skip-bad" in proc.stderr
+
+
+def test_unknown_model_is_one_clear_line(jpeg_dataset, tmp_path):
+    proc = netcompress("train", "--model", "resnet-18", "--data", jpeg_dataset, "--out", tmp_path / "r",
+                       cache=tmp_path / "c", check=False)
+    assert proc.returncode == 2 and "unknown model 'resnet-18'" in proc.stderr
+
+
+def test_train_evaluate_predict_on_a_tiny_dataset(jpeg_dataset, tmp_path):
+    run = tmp_path / "run"
+    netcompress("train", "--model", "studentnet", "--data", jpeg_dataset, "--image-size", 32, "--epochs", 2,
+                "--batch-size", 4, "--out", run, "--no-progress", cache=tmp_path / "c")
+    model = run / "best.safetensors"
+    assert model.exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    result = json.loads(netcompress("evaluate", model, "--data", jpeg_dataset, "--split", "validation", "--out-dir",
+                                    tmp_path / "eval", "--json", cache=tmp_path / "c").stdout)
+    assert result["images"] == 6 and len(result["confusion"]) == 3 and sum(map(sum, result["confusion"])) == 6
+    assert (tmp_path / "eval" / "confusion-validation.png").read_bytes()[:4] == b"\x89PNG"
+    netcompress("predict", model, "--data", jpeg_dataset, "--out", tmp_path / "pred.csv", cache=tmp_path / "c")
+    rows = list(csv.reader(open(tmp_path / "pred.csv")))
+    assert rows[0] == ["Id", "label"] and [r[0] for r in rows[1:]] == [str(i) for i in range(6)]
+    assert all(0 <= int(r[1]) < 3 for r in rows[1:])
+
+
+def test_summary_of_the_course_checkpoint(course_ckpt):
+    totals = json.loads(netcompress("summary", course_ckpt, "--no-latency", "--json").stdout)
+    assert totals["parameters"] == 256_779 and totals["file_bytes"] == 1_047_430
+    assert totals["input_size"] == 256 and totals["macs"] > 100_000_000
+
+
+def test_summary_table_lists_layers():
+    out = netcompress("summary", "studentnet9", "--image-size", 64, "--no-latency").stdout
+    assert "224,011" in out and "Conv2d" in out
+
+
+def test_predict_with_the_course_checkpoint(course_ckpt, food_root, cache_dir, tmp_path):
+    netcompress("predict", course_ckpt, "--data", food_root, "--image-size", 64, "--out", tmp_path / "p.csv",
+                cache=cache_dir)
+    rows = list(csv.reader(open(tmp_path / "p.csv")))
+    assert len(rows) == 1 + 1250 and all(0 <= int(r[1]) < 11 for r in rows[1:])
+
+
+def test_import_then_export_course(course_ckpt, tmp_path):
+    netcompress("import-course", course_ckpt, "--out", tmp_path / "c.safetensors")
+    netcompress("export-course", tmp_path / "c.safetensors", "--out", tmp_path / "c.bin")
+    import torch
+
+    a = torch.load(course_ckpt, map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "c.bin", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_evaluate_refuses_a_model_for_other_classes(course_ckpt, food_root, cache_dir):
+    proc = netcompress("evaluate", course_ckpt, "--data", food_root, "--image-size", 64, cache=cache_dir, check=False)
+    assert proc.returncode == 2 and "predicts 11 classes but" in proc.stderr
