@@ -112,6 +112,68 @@ def train(
 
 
 @app.command()
+def distill(
+    teacher: Path = typer.Option(..., "--teacher", help="Teacher model file (.safetensors) trained on this data."),
+    student: str = typer.Option("studentnet", "--student", help="Student model name, or a model file to start from."),
+    data: Path = DataOpt,
+    out: Path = typer.Option(Path("runs/distill"), "--out", help="Run directory (resumes if it holds an interrupted run)."),
+    temperature: float = typer.Option(20.0, "--temperature", "-T", help="Softmax temperature (course: 20)."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the soft (teacher) term; 0 = plain cross-entropy."),
+    method: str = typer.Option("logits", "--method", help="logits (Hinton KD) or rkd (logits + relational KD)."),
+    rkd_weight: float = typer.Option(1.0, "--rkd-weight", help="Weight of the relational term (method rkd)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the teacher's input size."),
+    epochs: int = typer.Option(30, "--epochs"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    weight_decay: float = typer.Option(1e-2, "--weight-decay"),
+    schedule: str = typer.Option("cosine", "--schedule"),
+    width_mult: Optional[float] = typer.Option(None, "--width-mult", help="StudentNet width multiplier."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = DeviceOpt,
+    skip_bad: bool = SkipBadOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = JsonOpt,
+):
+    """Distill a teacher into a student: (1-a)*CE + a*T^2*KL(teacher/T || student/T), as the course did.
+
+    Teacher and student see the same augmented batch; the teacher runs in eval mode with no
+    gradients. --method rkd adds relational KD (distances and angles between the samples'
+    penultimate features). Same run directory, resume and outputs as `train`.
+
+    Example: netcompress distill --teacher runs/teacher/best.safetensors --student studentnet --data ../shared/data/food101_10 -T 4 --alpha 0.9 --out runs/kd
+    """
+    from .artifact import load_model, new_model
+    from .data import load_split
+    from .distill import DistillConfig, DistillLoss, check_teacher
+    from .runtime import resolve_device, seed_everything
+    from .train import TrainConfig, fit
+
+    dev = resolve_device(device)
+    seed_everything(seed)
+    teacher_net, teacher_spec = load_model(teacher)
+    size = image_size or teacher_spec.input_size
+    tr = load_split(data, "training", size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
+    va = load_split(data, "validation", size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
+    check_teacher(teacher_spec.class_names, tr.class_names, teacher)
+    if Path(student).suffix == ".safetensors":
+        net, spec = load_model(student)
+        spec.input_size = size
+    else:
+        net, spec = new_model(student, tr.class_names, size, width_mult=width_mult)
+    kd = DistillConfig(temperature=temperature, alpha=alpha, method=method, rkd_weight=rkd_weight)
+    loss = DistillLoss(teacher_net.to(dev), net, kd)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
+                      seed=seed)
+    spec.info["distilled_from"] = str(teacher)
+    settings = {"distill": vars(kd), "teacher": str(teacher), "student": student}
+    result = fit(net, spec, tr, va, cfg, out, device=dev, loss_fn=loss, settings=settings, progress=progress)
+    summary = {"student": student, "teacher": str(teacher), "best_val_accuracy": result.best_accuracy,
+               "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "model_file": str(result.model_path)}
+    _emit(summary, as_json, _kv_table("distill", summary))
+
+
+@app.command()
 def evaluate(
     model_file: Path = typer.Argument(..., help="Model file (.safetensors) or course checkpoint (.bin)."),
     data: Path = DataOpt,

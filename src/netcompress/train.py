@@ -158,6 +158,7 @@ def fit(
         train_seconds = time.perf_counter() - t0
         val_metrics = classification_metrics(
             predict_logits(model, val, device, cfg.eval_batch_size, cfg.channels_last), val.labels, val.num_classes)
+        eval_seconds = time.perf_counter() - t0 - train_seconds
         row = {
             "epoch": epoch,
             "train_loss": round(total_loss.item() / seen, 5),
@@ -167,6 +168,7 @@ def fit(
             "lr": opt.param_groups[0]["lr"],
             "train_seconds": round(train_seconds, 3),
             "images_per_second": round(seen / train_seconds, 1),
+            "eval_seconds": round(eval_seconds, 3),
         }
         if val_metrics["accuracy"] > best_acc:
             best_acc, best_epoch = val_metrics["accuracy"], epoch

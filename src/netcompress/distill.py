@@ -1,0 +1,123 @@
+"""Knowledge distillation losses: the course's logit matching (Hinton et al.) and relational KD.
+
+The teacher runs in eval mode without gradients on the very batch the student sees (augmentation
+included). When augmentation is off the teacher's logits never change, so `TeacherCache` computes
+them once per image instead of once per epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import NetcompressError
+
+METHODS = ("logits", "rkd")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            temperature: float = 20.0, alpha: float = 0.5) -> torch.Tensor:
+    """The course's loss: (1 - a)·CE(s, y) + a·T²·KL(softmax(t/T) || softmax(s/T)), batch-mean KL."""
+    hard = F.cross_entropy(student_logits, labels)
+    if alpha == 0:
+        return hard
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean")
+    return (1 - alpha) * hard + alpha * temperature**2 * soft
+
+
+def _pairwise_distances(e: torch.Tensor) -> torch.Tensor:
+    d = torch.cdist(e, e).clamp(min=1e-12)
+    off_diagonal = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+    return d / d[off_diagonal].mean()
+
+
+def _angles(e: torch.Tensor) -> torch.Tensor:
+    diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)  # [i, j] = unit(e_i - e_j)
+    return torch.bmm(diff, diff.transpose(1, 2)).flatten()
+
+
+def rkd_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, distance_weight: float = 25.0,
+             angle_weight: float = 50.0) -> torch.Tensor:
+    """Relational KD (Park et al., CVPR 2019): match the batch's distance and angle structure.
+
+    Embeddings may differ in width: only relations between samples are compared.
+    """
+    s, t = student_emb.flatten(1).float(), teacher_emb.flatten(1).float()
+    with torch.no_grad():
+        t_dist, t_angle = _pairwise_distances(t), _angles(t)
+    return (distance_weight * F.smooth_l1_loss(_pairwise_distances(s), t_dist)
+            + angle_weight * F.smooth_l1_loss(_angles(s), t_angle))
+
+
+class Embedding:
+    """Captures the input of a network's last Linear layer (its penultimate features) on each forward."""
+
+    def __init__(self, model: nn.Module):
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise NetcompressError("relational distillation needs a model that ends in a Linear classifier")
+        self.value: torch.Tensor | None = None
+        self._handle = linears[-1].register_forward_hook(self._capture)
+
+    def _capture(self, _module, inputs, _output) -> None:
+        self.value = inputs[0]
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+@dataclass
+class DistillConfig:
+    temperature: float = 20.0
+    alpha: float = 0.5
+    method: str = "logits"  # logits | rkd (logits + relational terms)
+    rkd_weight: float = 1.0
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise NetcompressError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if not self.temperature > 0:
+            raise NetcompressError(f"--temperature {self.temperature} must be > 0")
+        if not 0 <= self.alpha <= 1:
+            raise NetcompressError(f"--alpha {self.alpha} must lie in [0, 1]")
+
+
+class DistillLoss:
+    """loss_fn(student_logits, images, labels) for `train.fit`, with the teacher inside."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: DistillConfig, channels_last: bool = True):
+        cfg.check()
+        self.cfg = cfg
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        if channels_last:
+            self.teacher.to(memory_format=torch.channels_last)
+        self.student_emb = Embedding(student) if cfg.method == "rkd" else None
+        self.teacher_emb = Embedding(teacher) if cfg.method == "rkd" else None
+
+    def __call__(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.teacher.eval()
+            teacher_logits = self.teacher(images)
+        loss = kd_loss(logits, teacher_logits, labels, self.cfg.temperature, self.cfg.alpha)
+        if self.student_emb is not None:
+            loss = loss + self.cfg.rkd_weight * rkd_loss(self.student_emb.value, self.teacher_emb.value)
+        return loss
+
+    def close(self) -> None:
+        for e in (self.student_emb, self.teacher_emb):
+            if e is not None:
+                e.remove()
+
+
+def check_teacher(teacher_classes: list[str], data_classes: list[str], teacher_path) -> None:
+    if len(teacher_classes) != len(data_classes):
+        raise NetcompressError(
+            f"teacher {teacher_path} predicts {len(teacher_classes)} classes but the data has {len(data_classes)}; "
+            "train or fine-tune a teacher on this data first (netcompress train --model efficientnet_lite0 ...)"
+        )
