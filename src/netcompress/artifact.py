@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
@@ -20,9 +21,11 @@ from . import __version__
 from .errors import NetcompressError
 from .files import atomic_write
 from .models import create_model, model_kwargs
+from .surgery import apply_overrides
 
 FORMAT = "netcompress-model"
 FORMAT_VERSION = 1
+SPARSE_MASK = ".__nonzero_bits"
 FOOD11_CLASSES = ["Bread", "Dairy product", "Dessert", "Egg", "Fried food", "Meat", "Noodles/Pasta",
                   "Rice", "Seafood", "Soup", "Vegetable/Fruit"]
 
@@ -37,13 +40,14 @@ class ModelSpec:
     input_size: int
     preprocessing: dict = field(default_factory=lambda: {"resize": "shorter-side", "crop": "center", "range": "0-1"})
     info: dict = field(default_factory=dict)  # free-form provenance: metrics, how it was made
+    overrides: dict = field(default_factory=dict)  # layer name -> new layer (pruned torchvision models)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def build(self) -> nn.Module:
-        return create_model(self.arch, **self.kwargs)
+    def build(self, **kwarg_overrides) -> nn.Module:
+        return apply_overrides(create_model(self.arch, **{**self.kwargs, **kwarg_overrides}), self.overrides)
 
 
 def new_model(arch: str, class_names: list[str], input_size: int, **kwargs) -> tuple[nn.Module, ModelSpec]:
@@ -53,13 +57,37 @@ def new_model(arch: str, class_names: list[str], input_size: int, **kwargs) -> t
     return spec.build(), spec
 
 
-def save_model(path: str | Path, model: nn.Module, spec: ModelSpec) -> Path:
-    """Write a model file (atomically); returns its path."""
+def save_model(path: str | Path, model: nn.Module, spec: ModelSpec, *, sparse: bool = False) -> Path:
+    """Write a model file (atomically); returns its path.
+
+    sparse=True stores each float tensor that has zeros as a bitmask (1 bit per element) plus its
+    nonzero values whenever that is smaller: what unstructured pruning really saves on disk.
+    """
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "netcompress": __version__, **asdict(spec)}
+    if sparse:
+        meta["sparse"] = {}
+        for name, t in list(tensors.items()):
+            nonzero = t != 0
+            if t.is_floating_point() and (t.numel() + 7) // 8 + int(nonzero.sum()) * t.element_size() < t.nbytes:
+                bits = np.packbits(nonzero.flatten().numpy())
+                tensors[name + SPARSE_MASK] = torch.from_numpy(bits)
+                tensors[name] = t[nonzero].contiguous()
+                meta["sparse"][name] = list(t.shape)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"netcompress": json.dumps(meta)}))
     return path
+
+
+def _densify(tensors: dict[str, torch.Tensor], sparse: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    for name, shape in sparse.items():
+        values = tensors.pop(name)
+        n = int(np.prod(shape))
+        mask = torch.from_numpy(np.unpackbits(tensors.pop(name + SPARSE_MASK).numpy(), count=n).astype(bool))
+        dense = torch.zeros(n, dtype=values.dtype)
+        dense[mask] = values
+        tensors[name] = dense.view(shape)
+    return tensors
 
 
 def read_spec(path: str | Path) -> ModelSpec:
@@ -79,18 +107,18 @@ def read_spec(path: str | Path) -> ModelSpec:
         raise NetcompressError(f"{path}: format {meta.get('format')} v{meta.get('format_version')} is not "
                                f"readable by this netcompress ({__version__}); upgrade netcompress")
     return ModelSpec(meta["arch"], meta["kwargs"], meta["class_names"], meta["input_size"],
-                     meta.get("preprocessing", {}), meta.get("info", {}))
+                     meta.get("preprocessing", {}), meta.get("info", {}), meta.get("overrides", {}))
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, ModelSpec]:
     """Rebuild a model from its file: architecture from the spec, weights from the tensors."""
     spec = read_spec(path)
-    kwargs = dict(spec.kwargs)
-    if kwargs.get("pretrained"):
-        kwargs["pretrained"] = False  # the file holds the weights; don't fetch them again
-    model = create_model(spec.arch, **kwargs)
+    # the file holds the weights: don't fetch pretrained ones again
+    model = spec.build(**({"pretrained": False} if spec.kwargs.get("pretrained") else {}))
     with safe_open(str(path), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
+        sparse = json.loads(f.metadata()["netcompress"]).get("sparse", {})
+    state = _densify(state, sparse)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -121,6 +121,8 @@ def distill(
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the soft (teacher) term; 0 = plain cross-entropy."),
     method: str = typer.Option("logits", "--method", help="logits (Hinton KD) or rkd (logits + relational KD)."),
     rkd_weight: float = typer.Option(1.0, "--rkd-weight", help="Weight of the relational term (method rkd)."),
+    teacher_precision: str = typer.Option("auto", "--teacher-precision",
+                                          help="auto (bf16 where the hardware has it natively), fp32 or bf16."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the teacher's input size."),
     epochs: int = typer.Option(30, "--epochs"),
     batch_size: int = typer.Option(64, "--batch-size"),
@@ -161,7 +163,8 @@ def distill(
         spec.input_size = size
     else:
         net, spec = new_model(student, tr.class_names, size, width_mult=width_mult)
-    kd = DistillConfig(temperature=temperature, alpha=alpha, method=method, rkd_weight=rkd_weight)
+    kd = DistillConfig(temperature=temperature, alpha=alpha, method=method, rkd_weight=rkd_weight,
+                       teacher_precision=teacher_precision)
     loss = DistillLoss(teacher_net.to(dev), net, kd)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
                       seed=seed)
@@ -171,6 +174,98 @@ def distill(
     summary = {"student": student, "teacher": str(teacher), "best_val_accuracy": result.best_accuracy,
                "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "model_file": str(result.model_path)}
     _emit(summary, as_json, _kv_table("distill", summary))
+
+
+def _distill_loss_factory(teacher: Optional[Path], data_classes: list[str], device, temperature: float,
+                          alpha: float):
+    """make_loss(student) for fine-tuning: distillation from `teacher`, or None for cross-entropy."""
+    if teacher is None:
+        return None
+    from .artifact import load_model
+    from .distill import DistillConfig, DistillLoss, check_teacher
+
+    teacher_net, teacher_spec = load_model(teacher)
+    check_teacher(teacher_spec.class_names, data_classes, teacher)
+    teacher_net.to(device)
+    cfg = DistillConfig(temperature=temperature, alpha=alpha)
+    return lambda student: DistillLoss(teacher_net, student, cfg)
+
+
+@app.command()
+def prune(
+    model_file: Path = typer.Argument(..., help="Model file (.safetensors) or course checkpoint (.bin) to prune."),
+    data: Path = DataOpt,
+    method: str = typer.Option("slim", "--method", help="slim (course: BatchNorm |γ|), l1, l2, taylor, or magnitude (unstructured)."),
+    rate: float = typer.Option(0.95, "--rate", help="Fraction of each prunable layer kept per step (width rate^k after k steps)."),
+    steps: int = typer.Option(5, "--steps", help="Prune-then-fine-tune iterations (course: 5)."),
+    finetune_epochs: int = typer.Option(5, "--finetune-epochs", help="Fine-tuning epochs after every step (course: 5)."),
+    global_ranking: bool = typer.Option(False, "--global", help="Rank channels across layers, not per layer."),
+    sparsity: float = typer.Option(0.0, "--sparsity", help="Network Slimming: L1 weight on BatchNorm γ in a training phase first."),
+    sparsity_epochs: int = typer.Option(0, "--sparsity-epochs", help="Epochs of that sparsity phase."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Fine-tune with distillation from this model file."),
+    temperature: float = typer.Option(4.0, "--temperature", "-T"),
+    alpha: float = typer.Option(0.9, "--alpha"),
+    out: Path = typer.Option(Path("runs/prune"), "--out", help="Run directory (resumable)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's input size."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = DeviceOpt,
+    skip_bad: bool = SkipBadOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = JsonOpt,
+):
+    """Prune channels for real (the network gets narrower and faster), fine-tuning after every step.
+
+    Every step rebuilds the optimizer and fine-tunes (with distillation when --teacher is given),
+    keeps the best-validation model of the step, and logs parameters, bytes, MACs, latency and
+    accuracy to OUT/pruning.jsonl; OUT/step{k}.safetensors are the models.
+
+    Example: netcompress prune runs/kd/best.safetensors --data ../shared/data/food101_10 --method slim --rate 0.95 --steps 5 --finetune-epochs 5 --out runs/prune95
+    """
+    from .data import load_split
+    from .prune import PruneConfig, prune_schedule
+    from .runtime import resolve_device, seed_everything
+    from .train import TrainConfig
+
+    dev = resolve_device(device)
+    seed_everything(seed)
+    net, spec = open_model(model_file)
+    if image_size:
+        spec.input_size = image_size
+    tr = load_split(data, "training", spec.input_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
+    va = load_split(data, "validation", spec.input_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
+    if tr.num_classes != spec.num_classes:
+        raise NetcompressError(f"{model_file} predicts {spec.num_classes} classes but {data} has {tr.num_classes}")
+    cfg = PruneConfig(method=method, rate=rate, steps=steps, global_ranking=global_ranking, sparsity=sparsity,
+                      sparsity_epochs=sparsity_epochs)
+    train_cfg = TrainConfig(epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed)
+    make_loss = _distill_loss_factory(teacher, tr.class_names, dev, temperature, alpha)
+    rows = prune_schedule(net, spec, tr, va, cfg, train_cfg, out, device=dev, make_loss=make_loss, progress=progress)
+    table = Table(title=f"pruning {model_file.name}: {method}, rate {rate}, {steps} steps")
+    for col in ["step", "kept", "params", "bytes", "MACs", "ms @64", "val acc (before ft)"]:
+        table.add_column(col, justify="right")
+    for r in rows:
+        before = f" ({r['val_accuracy_before_finetune']:.3f})" if "val_accuracy_before_finetune" in r else ""
+        table.add_row(str(r["step"]), f"{r['kept']:.3f}", f"{r['params']:,}", f"{r['file_bytes']:,}",
+                      f"{r['macs']:,}", f"{r['latency_ms_batch64']:.1f}", f"{r['val_accuracy']:.4f}{before}")
+    _emit({"rows": rows}, as_json, table)
+
+
+@app.command("plot-pruning")
+def plot_pruning_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="Pruning run directories (each holds pruning.jsonl)."),
+    out: Path = typer.Option(Path("pruning.png"), "--out"),
+):
+    """Plot parameters (x) against validation accuracy (y), one line per pruning run.
+
+    Example: netcompress plot-pruning runs/prune95 runs/prune975 --out curve.png
+    """
+    from .report import plot_pruning
+
+    plot_pruning(run_dirs, out)
+    console.print(f"wrote {out}")
 
 
 @app.command()

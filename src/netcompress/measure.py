@@ -33,7 +33,6 @@ def file_bytes(path: str | Path) -> int:
     return os.path.getsize(path)
 
 
-@torch.inference_mode()
 def latency_ms(model: nn.Module, input_size: int, batch_size: int = 1, *, device: torch.device | str = "cpu",
                warmup: int = 10, repeats: int = 50, channels_last: bool = True, min_seconds: float = 0.0) -> float:
     """Median wall time of one forward pass in milliseconds, after warm-up."""
@@ -44,14 +43,15 @@ def latency_ms(model: nn.Module, input_size: int, batch_size: int = 1, *, device
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        model(x)
-    sync()
     times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        model(x)
+    with torch.inference_mode():  # only around the calls: parameters must not become inference tensors
+        for _ in range(warmup):
+            model(x)
         sync()
-        times.append(time.perf_counter() - t0)
+        start = time.perf_counter()
+        while len(times) < repeats or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            model(x)
+            sync()
+            times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1000
