@@ -94,3 +94,22 @@ def test_import_then_export_course(course_ckpt, tmp_path):
 def test_evaluate_refuses_a_model_for_other_classes(course_ckpt, food_root, cache_dir):
     proc = netcompress("evaluate", course_ckpt, "--data", food_root, "--image-size", 64, cache=cache_dir, check=False)
     assert proc.returncode == 2 and "predicts 11 classes but" in proc.stderr
+
+
+def test_prune_then_plot(jpeg_dataset, tmp_path):
+    cache = tmp_path / "c"
+    netcompress("train", "--model", "studentnet", "--data", jpeg_dataset, "--image-size", 32, "--epochs", 1,
+                "--batch-size", 4, "--out", tmp_path / "t", "--no-progress", cache=cache)
+    for rate in (0.5, 0.7):
+        out = json.loads(netcompress("prune", tmp_path / "t" / "best.safetensors", "--data", jpeg_dataset, "--rate",
+                                     rate, "--steps", 1, "--finetune-epochs", 1, "--batch-size", 4, "--out",
+                                     tmp_path / f"p{rate}", "--no-progress", "--json", cache=cache).stdout)
+        assert [r["step"] for r in out["rows"]] == [0, 1] and out["rows"][1]["params"] < out["rows"][0]["params"]
+    netcompress("plot-pruning", tmp_path / "p0.5", tmp_path / "p0.7", "--out", tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_prune_rate_out_of_range_is_one_clear_line(course_ckpt, jpeg_dataset, tmp_path):
+    proc = netcompress("prune", course_ckpt, "--data", jpeg_dataset, "--rate", 1.2, "--out", tmp_path / "p",
+                       cache=tmp_path / "c", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr

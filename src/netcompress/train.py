@@ -179,7 +179,7 @@ def fit(
         _checkpoint(run_dir, model, opt, sched, epoch, best_acc, best_epoch, history)
         tqdm.write(f"epoch {epoch:3d}  loss {row['train_loss']:.3f}  train acc {row['train_accuracy']:.3f}  "
                        f"val acc {row['val_accuracy']:.3f}  best {best_acc:.3f}  ({train_seconds:.1f} s, "
-                       f"{row['images_per_second']:.0f} img/s)")
+                       f"{row['images_per_second']:.0f} img/s)", file=sys.stderr)
     return FitResult(best_acc, best_epoch, cfg.epochs - start_epoch + 1, run_dir / "best.safetensors", history)
 
 
