@@ -117,9 +117,11 @@ def test_flip_only_mirrors():
 
 def test_iterate_batches_covers_every_image_once(jpeg_dataset, tmp_path):
     split = load_split(jpeg_dataset, "training", 16, cache_dir=tmp_path / "c", progress=False)
-    labels = torch.cat([y for _, y in iterate_batches(split, 5, device=torch.device("cpu"), shuffle=True,
-                                                       generator=torch.Generator().manual_seed(0))])
-    assert sorted(labels.tolist()) == sorted(split.labels.tolist())
+    batches = list(iterate_batches(split, 5, device=torch.device("cpu"), shuffle=True,
+                                   generator=torch.Generator().manual_seed(0)))
+    index = torch.cat([b.index for b in batches])
+    assert sorted(index.tolist()) == list(range(len(split)))
+    assert torch.equal(torch.cat([b.labels for b in batches]), split.labels[index])
 
 
 def test_real_sample_data(food_root, cache_dir):

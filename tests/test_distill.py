@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from netcompress.artifact import new_model
+from netcompress.augment import Batch, iterate_batches
 from netcompress.distill import DistillConfig, DistillLoss, check_teacher, kd_loss, rkd_loss
 from netcompress.errors import NetcompressError
 
@@ -40,7 +41,7 @@ def test_no_gradient_reaches_the_teacher():
     student, _ = new_model("studentnet", ["a", "b", "c"], 32, widths=[4] * 8)
     loss_fn = DistillLoss(teacher, student, DistillConfig(method="rkd"), channels_last=False)
     x = torch.rand(6, 3, 32, 32)
-    loss = loss_fn(student(x), x, torch.tensor([0, 1, 2, 0, 1, 2]))
+    loss = loss_fn(student(x), Batch(x, torch.tensor([0, 1, 2, 0, 1, 2]), torch.arange(6)))
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None for p in student.parameters())
@@ -64,3 +65,31 @@ def test_teacher_with_other_classes_is_refused():
 def test_bad_settings_are_refused(field, value):
     with pytest.raises(NetcompressError, match=field):
         DistillConfig(**{field: value}).check()
+
+
+@pytest.mark.parametrize("method", ["logits", "rkd"])
+def test_precomputed_teacher_gives_the_same_loss(method):
+    from test_train import synthetic_split
+
+    split = synthetic_split("training", 20, 0)
+    teacher, _ = new_model("studentnet", ["a", "b", "c"], 32, widths=[8] * 8)
+    student, _ = new_model("studentnet", ["a", "b", "c"], 32, widths=[4] * 8)
+    cfg = DistillConfig(4.0, 0.9, method=method, teacher_precision="fp32")
+    live, cached = DistillLoss(teacher, student, cfg), DistillLoss(teacher, student, cfg)
+    cached.precompute(split, batch_size=7)
+    student.eval()
+    for batch in iterate_batches(split, 6, device=torch.device("cpu"), shuffle=True,
+                                 generator=torch.Generator().manual_seed(0)):
+        logits = student(batch.images)
+        assert cached(logits, batch).item() == pytest.approx(live(logits, batch).item(), rel=1e-4)
+
+
+def test_bf16_teacher_stays_close_to_fp32():
+    teacher, _ = new_model("studentnet", ["a", "b", "c"], 32, widths=[16] * 8)
+    student, _ = new_model("studentnet", ["a", "b", "c"], 32, widths=[4] * 8)
+    x = torch.rand(16, 3, 32, 32)
+    batch = Batch(x, torch.arange(16) % 3, torch.arange(16))
+    logits = student(x)
+    fp32 = DistillLoss(teacher, student, DistillConfig(4.0, 0.9, teacher_precision="fp32"))(logits, batch)
+    bf16 = DistillLoss(teacher, student, DistillConfig(4.0, 0.9, teacher_precision="bf16"))(logits, batch)
+    assert bf16.item() == pytest.approx(fp32.item(), rel=0.05)

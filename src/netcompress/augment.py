@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,12 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+class Batch(NamedTuple):
+    images: torch.Tensor  # float [B, 3, H, W] in [0, 1], on the device
+    labels: torch.Tensor  # int64 [B], on the device
+    index: torch.Tensor  # int64 [B]: positions in the split (to look up per-image caches)
+
+
 def iterate_batches(
     split: Split,
     batch_size: int,
@@ -59,8 +65,8 @@ def iterate_batches(
     augment: AugmentConfig | None = None,
     generator: torch.Generator | None = None,
     channels_last: bool = True,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (float images in [0, 1], labels) batches on `device`, optionally shuffled and augmented."""
+) -> Iterator[Batch]:
+    """Yield batches on `device`, optionally shuffled and augmented."""
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
@@ -70,4 +76,4 @@ def iterate_batches(
             x = augment_batch(x, augment, generator)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        yield x, split.labels[idx].to(device, non_blocking=True)
+        yield Batch(x, split.labels[idx].to(device, non_blocking=True), idx)

@@ -123,6 +123,8 @@ def distill(
     rkd_weight: float = typer.Option(1.0, "--rkd-weight", help="Weight of the relational term (method rkd)."),
     teacher_precision: str = typer.Option("auto", "--teacher-precision",
                                           help="auto (bf16 where the hardware has it natively), fp32 or bf16."),
+    augment: bool = typer.Option(True, "--augment/--no-augment",
+                                 help="The course's augmentation; without it the teacher runs once per image."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the teacher's input size."),
     epochs: int = typer.Option(30, "--epochs"),
     batch_size: int = typer.Option(64, "--batch-size"),
@@ -147,6 +149,7 @@ def distill(
     """
     from .artifact import load_model, new_model
     from .data import load_split
+    from .augment import AugmentConfig
     from .distill import DistillConfig, DistillLoss, check_teacher
     from .runtime import resolve_device, seed_everything
     from .train import TrainConfig, fit
@@ -167,7 +170,9 @@ def distill(
                        teacher_precision=teacher_precision)
     loss = DistillLoss(teacher_net.to(dev), net, kd)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
-                      seed=seed)
+                      seed=seed, augment=AugmentConfig() if augment else None)
+    if not augment:
+        loss.precompute(tr)
     spec.info["distilled_from"] = str(teacher)
     settings = {"distill": vars(kd), "teacher": str(teacher), "student": student}
     result = fit(net, spec, tr, va, cfg, out, device=dev, loss_fn=loss, settings=settings, progress=progress)

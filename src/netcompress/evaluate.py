@@ -17,8 +17,8 @@ def predict_logits(model: nn.Module, split: Split, device: torch.device, batch_s
                    channels_last: bool = True) -> torch.Tensor:
     """Logits [N, C] for a whole split, in file order (center crop: the cached image as is)."""
     model.eval()
-    outs = [model(x).float().cpu() for x, _ in iterate_batches(split, batch_size, device=device,
-                                                              channels_last=channels_last)]
+    outs = [model(b.images).float().cpu()
+            for b in iterate_batches(split, batch_size, device=device, channels_last=channels_last)]
     return torch.cat(outs)
 
 

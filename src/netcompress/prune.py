@@ -30,7 +30,7 @@ from .files import atomic_write_text
 from .measure import count_macs, count_parameters, latency_ms
 from .models.studentnet import StudentNet
 from .surgery import layer_overrides
-from .train import LossFn, TrainConfig, fit
+from .train import LossFn, TrainConfig, cross_entropy_loss, fit
 
 METHODS = ("slim", "l1", "l2", "taylor", "magnitude")
 
@@ -140,8 +140,8 @@ def tp_prune(model: nn.Module, spec: ModelSpec, cfg: PruneConfig, train: Split |
         model.zero_grad()
         gen = torch.Generator().manual_seed(0)
         batches = iterate_batches(train, 64, device=device, shuffle=True, generator=gen, channels_last=False)
-        for _, (x, y) in zip(range(cfg.taylor_batches), batches):
-            F.cross_entropy(model(x), y).backward()
+        for _, batch in zip(range(cfg.taylor_batches), batches):
+            F.cross_entropy(model(batch.images), batch.labels).backward()
     pruner.step()
     model.zero_grad(set_to_none=True)
     if isinstance(model, StudentNet):  # record the pruned StudentNet as plain per-layer widths
@@ -186,7 +186,7 @@ def sparsity_of(model: nn.Module) -> float:
 def bn_l1_penalty(model: nn.Module, weight: float, base: LossFn) -> LossFn:
     """Network Slimming's training loss: base loss + weight * sum |γ| over every BatchNorm."""
     gammas = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
-    return lambda logits, x, y: base(logits, x, y) + weight * sum(g.abs().sum() for g in gammas)
+    return lambda logits, batch: base(logits, batch) + weight * sum(g.abs().sum() for g in gammas)
 
 
 def measure_step(model: nn.Module, spec: ModelSpec, path: Path, val: Split, device: torch.device,
@@ -244,7 +244,7 @@ def prune_schedule(
     rows: list[dict] = []
     if cfg.sparsity > 0:
         sparse_cfg = replace(train_cfg, epochs=cfg.sparsity_epochs)
-        loss = bn_l1_penalty(model, cfg.sparsity, make_loss(model) if make_loss else lambda lo, x, y: F.cross_entropy(lo, y))
+        loss = bn_l1_penalty(model, cfg.sparsity, make_loss(model) if make_loss else cross_entropy_loss())
         result = fit(model, spec, train, val, sparse_cfg, run_dir / "sparsity", device=device, loss_fn=loss,
                      settings={**settings, "phase": "sparsity"}, progress=progress)
         model, spec = load_model(result.model_path)

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .artifact import ModelSpec, save_model
-from .augment import AugmentConfig, iterate_batches
+from .augment import AugmentConfig, Batch, iterate_batches
 from .data import Split
 from .errors import NetcompressError
 from .evaluate import classification_metrics, predict_logits
 from .files import atomic_write, atomic_write_text
 
-# loss_fn(logits, images, labels) -> scalar loss; distillation plugs in its own
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# loss_fn(student logits, batch) -> scalar loss; distillation plugs in its own
+LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 
 
 @dataclass
@@ -45,7 +45,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     channels_last: bool = True
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
     eval_batch_size: int = 256
 
     def check(self) -> None:
@@ -74,7 +74,7 @@ class FitResult:
 
 
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
-    return lambda logits, images, labels: F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    return lambda logits, batch: F.cross_entropy(logits, batch.labels, label_smoothing=label_smoothing)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
@@ -141,9 +141,10 @@ def fit(
                                   generator=gen, channels_last=cfg.channels_last)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
                    disable=not progress, leave=False)
-        for step, (x, y) in enumerate(bar):
-            logits = model(x)
-            loss = loss_fn(logits, x, y)
+        for step, batch in enumerate(bar):
+            y = batch.labels
+            logits = model(batch.images)
+            loss = loss_fn(logits, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
