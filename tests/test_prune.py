@@ -6,9 +6,9 @@ import torch.nn as nn
 
 from netcompress.artifact import import_course_checkpoint, load_model, new_model, save_model
 from netcompress.errors import NetcompressError
-from netcompress.measure import count_parameters
+from netcompress.measure import count_parameters, zero_fraction
 from netcompress.prune import (PruneConfig, apply_masks, course_widths_at, magnitude_masks, prune_schedule,
-                               slim_studentnet, sparsity_of, tp_prune)
+                               slim_studentnet, tp_prune)
 from netcompress.train import TrainConfig
 from test_train import synthetic_split
 
@@ -119,7 +119,7 @@ def test_slim_needs_batchnorm():
 def test_magnitude_masks_and_sparse_bytes(tmp_path):
     model, spec = new_model("studentnet", list("abc"), 32)
     apply_masks(model, magnitude_masks(model, 0.25))
-    assert sparsity_of(model) == pytest.approx(0.75, abs=0.01)
+    assert zero_fraction(model) == pytest.approx(0.75, abs=0.01)
     dense = save_model(tmp_path / "d.safetensors", model, spec)
     sparse = save_model(tmp_path / "s.safetensors", model, spec, sparse=True)
     assert sparse.stat().st_size < 0.4 * dense.stat().st_size

@@ -426,6 +426,60 @@ def export_course(
     console.print(f"wrote {out} ({out.stat().st_size:,} bytes, {'zip' if zip_format else 'legacy'} torch format)")
 
 
+@app.command("run")
+def run_cmd(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file, e.g. recipes/demo.toml."),
+    out: Path = typer.Option(Path("runs/recipe"), "--out", help="Run directory; rerunning skips finished stages."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a recipe field: section.field=value (repeatable)."),
+    target_bytes: Optional[int] = typer.Option(None, "--target-bytes", help="Choose the best model with a file of at most N bytes."),
+    target_params: Optional[int] = typer.Option(None, "--target-params", help="Choose the best model with at most N parameters."),
+    device: str = DeviceOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = JsonOpt,
+):
+    """Run a whole recipe (teacher, distillation, pruning, evaluation) into one directory, then write the report.
+
+    A killed run, rerun with the same command, skips finished stages and resumes the one it was in.
+
+    Example: netcompress run recipes/demo.toml --out runs/demo --target-bytes 300000 --set student.epochs=5
+    """
+    from .pipeline import run_recipe
+    from .recipe import load_recipe
+    from .report import write_report
+    from .runtime import resolve_device
+
+    parsed = load_recipe(recipe, overrides)
+    summary = run_recipe(parsed, out, resolve_device(device), target_bytes=target_bytes, target_params=target_params,
+                         cache_dir=cache_dir, progress=progress)
+    md, html = write_report(out)
+    table = Table(title=f"{recipe.name} -> {out}")
+    for col in ["model", "bytes", "params", "val acc", "test acc"]:
+        table.add_column(col, justify="right")
+    for a in summary["artifacts"]:
+        table.add_row(a["name"], f"{a['file_bytes']:,}", f"{a['params']:,}", f"{a['val_accuracy']:.4f}",
+                      f"{summary['test'][a['name']]:.4f}" if a["name"] in summary["test"] else "")
+    if as_json:
+        _emit(summary, True)
+    else:
+        console.print(table)
+        if summary["budget"]:
+            console.print(f"budget choice: {summary['budget']['chosen']} ({summary['budget']['file']})")
+        console.print(f"report: {html}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory made by `netcompress run`.")):
+    """Write RUN_DIR/report.md and a self-contained RUN_DIR/report.html (tables, plots, environment).
+
+    Example: netcompress report runs/demo
+    """
+    from .report import write_report
+
+    md, html = write_report(run_dir)
+    console.print(f"wrote {md} and {html}")
+
+
 def main() -> None:
     from .runtime import tune_allocator
 

@@ -55,3 +55,27 @@ def latency_ms(model: nn.Module, input_size: int, batch_size: int = 1, *, device
             sync()
             times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1000
+
+
+def zero_fraction(model: nn.Module) -> float:
+    """Share of exact zeros among conv and linear weights (what unstructured pruning leaves)."""
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def measure_model(model: nn.Module, spec, path: Path, val, device: torch.device, sparse_path: Path | None = None) -> dict:
+    """One row of metrics for a saved model: parameters, MACs, bytes, validation accuracy, latency."""
+    from .evaluate import classification_metrics, predict_logits
+
+    acc = classification_metrics(predict_logits(model, val, device), val.labels, val.num_classes)["accuracy"]
+    row = {"params": count_parameters(model), "macs": count_macs(model.cpu(), spec.input_size),
+           "file_bytes": Path(path).stat().st_size, "val_accuracy": round(acc, 5),
+           "latency_ms_batch1": round(latency_ms(model, spec.input_size, 1, repeats=30), 4),
+           "latency_ms_batch64": round(latency_ms(model, spec.input_size, 64, repeats=5, warmup=2), 3)}
+    model.to(device)
+    if sparse_path is not None:
+        row["sparse_file_bytes"] = Path(sparse_path).stat().st_size
+        row["zero_fraction"] = round(zero_fraction(model), 5)
+    if "widths" in spec.kwargs and spec.kwargs["widths"]:
+        row["widths"] = spec.kwargs["widths"]
+    return row

@@ -27,7 +27,7 @@ from .data import Split
 from .errors import NetcompressError
 from .evaluate import classification_metrics, predict_logits
 from .files import atomic_write_text
-from .measure import count_macs, count_parameters, latency_ms
+from .measure import measure_model
 from .models.studentnet import StudentNet
 from .surgery import layer_overrides
 from .train import LossFn, TrainConfig, cross_entropy_loss, fit
@@ -176,32 +176,12 @@ def apply_masks(model: nn.Module, masks: list[torch.Tensor]) -> None:
             w.mul_(m)
 
 
-def sparsity_of(model: nn.Module) -> float:
-    weights = weight_tensors(model)
-    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
-
-
 # ---- the iterative schedule ---------------------------------------------------------------------
 
 def bn_l1_penalty(model: nn.Module, weight: float, base: LossFn) -> LossFn:
     """Network Slimming's training loss: base loss + weight * sum |γ| over every BatchNorm."""
     gammas = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
     return lambda logits, batch: base(logits, batch) + weight * sum(g.abs().sum() for g in gammas)
-
-
-def measure_step(model: nn.Module, spec: ModelSpec, path: Path, val: Split, device: torch.device,
-                 sparse_path: Path | None = None) -> dict:
-    acc = classification_metrics(predict_logits(model, val, device), val.labels, val.num_classes)["accuracy"]
-    row = {"params": count_parameters(model), "macs": count_macs(model.cpu(), spec.input_size),
-           "file_bytes": path.stat().st_size, "val_accuracy": round(acc, 5),
-           "latency_ms_batch1": round(latency_ms(model, spec.input_size, 1, repeats=30), 4),
-           "latency_ms_batch64": round(latency_ms(model, spec.input_size, 64, repeats=5, warmup=2), 3)}
-    if sparse_path is not None:
-        row["sparse_file_bytes"] = sparse_path.stat().st_size
-        row["zero_fraction"] = round(sparsity_of(model), 5)
-    if "widths" in spec.kwargs:
-        row["widths"] = spec.kwargs["widths"]
-    return row
 
 
 def prune_schedule(
@@ -234,7 +214,7 @@ def prune_schedule(
         save_model(path, net, net_spec)
         sparse_path = save_model(run_dir / f"step{k}.sparse.safetensors", net, net_spec, sparse=True) if sparse else None
         rows.append({"step": k, "method": cfg.method, "rate": cfg.rate, "kept": round(cfg.rate**k, 5),
-                     **measure_step(net, net_spec, path, val, device, sparse_path), **extra, "model_file": path.name})
+                     **measure_model(net, net_spec, path, val, device, sparse_path), **extra, "model_file": path.name})
         atomic_write_text(run_dir / "pruning.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         if progress:
             r = rows[-1]

@@ -1,0 +1,129 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from netcompress.errors import NetcompressError
+from netcompress.pipeline import choose
+from netcompress.recipe import load_recipe
+
+TINY = """
+seed = 0
+[data]
+root = "{root}"
+image_size = 32
+[teacher]
+model = "studentnet"
+epochs = 2
+batch_size = 4
+[student]
+model = "studentnet"
+epochs = {student_epochs}
+batch_size = 4
+[[prune]]
+rate = 0.5
+steps = 1
+finetune_epochs = 1
+[[prune]]
+rate = 0.7
+steps = 2
+finetune_epochs = 1
+distill = false
+"""
+
+
+def write_recipe(tmp_path, root, student_epochs=2):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(root=root, student_epochs=student_epochs))
+    return path
+
+
+def run_cli(*args, cache):
+    env = dict(os.environ, NETCOMPRESS_CACHE=str(cache))
+    return subprocess.Popen([sys.executable, "-m", "netcompress.cli", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[student]\nepochs = -1", "[student] epochs = -1 must be > 0"),
+    ("[student]\nepoch = 3", "[student] has no field 'epoch'; allowed: model, epochs"),
+    ("[student]\nmethod = 'fitnets'", "method = 'fitnets'; allowed: logits, rkd"),
+    ("[[prune]]\nrate = 1.5", "rate = 1.5 must lie strictly between 0 and 1"),
+    ("[data]\nimage_size = 'big'", "image_size = 'big' must be a int"),
+    ("[optimizer]\nlr = 1", "unknown section(s) optimizer"),
+    ("[student\n", "is not valid TOML"),
+])
+def test_recipe_errors_name_the_field_and_what_is_allowed(tmp_path, text, message):
+    (tmp_path / "r.toml").write_text(text)
+    with pytest.raises(NetcompressError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load_recipe(tmp_path / "r.toml")
+
+
+def test_overrides_from_the_command_line(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path, "x"), ["student.epochs=7", "prune.finetune_epochs=3",
+                                                       "data.root=../elsewhere/data"])
+    assert recipe.student.epochs == 7 and [p.finetune_epochs for p in recipe.prune] == [3, 3]
+    assert recipe.data.root == "../elsewhere/data"
+
+
+def test_budget_choice_and_an_impossible_budget():
+    artifacts = [{"name": "a", "file_bytes": 500_000, "params": 120_000, "val_accuracy": 0.7},
+                 {"name": "b", "file_bytes": 250_000, "params": 60_000, "val_accuracy": 0.6},
+                 {"name": "c", "file_bytes": 90_000, "params": 20_000, "val_accuracy": 0.5}]
+    for a in artifacts:
+        a["file"] = a["name"]
+    assert choose(artifacts, target_bytes=300_000)["chosen"] == "b"
+    assert choose(artifacts, target_params=25_000)["chosen"] == "c"
+    assert [t["fits"] for t in choose(artifacts, target_bytes=300_000)["tried"]] == [False, True, True]
+    with pytest.raises(NetcompressError, match="no model meets the budget.*smallest is c: 90,000 bytes"):
+        choose(artifacts, target_bytes=50_000)
+
+
+def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset, tmp_path):
+    recipe, out, cache = write_recipe(tmp_path, jpeg_dataset), tmp_path / "run", tmp_path / "cache"
+    proc = run_cli("run", recipe, "--out", out, "--target-bytes", 10**9, "--no-progress", "--json", cache=cache)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    summary = json.loads(stdout)
+    names = [a["name"] for a in summary["artifacts"]]
+    assert names[0].startswith("teacher") and names[1].startswith("student") and len(names) == 2 + 1 + 2
+    assert summary["budget"]["chosen"] in names and set(summary["test"]) >= {names[0], names[1]}
+    html = (out / "report.html").read_text()
+    for section in ["Models", "Pruning", "Size against accuracy", "Budget", "Environment"]:
+        assert f">{section}<" in html
+    assert html.count("data:image/png;base64,") == 2
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")}
+    assert len(stamps) == 4  # teacher, student, two pruning runs
+    proc = run_cli("run", recipe, "--out", out, "--no-progress", cache=cache)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")} == stamps
+    assert "epoch" not in stderr  # nothing trained again
+
+
+def test_a_killed_run_resumes_without_redoing_finished_stages(jpeg_dataset, tmp_path):
+    recipe, out, cache = write_recipe(tmp_path, jpeg_dataset, student_epochs=40), tmp_path / "run", tmp_path / "c"
+    proc = run_cli("run", recipe, "--out", out, "--no-progress", cache=cache)
+    metrics = out / "student" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    teacher_done = (out / "teacher" / "done.json").stat().st_mtime_ns
+    first_rows = metrics.read_text().splitlines()
+    assert not (out / "student" / "done.json").exists()
+
+    proc = run_cli("run", recipe, "--out", out, "--no-progress", cache=cache)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    assert (out / "teacher" / "done.json").stat().st_mtime_ns == teacher_done
+    rows = [json.loads(r) for r in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 41))
+    assert metrics.read_text().splitlines()[: len(first_rows) - 1] == first_rows[:-1]  # kept, not redone
+    assert (out / "student" / "done.json").exists() and (out / "report.html").exists()
