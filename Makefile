@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	bash scripts/demo.sh $(DATA) $(OUT)
+	$(BIN)/netcompress run recipes/demo.toml --set data.root=$(DATA) --out $(OUT) --target-bytes 300000
 
 test: install
 	$(BIN)/python -m pytest -q
