@@ -65,11 +65,21 @@ def iterate_batches(
     augment: AugmentConfig | None = None,
     generator: torch.Generator | None = None,
     channels_last: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[Batch]:
-    """Yield batches on `device`, optionally shuffled and augmented."""
+    """Yield batches on `device`, optionally shuffled and augmented.
+
+    shard=(rank, ranks): this rank's share of the order all ranks draw from the same generator,
+    padded by wrapping around so that every rank gets as many images (and steps) as the others.
+    """
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for start in range(0, n, batch_size):
+    rank, ranks = shard
+    if ranks > 1:
+        order = torch.cat([order, order[: (-n) % ranks]])[rank::ranks]
+        if generator is not None:  # each rank augments its own images with its own draws
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)) + rank)
+    for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         x = split.images[idx].to(device, non_blocking=True).float().div_(255)
         if augment is not None:

@@ -44,6 +44,36 @@ def _kv_table(title: str, rows: dict) -> Table:
     return table
 
 
+NprocOpt = typer.Option(1, "--nproc", help="Processes on this machine: >1 relaunches under torchrun (DDP).")
+
+
+def _launch_if_asked(nproc: int) -> None:
+    """--nproc N outside torchrun: run this very command under torchrun with N processes."""
+    import os
+
+    from .distributed import launch, strip_nproc
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(launch(nproc, strip_nproc(sys.argv[1:])))
+
+
+def _train_val(data: Path, size: int, cache_dir, skip_bad: bool, progress: bool, world):
+    """Both labeled splits; under torchrun rank 0 decodes (and caches) first, the others read its cache."""
+    from .data import load_split
+
+    def load():
+        return (load_split(data, "training", size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress),
+                load_split(data, "validation", size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress))
+
+    if world.main:
+        splits = load()
+        world.barrier()
+    else:
+        world.barrier()
+        splits = load()
+    return splits
+
+
 def open_model(path: Path):
     """A model file (.safetensors) or a course checkpoint (.bin/.pt/.pth) -> (model, spec)."""
     from .artifact import import_course_checkpoint, load_model
@@ -84,6 +114,7 @@ def train(
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    nproc: int = NprocOpt,
     as_json: bool = JsonOpt,
 ):
     """Train a model from scratch (or from pretrained weights) with the course's augmentation.
@@ -94,18 +125,20 @@ def train(
     Example: netcompress train --model studentnet --data ../shared/data/food101_10 --image-size 64 --epochs 10 --out runs/student
     """
     from .artifact import new_model
-    from .data import load_split
+    from .distributed import init_from_env
     from .runtime import resolve_device, seed_everything
     from .train import TrainConfig, fit
 
-    dev = resolve_device(device)
+    _launch_if_asked(nproc)
+    world, dev = init_from_env(resolve_device(device))
     seed_everything(seed)
-    tr = load_split(data, "training", image_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
-    va = load_split(data, "validation", image_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
+    tr, va = _train_val(data, image_size, cache_dir, skip_bad, progress and world.main, world)
     net, spec = new_model(model, tr.class_names, image_size, width_mult=width_mult, pretrained=pretrained)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
                       label_smoothing=label_smoothing, seed=seed)
-    result = fit(net, spec, tr, va, cfg, out, device=dev, progress=progress)
+    result = fit(net, spec, tr, va, cfg, out, device=dev, progress=progress, world=world)
+    if not world.main:
+        return
     summary = {"model": model, "best_val_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
                "epochs_run": result.epochs_run, "model_file": str(result.model_path)}
     _emit(summary, as_json, _kv_table(f"train {model}", summary))
@@ -137,6 +170,7 @@ def distill(
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    nproc: int = NprocOpt,
     as_json: bool = JsonOpt,
 ):
     """Distill a teacher into a student: (1-a)*CE + a*T^2*KL(teacher/T || student/T), as the course did.
@@ -148,18 +182,18 @@ def distill(
     Example: netcompress distill --teacher runs/teacher/best.safetensors --student studentnet --data ../shared/data/food101_10 -T 4 --alpha 0.9 --out runs/kd
     """
     from .artifact import load_model, new_model
-    from .data import load_split
     from .augment import AugmentConfig
     from .distill import DistillConfig, DistillLoss, check_teacher
+    from .distributed import init_from_env
     from .runtime import resolve_device, seed_everything
     from .train import TrainConfig, fit
 
-    dev = resolve_device(device)
+    _launch_if_asked(nproc)
+    world, dev = init_from_env(resolve_device(device))
     seed_everything(seed)
     teacher_net, teacher_spec = load_model(teacher)
     size = image_size or teacher_spec.input_size
-    tr = load_split(data, "training", size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
-    va = load_split(data, "validation", size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
+    tr, va = _train_val(data, size, cache_dir, skip_bad, progress and world.main, world)
     check_teacher(teacher_spec.class_names, tr.class_names, teacher)
     if Path(student).suffix == ".safetensors":
         net, spec = load_model(student)
@@ -175,7 +209,10 @@ def distill(
         loss.precompute(tr)
     spec.info["distilled_from"] = str(teacher)
     settings = {"distill": vars(kd), "teacher": str(teacher), "student": student}
-    result = fit(net, spec, tr, va, cfg, out, device=dev, loss_fn=loss, settings=settings, progress=progress)
+    result = fit(net, spec, tr, va, cfg, out, device=dev, loss_fn=loss, settings=settings, progress=progress,
+                 world=world)
+    if not world.main:
+        return
     summary = {"student": student, "teacher": str(teacher), "best_val_accuracy": result.best_accuracy,
                "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "model_file": str(result.model_path)}
     _emit(summary, as_json, _kv_table("distill", summary))

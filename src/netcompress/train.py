@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .artifact import ModelSpec, save_model
 from .augment import AugmentConfig, Batch, iterate_batches
 from .data import Split
+from .distributed import World
 from .errors import NetcompressError
 from .evaluate import classification_metrics, predict_logits
 from .files import atomic_write, atomic_write_text
@@ -101,13 +102,18 @@ def fit(
     settings: dict | None = None,
     progress: bool = True,
     after_step: Callable[[nn.Module], None] | None = None,
+    world: World = World(),
 ) -> FitResult:
     """Train `model` on `train`, keep the best model on `val` in run_dir/best.safetensors.
 
     `settings` are extra facts that define the run (the loss, the teacher...) and must match on
     resume; `after_step` runs after every optimizer step (e.g. to keep pruning masks applied).
+    Under torchrun (`world.size` > 1) each rank trains on its shard with batch_size / ranks
+    images per step and DistributedDataParallel averages the gradients.
     """
     cfg.check()
+    if cfg.batch_size % world.size:
+        raise NetcompressError(f"--batch-size {cfg.batch_size} must be divisible by the {world.size} processes")
     if train.num_classes != spec.num_classes:
         raise NetcompressError(f"the model has {spec.num_classes} classes but the data has {train.num_classes}; "
                                "build the model for the data's classes")
@@ -116,7 +122,9 @@ def fit(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
-    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    local_batch = cfg.batch_size // world.size
+    steps_per_epoch = -(-(-(-len(train) // world.size)) // local_batch)
+    progress = progress and world.main
     run_info = {"config": asdict(cfg), "arch": spec.arch, "kwargs": spec.kwargs, "train_images": len(train),
                 **(settings or {})}
 
@@ -127,7 +135,12 @@ def fit(
     start_epoch, best_acc, best_epoch, history = _resume(run_dir, run_info, model, opt, sched, device)
     if start_epoch > cfg.epochs:
         return FitResult(best_acc, best_epoch, 0, run_dir / "best.safetensors", history)
-    atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2))
+    world.barrier()  # every rank has read the old run.json before rank 0 rewrites it
+    if world.main:
+        atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2))
+    net = model
+    if world.size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         torch.manual_seed(cfg.seed + epoch)
@@ -137,13 +150,13 @@ def fit(
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        batches = iterate_batches(train, cfg.batch_size, device=device, shuffle=True, augment=cfg.augment,
-                                  generator=gen, channels_last=cfg.channels_last)
+        batches = iterate_batches(train, local_batch, device=device, shuffle=True, augment=cfg.augment,
+                                  generator=gen, channels_last=cfg.channels_last, shard=(world.rank, world.size))
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
                    disable=not progress, leave=False)
         for step, batch in enumerate(bar):
             y = batch.labels
-            logits = model(batch.images)
+            logits = net(batch.images)
             loss = loss_fn(logits, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -154,8 +167,10 @@ def fit(
             total_loss += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
-            if step % 10 == 0:
+            if progress and step % 10 == 0:
                 bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        total_loss, correct, seen = world.sum(total_loss, correct, torch.tensor(float(seen)))
+        correct, seen = int(correct), int(seen)
         train_seconds = time.perf_counter() - t0
         val_metrics = classification_metrics(
             predict_logits(model, val, device, cfg.eval_batch_size, cfg.channels_last), val.labels, val.num_classes)
@@ -163,7 +178,7 @@ def fit(
         row = {
             "epoch": epoch,
             "train_loss": round(total_loss.item() / seen, 5),
-            "train_accuracy": round(correct.item() / seen, 5),
+            "train_accuracy": round(correct / seen, 5),
             "val_loss": round(val_metrics["loss"], 5),
             "val_accuracy": round(val_metrics["accuracy"], 5),
             "lr": opt.param_groups[0]["lr"],
@@ -171,14 +186,18 @@ def fit(
             "images_per_second": round(seen / train_seconds, 1),
             "eval_seconds": round(eval_seconds, 3),
         }
-        if val_metrics["accuracy"] > best_acc:
+        if val_metrics["accuracy"] > best_acc:  # every rank evaluates the same weights: same decision
             best_acc, best_epoch = val_metrics["accuracy"], epoch
             spec.info.update({"val_accuracy": best_acc, "epoch": epoch})
-            save_model(run_dir / "best.safetensors", model, spec)
+            if world.main:
+                save_model(run_dir / "best.safetensors", model, spec)
         row["best_val_accuracy"] = round(best_acc, 5)
         history.append(row)
-        _checkpoint(run_dir, model, opt, sched, epoch, best_acc, best_epoch, history)
-        tqdm.write(f"epoch {epoch:3d}  loss {row['train_loss']:.3f}  train acc {row['train_accuracy']:.3f}  "
+        if world.main:
+            _checkpoint(run_dir, model, opt, sched, epoch, best_acc, best_epoch, history)
+        world.barrier()
+        if world.main:
+            tqdm.write(f"epoch {epoch:3d}  loss {row['train_loss']:.3f}  train acc {row['train_accuracy']:.3f}  "
                        f"val acc {row['val_accuracy']:.3f}  best {best_acc:.3f}  ({train_seconds:.1f} s, "
                        f"{row['images_per_second']:.0f} img/s)", file=sys.stderr)
     return FitResult(best_acc, best_epoch, cfg.epochs - start_epoch + 1, run_dir / "best.safetensors", history)
