@@ -18,6 +18,7 @@ def read_jsonl(path: Path) -> list[dict]:
 def plot_pruning(run_dirs: list[Path], out: Path, title: str = "Pruning: parameters vs validation accuracy") -> Path:
     """Parameter count (x) against validation accuracy (y), one line per pruning run (the seed's question 3)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -25,8 +26,10 @@ def plot_pruning(run_dirs: list[Path], out: Path, title: str = "Pruning: paramet
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in run_dirs:
         rows = read_jsonl(Path(run) / "pruning.jsonl")
-        label = f"rate {rows[0]['rate']} ({rows[0]['method']}, {len(rows) - 1} steps)"
+        steps = len(rows) - 1
+        label = f"rate {rows[0]['rate']} ({rows[0]['method']}, {steps} step{'s' if steps != 1 else ''})"
         ax.plot([r["params"] for r in rows], [r["val_accuracy"] for r in rows], marker="o", label=label)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.set_xlabel("parameters")
     ax.set_ylabel("validation accuracy")
     ax.set_title(title)
@@ -41,6 +44,7 @@ def plot_pruning(run_dirs: list[Path], out: Path, title: str = "Pruning: paramet
 def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 300_000) -> Path:
     """Every artifact's bytes on disk (log x) against validation accuracy, with the course's byte limit."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -53,6 +57,8 @@ def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 3
     ax.axvline(limit_bytes, color="crimson", linestyle="--", linewidth=1)
     ax.text(limit_bytes, ax.get_ylim()[0], f" {limit_bytes:,} bytes", color="crimson", va="bottom", fontsize=8)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("bytes on disk (log scale)")
     ax.set_ylabel("validation accuracy")
     ax.set_title("Size against accuracy of every model")
