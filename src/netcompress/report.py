@@ -57,6 +57,9 @@ def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 3
     ax.axvline(limit_bytes, color="crimson", linestyle="--", linewidth=1)
     ax.text(limit_bytes, ax.get_ylim()[0], f" {limit_bytes:,} bytes", color="crimson", va="bottom", fontsize=8)
     ax.set_xscale("log")
+    sizes = [a["file_bytes"] for a in artifacts] + [limit_bytes]
+    ax.set_xticks([t for t in (10**k * m for k in range(3, 9) for m in (1, 3))
+                   if min(sizes) / 2 <= t <= max(sizes) * 2])
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("bytes on disk (log scale)")
