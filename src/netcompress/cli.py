@@ -387,14 +387,21 @@ def quantize(
     fold_bn: Optional[bool] = typer.Option(None, "--fold-bn/--no-fold-bn",
                                            help="Fold BatchNorm into the conv before it [default: on for "
                                                 "int8-channel, kbit, kmeans]."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="File size limit in bytes: per-tensor widths "
+                                         "(2..--bits) chosen by measured sensitivity; needs --data, kbit or kmeans."),
+    calibration: int = typer.Option(256, "--calibration", help="Training images that measure sensitivity (--budget)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Also report validation accuracy, fp32 vs quantized."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
     cache_dir: Optional[Path] = CacheOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = JsonOpt,
 ):
     """Store a model with a weight codec in a compact, checksummed .ncq file (it loads like any model file).
 
-    Example: netcompress quantize runs/kd/best.safetensors --codec kmeans --bits 4 --entropy --out kd-km4.ncq --data ../shared/data/food101_10
+    With --budget, each tensor gets its own width: the ones whose quantization moves the
+    predictions least (measured on training images) get the fewest bits.
+
+    Example: netcompress quantize runs/kd/best.safetensors --codec kbit --bits 8 --budget 100000 --entropy --data ../shared/data/food101_10 --out kd-100k.ncq
     """
     from .quantize import QuantConfig, load_quantized, save_quantized
 
@@ -405,9 +412,20 @@ def quantize(
         raise NetcompressError(f"{model_file} is an ONNX file; quantize a .safetensors model (or use `netcompress "
                                "export --int8` for an int8 ONNX model)")
     cfg = QuantConfig(codec=codec, bits=bits, entropy=entropy, fold_bn=fold_bn).checked()
+    if budget is not None:
+        from .bit_allocation import allocate_bits, calibration_images
+        from .data import load_split
+
+        if data is None:
+            raise NetcompressError("--budget needs --data DIR: its training images measure each tensor's sensitivity")
+        train_split = load_split(data, "training", image_size or spec.input_size, cache_dir=cache_dir,
+                                 progress=progress)
+        cfg = allocate_bits(net, spec, cfg, calibration_images(train_split, calibration), budget, progress)
     save_quantized(out, net, spec, cfg)
     result = {"model": str(model_file), "out": str(out), "codec": cfg.codec, "bits": cfg.bits, "entropy": cfg.entropy,
               "fold_bn": cfg.fold_bn, "bytes": out.stat().st_size}
+    if cfg.tensor_bits:
+        result["bits"] = "/".join(str(b) for b in cfg.tensor_bits.values()) + " (per tensor)"
     if model_file.exists():
         result["source_bytes"] = model_file.stat().st_size
     if data is not None:

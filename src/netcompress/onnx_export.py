@@ -13,7 +13,6 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -47,10 +46,9 @@ class CalibrationReader:
     (Food-11 files are sorted by label, so every class is represented)."""
 
     def __init__(self, split: Split, n: int, input_name: str = "input", batch_size: int = 32):
-        if n < 1:
-            raise NetcompressError(f"--calibration {n}: use at least 1 image (a few hundred is typical)")
-        idx = np.unique(np.linspace(0, len(split) - 1, min(n, len(split))).round().astype(np.int64))
-        images = split.images[torch.from_numpy(idx)].float().div_(255).numpy()
+        from .bit_allocation import calibration_images
+
+        images = calibration_images(split, n).numpy()
         self.batches = iter([{input_name: images[i:i + batch_size]} for i in range(0, len(images), batch_size)])
 
     def get_next(self):

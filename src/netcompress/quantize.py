@@ -14,8 +14,8 @@ File layout (little-endian), deterministic for a given model and config:
 
 A record is a kind byte and its payload: RAW (the tensor's own dtype), CONST (one value), FP16,
 MINMAX8 (the course's per-tensor uint8 with float32 min and max), AFFINE (k-bit codes with one
-fp16 offset and step per output channel, or per tensor), KMEANS (fp16 codebook of 2**k entries
-plus k-bit indices). Codes narrower than 8 bits are bit-packed.
+fp16 offset and step per output channel), KMEANS (one fp16 scale per output channel, a shared fp16
+codebook of 2**k entries, k-bit indices). Codes narrower than 8 bits are bit-packed.
 """
 
 from __future__ import annotations
@@ -52,12 +52,11 @@ class QuantConfig:
     """How to store a model.
 
     codec: fp16 | int8-minmax (the course's, every float tensor) | int8-channel (= kbit, 8 bits) |
-    kbit (per-channel affine, MSE-searched range) | kmeans (per-tensor codebook, Deep Compression).
+    kbit (per-channel affine, MSE-searched range) | kmeans (weight sharing, Deep Compression).
     Tensors under `min_elements` or with fewer than 2 dims (biases, BatchNorm vectors) stay fp16:
-    their per-channel parameters would cost more than the codes save. `fold_bn` folds each
-    BatchNorm into the conv before it, leaving constant (4-byte) BN tensors.
-    `per_channel_min` is the shortest output-channel row given its own offset and step; shorter
-    rows (3x3 depthwise kernels) share one per tensor.
+    they are 2-3% of StudentNet's weights, and per-channel parameters would cost more than their
+    codes save. `fold_bn` folds each BatchNorm into the conv before it, leaving constant (4-byte)
+    BN tensors. `tensor_bits` overrides `bits` per tensor name (see `allocate_bits`).
     """
 
     codec: str = "int8-minmax"
@@ -65,7 +64,7 @@ class QuantConfig:
     entropy: bool = False
     fold_bn: bool | None = None  # None: on for kbit, int8-channel and kmeans; off for the course codecs
     min_elements: int = 256
-    per_channel_min: int = 16
+    tensor_bits: dict | None = None
 
     def checked(self) -> "QuantConfig":
         if self.codec not in CODECS:
@@ -74,11 +73,17 @@ class QuantConfig:
         if self.codec in fixed and self.bits not in (fixed[self.codec], 8):
             raise NetcompressError(f"--bits {self.bits}: codec {self.codec} is always {fixed[self.codec]}-bit; "
                                    "use --codec kbit or kmeans for other widths")
-        if self.codec in ("kbit", "kmeans") and not 2 <= self.bits <= 8:
-            raise NetcompressError(f"--bits {self.bits}: codec {self.codec} takes 2 to 8 bits")
+        for b in [self.bits, *(self.tensor_bits or {}).values()]:
+            if self.codec in ("kbit", "kmeans") and not 2 <= b <= 8:
+                raise NetcompressError(f"--bits {b}: codec {self.codec} takes 2 to 8 bits")
+        if self.tensor_bits and self.codec not in ("kbit", "kmeans"):
+            raise NetcompressError(f"per-tensor bits need codec kbit or kmeans, not {self.codec}")
         bits = fixed.get(self.codec, self.bits)
         fold = self.fold_bn if self.fold_bn is not None else self.codec in ("kbit", "int8-channel", "kmeans")
-        return QuantConfig(self.codec, bits, self.entropy, fold, self.min_elements, self.per_channel_min)
+        return QuantConfig(self.codec, bits, self.entropy, fold, self.min_elements, self.tensor_bits)
+
+    def bits_for(self, name: str) -> int:
+        return (self.tensor_bits or {}).get(name, self.bits)
 
 
 # --- bit packing -------------------------------------------------------------------------------
@@ -155,6 +160,20 @@ def affine_decode(lo: np.ndarray, step: np.ndarray, codes: np.ndarray) -> np.nda
     return codes.astype(np.float32) * step.astype(np.float32)[:, None] + lo.astype(np.float32)[:, None]
 
 
+def kmeans_rows(rows: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weight sharing with per-row scales -> (scale fp16 [rows], codebook fp16 [2**bits], codes).
+
+    Rows are divided by their max |w| and share one k-means codebook. Deep Compression's plain
+    per-tensor codebook let channels with small weights collapse onto one or two centres: on the
+    course's StudentNet at 4 bits it moved the logits by 0.87 (relative L2) against 0.35 with scales.
+    """
+    w = np.asarray(rows, dtype=np.float32)
+    scale = np.abs(w).max(1).astype(np.float16)
+    safe = np.where(scale > 0, scale.astype(np.float32), 1.0)[:, None]
+    book, codes = kmeans_1d(w / safe, 2**bits)
+    return scale, book, codes.reshape(w.shape)
+
+
 def kmeans_1d(values: np.ndarray, k: int, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means on scalars -> (codebook fp16 [k], nearest-code indices).
 
@@ -189,8 +208,9 @@ def _fits_fp16(w: np.ndarray) -> bool:
     return bool(np.isfinite(w).all() and np.abs(w).max(initial=0) <= FP16_MAX)
 
 
-def encode_tensor(t: torch.Tensor, cfg: QuantConfig) -> bytes:
-    """One state_dict entry -> record bytes, following cfg (see QuantConfig)."""
+def encode_tensor(t: torch.Tensor, cfg: QuantConfig, bits: int | None = None) -> bytes:
+    """One state_dict entry -> record bytes, following cfg (see QuantConfig); `bits` overrides cfg.bits."""
+    bits = bits or cfg.bits
     w = t.detach().cpu().contiguous().numpy()
     if not t.is_floating_point():
         return bytes([RAW]) + w.tobytes()
@@ -204,12 +224,12 @@ def encode_tensor(t: torch.Tensor, cfg: QuantConfig) -> bytes:
         return bytes([RAW]) + w.tobytes()
     if cfg.codec == "fp16" or w.ndim < 2 or w.size < cfg.min_elements:
         return bytes([FP16]) + w.astype(np.float16).tobytes()
+    rows = w.reshape(len(w), -1)
     if cfg.codec == "kmeans":
-        book, codes = kmeans_1d(w, 2**cfg.bits)
-        return bytes([KMEANS, cfg.bits]) + book.tobytes() + pack_bits(codes, cfg.bits)
-    per_channel = w[0].size >= cfg.per_channel_min
-    lo, step, codes = affine_encode(w.reshape(len(w) if per_channel else 1, -1), cfg.bits)
-    return bytes([AFFINE, cfg.bits, per_channel]) + lo.tobytes() + step.tobytes() + pack_bits(codes, cfg.bits)
+        scale, book, codes = kmeans_rows(rows, bits)
+        return bytes([KMEANS, bits]) + scale.tobytes() + book.tobytes() + pack_bits(codes, bits)
+    lo, step, codes = affine_encode(rows, bits)
+    return bytes([AFFINE, bits]) + lo.tobytes() + step.tobytes() + pack_bits(codes, bits)
 
 
 class _Reader:
@@ -245,15 +265,16 @@ def decode_tensor(r: _Reader, like: torch.Tensor, name: str) -> torch.Tensor:
         lo, hi = struct.unpack("<ff", r.take(8))
         w = minmax8_decode(lo, hi, r.array(np.uint8, n))
     elif kind == AFFINE:
-        bits, per_channel = r.take(2)
-        rows = shape[0] if per_channel else 1
-        lo, step = r.array(np.float16, rows), r.array(np.float16, rows)
+        bits = r.take(1)[0]
+        lo, step = r.array(np.float16, shape[0]), r.array(np.float16, shape[0])
         codes = unpack_bits(r.take(packed_size(n, bits)), bits, n)
-        w = affine_decode(lo, step, codes.reshape(rows, -1))
+        w = affine_decode(lo, step, codes.reshape(shape[0], -1))
     elif kind == KMEANS:
         bits = r.take(1)[0]
+        scale = r.array(np.float16, shape[0]).astype(np.float32)
         book = r.array(np.float16, 2**bits).astype(np.float32)
-        w = book[unpack_bits(r.take(packed_size(n, bits)), bits, n)]
+        codes = unpack_bits(r.take(packed_size(n, bits)), bits, n)
+        w = book[codes].reshape(shape[0], -1) * scale[:, None]
     else:
         raise NetcompressError(f"{r.source}: tensor {name} has unknown record kind {kind} (damaged file, or "
                                "written by a newer netcompress)")
@@ -309,7 +330,7 @@ def encode_model(model: nn.Module, spec: ModelSpec, cfg: QuantConfig) -> bytes:
     meta = {"netcompress": __version__, "spec": asdict(spec), "quant": asdict(cfg)}
     head = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
     body = b"".join([struct.pack("<I", len(head)), head,
-                     *(encode_tensor(t, cfg) for t in model.state_dict().values())])
+                     *(encode_tensor(t, cfg, cfg.bits_for(k)) for k, t in model.state_dict().items())])
     flags = 0
     if cfg.entropy:
         body = lzma.compress(body, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
