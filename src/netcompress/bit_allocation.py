@@ -21,6 +21,7 @@ from .quantize import AFFINE, KMEANS, QuantConfig, _copy_model, _Reader, decode_
     fold_batchnorm
 
 GRANULE = 8  # bytes per knapsack unit
+WIDTHS = (2, 3, 4, 5, 6, 8)
 
 
 def calibration_images(split: Split, n: int) -> torch.Tensor:
@@ -88,13 +89,16 @@ def choose_widths(table: dict[str, dict[int, tuple[float, int]]], budget: int) -
 
 
 def allocate_bits(model, spec: ModelSpec, cfg: QuantConfig, images: torch.Tensor, budget: int,
-                  progress: bool = True) -> QuantConfig:
-    """A config whose per-tensor widths (2..cfg.bits) keep the whole file within `budget` bytes."""
+                  progress: bool = True, table: dict | None = None) -> QuantConfig:
+    """A config whose per-tensor widths (2..cfg.bits) keep the whole file within `budget` bytes.
+
+    `table` reuses a `sensitivity` result measured with the same codec, widths and BatchNorm folding.
+    """
     cfg = cfg.checked()
     if cfg.codec not in ("kbit", "kmeans"):
         raise NetcompressError(f"--budget needs --codec kbit or kmeans (per-tensor widths), not {cfg.codec}")
-    widths = [b for b in (2, 3, 4, 5, 6, 8) if b <= cfg.bits]
-    table = sensitivity(model, spec, cfg, images, widths, progress)
+    widths = [b for b in WIDTHS if b <= cfg.bits]
+    table = table or sensitivity(model, spec, cfg, images, widths, progress)
     base = QuantConfig(**{**cfg.__dict__, "tensor_bits": {n: cfg.bits for n in table}, "entropy": False})
     fixed = len(encode_model(model, spec, base)) - sum(t[cfg.bits][1] for t in table.values())
     best, best_kl, target = None, np.inf, budget - fixed - 64  # 64: room for the JSON's list of widths
