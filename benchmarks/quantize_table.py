@@ -2,8 +2,9 @@
 
 Rows: the fp32 model file, the course's 16/8-bit pickles (protocol 3), fp16, the course's int8
 min-max, per-channel int8, k-bit and k-means at 2-6 bits (with and without --entropy: lossless,
-so both share one accuracy), and mixed precision under byte budgets. Every size is a file
-written to disk and measured there. Prints a markdown table and writes JSON.
+so both share one accuracy), mixed precision under byte budgets and, with --finetune, the same
+after quantization-aware fine-tuning. Every size is a file written to disk and measured there.
+Prints a markdown table and writes JSON.
 
     python benchmarks/quantize_table.py --model runs/kd/best.safetensors --data ../shared/data/food101_10
 """
@@ -26,6 +27,7 @@ from netcompress.course_pkl import load_course_pkl, save_course_pkl
 from netcompress.data import load_split
 from netcompress.errors import NetcompressError
 from netcompress.evaluate import predict_logits
+from netcompress.qat import finetune_quantized
 from netcompress.quantize import QuantConfig, load_quantized, save_quantized
 from netcompress.runtime import tune_allocator
 
@@ -37,6 +39,8 @@ def main() -> None:
     ap.add_argument("--bits", default="2,3,4,5,6", help="widths for kbit and kmeans")
     ap.add_argument("--budgets", default="80000,100000,125000,150000", help="byte budgets for mixed precision")
     ap.add_argument("--calibration", type=int, default=256, help="training images for the budget's sensitivity")
+    ap.add_argument("--finetune", type=int, default=0, help="epochs of quantization-aware fine-tuning (0: none)")
+    ap.add_argument("--finetune-budgets", default="80000,100000", help="budgets that also get fine-tuned rows")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quantize_table.json"))
     args = ap.parse_args()
@@ -62,10 +66,10 @@ def main() -> None:
                          "bytes": path.stat().st_size,
                          "val_accuracy": accuracy(load_course_pkl(path, input_size=spec.input_size)[0])})
 
-    def add(cfg: QuantConfig, label: str | None = None) -> None:
+    def add(cfg: QuantConfig, label: str | None = None, net=model) -> None:
         sizes = {}
         for entropy in (False, True):
-            path = save_quantized(tmp / f"q{entropy}.ncq", model, spec, QuantConfig(**{**cfg.__dict__, "entropy": entropy}))
+            path = save_quantized(tmp / f"q{entropy}.ncq", net, spec, QuantConfig(**{**cfg.__dict__, "entropy": entropy}))
             sizes[entropy] = path.stat().st_size
         acc = accuracy(load_quantized(path)[0])
         bits = "/".join(map(str, cfg.tensor_bits.values())) if cfg.tensor_bits else cfg.bits
@@ -94,6 +98,15 @@ def main() -> None:
             rows.append({"codec": f"kbit, budget {budget:,}", "bits": "/".join(map(str, cfg.tensor_bits.values())),
                          "entropy": entropy, "bytes": path.stat().st_size,
                          "val_accuracy": accuracy(load_quantized(path)[0])})
+    if args.finetune:
+        for budget in [int(b) for b in args.finetune_budgets.split(",") if b]:
+            cfg = allocate_bits(model, spec, QuantConfig("kbit", 8), images, budget, table=table)
+            tuned = finetune_quantized(model, spec, cfg, train, epochs=args.finetune, progress=False)
+            add(cfg, f"kbit, budget {budget:,} + {args.finetune} epochs QAT", tuned)
+        for bits in (2, 3):
+            cfg = QuantConfig("kbit", bits).checked()
+            add(cfg, f"kbit + {args.finetune} epochs QAT",
+                finetune_quantized(model, spec, cfg, train, epochs=args.finetune, progress=False))
 
     shutil.rmtree(tmp)
     print(f"\nmodel {args.model} ({spec.arch}, {spec.input_size}px), validation {len(val)} images, "

@@ -295,3 +295,24 @@ def test_budget_is_met_and_beats_uniform_bits(course, food_images):
     assert kl(cfg) < kl(uniform) / 2
     with pytest.raises(NetcompressError, match="--budget 10,000 bytes is below"):
         allocate_bits(net, spec, QuantConfig("kbit", 8), food_images[:4], 10_000, progress=False)
+
+
+def test_quantization_aware_finetuning_recovers_what_2_bits_lose(course, food_images, food_root, cache_dir):
+    from netcompress.data import Split, load_split
+    from netcompress.qat import finetune_quantized
+
+    net, spec = course
+    train = load_split(food_root, "training", 32, cache_dir=cache_dir, progress=False)
+    keep = torch.arange(0, len(train), 12)  # 250 images
+    small = Split("training", train.images[keep], train.labels[keep], [train.files[i] for i in keep],
+                  train.class_names)
+    cfg = QuantConfig("kbit", 2)
+    ref = torch.log_softmax(net(food_images), 1)
+
+    def kl(model):
+        out = torch.log_softmax(decode_model(encode_model(model, spec, cfg))[0](food_images), 1)
+        return torch.nn.functional.kl_div(out, ref, log_target=True, reduction="batchmean").item()
+
+    # pure distillation (alpha 1): the course model's Food-11 classes are not these photos' labels
+    tuned = finetune_quantized(net, spec, cfg, small, epochs=3, lr=1e-3, batch_size=50, alpha=1.0, progress=False)
+    assert kl(tuned) < 0.8 * kl(net)

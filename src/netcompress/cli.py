@@ -390,6 +390,9 @@ def quantize(
     budget: Optional[int] = typer.Option(None, "--budget", help="File size limit in bytes: per-tensor widths "
                                          "(2..--bits) chosen by measured sensitivity; needs --data, kbit or kmeans."),
     calibration: int = typer.Option(256, "--calibration", help="Training images that measure sensitivity (--budget)."),
+    finetune: int = typer.Option(0, "--finetune", help="Epochs of quantization-aware fine-tuning (distilled from "
+                                 "the fp32 model) on --data's training split; 0: none."),
+    finetune_lr: float = typer.Option(3e-4, "--finetune-lr", help="AdamW learning rate for --finetune (cosine)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Also report validation accuracy, fp32 vs quantized."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
     cache_dir: Optional[Path] = CacheOpt,
@@ -399,7 +402,8 @@ def quantize(
     """Store a model with a weight codec in a compact, checksummed .ncq file (it loads like any model file).
 
     With --budget, each tensor gets its own width: the ones whose quantization moves the
-    predictions least (measured on training images) get the fewest bits.
+    predictions least (measured on training images) get the fewest bits. --finetune N then trains
+    N epochs through the codec itself, which recovers most of what 2-4 bits lose.
 
     Example: netcompress quantize runs/kd/best.safetensors --codec kbit --bits 8 --budget 100000 --entropy --data ../shared/data/food101_10 --out kd-100k.ncq
     """
@@ -412,16 +416,24 @@ def quantize(
         raise NetcompressError(f"{model_file} is an ONNX file; quantize a .safetensors model (or use `netcompress "
                                "export --int8` for an int8 ONNX model)")
     cfg = QuantConfig(codec=codec, bits=bits, entropy=entropy, fold_bn=fold_bn).checked()
-    if budget is not None:
-        from .bit_allocation import allocate_bits, calibration_images
+    if (budget is not None or finetune) and data is None:
+        raise NetcompressError("--budget and --finetune need --data DIR: they use its training images")
+    stored = net
+    if budget is not None or finetune:
         from .data import load_split
 
-        if data is None:
-            raise NetcompressError("--budget needs --data DIR: its training images measure each tensor's sensitivity")
         train_split = load_split(data, "training", image_size or spec.input_size, cache_dir=cache_dir,
                                  progress=progress)
+    if budget is not None:
+        from .bit_allocation import allocate_bits, calibration_images
+
         cfg = allocate_bits(net, spec, cfg, calibration_images(train_split, calibration), budget, progress)
-    save_quantized(out, net, spec, cfg)
+    if finetune:
+        from .qat import finetune_quantized
+
+        stored = finetune_quantized(net, spec, cfg, train_split, epochs=finetune, lr=finetune_lr, progress=progress)
+        spec.info = {**spec.info, "quantization_aware_finetune": {"epochs": finetune, "lr": finetune_lr}}
+    save_quantized(out, stored, spec, cfg)
     result = {"model": str(model_file), "out": str(out), "codec": cfg.codec, "bits": cfg.bits, "entropy": cfg.entropy,
               "fold_bn": cfg.fold_bn, "bytes": out.stat().st_size}
     if cfg.tensor_bits:
