@@ -86,7 +86,7 @@ def main() -> None:
             add(QuantConfig(codec, bits).checked())
     train = load_split(args.data, "training", spec.input_size, progress=False)
     images = calibration_images(train, args.calibration)
-    table = sensitivity(model, spec, QuantConfig("kbit", 8), images, list(WIDTHS), progress=False)
+    table = sensitivity(model, spec, QuantConfig("kbit", 8, min_elements=0), images, list(WIDTHS), progress=False)
     for budget in [int(b) for b in args.budgets.split(",") if b]:
         for entropy in (False, True):
             try:

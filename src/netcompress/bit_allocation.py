@@ -92,9 +92,11 @@ def allocate_bits(model, spec: ModelSpec, cfg: QuantConfig, images: torch.Tensor
                   progress: bool = True, table: dict | None = None) -> QuantConfig:
     """A config whose per-tensor widths (2..cfg.bits) keep the whole file within `budget` bytes.
 
-    `table` reuses a `sensitivity` result measured with the same codec, widths and BatchNorm folding.
+    Every tensor with 2 or more dims is a candidate (min_elements 0): the knapsack itself keeps the
+    small sensitive ones at 6-8 bits. `table` reuses a `sensitivity` result measured with the
+    same codec, widths and BatchNorm folding.
     """
-    cfg = cfg.checked()
+    cfg = QuantConfig(**{**cfg.checked().__dict__, "min_elements": 0})
     if cfg.codec not in ("kbit", "kmeans"):
         raise NetcompressError(f"--budget needs --codec kbit or kmeans (per-tensor widths), not {cfg.codec}")
     widths = [b for b in WIDTHS if b <= cfg.bits]
