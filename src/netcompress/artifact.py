@@ -140,6 +140,12 @@ def import_course_checkpoint(path: str | Path, *, class_names: list[str] | None 
         raise NetcompressError(f"checkpoint {path} does not exist") from exc
     except Exception as exc:  # torch raises many types for foreign or corrupt files
         raise NetcompressError(f"{path}: not a readable torch state_dict ({exc})") from exc
+    return course_model_from_state(state, path, class_names=class_names, input_size=input_size, pool_after=pool_after)
+
+
+def course_model_from_state(state: dict, path: Path, *, class_names: list[str] | None = None, input_size: int = 256,
+                            pool_after: list[int] | None = None) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild a course StudentNet from its state_dict (from a .bin or a course .pkl); `path` names the source."""
     if not isinstance(state, dict) or "fc.0.weight" not in state or "cnn.0.0.weight" not in state:
         raise NetcompressError(f"{path}: not a course StudentNet state_dict (needs keys cnn.0.0.weight and fc.0.weight)")
     n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("cnn."))
@@ -155,7 +161,10 @@ def import_course_checkpoint(path: str | Path, *, class_names: list[str] | None 
         kwargs["pool_after"] = pool_after
     spec = ModelSpec(arch, kwargs, list(class_names), input_size, info={"imported_from": path.name})
     model = spec.build()
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise NetcompressError(f"{path}: tensors do not fit a StudentNet with widths {widths}: {exc}") from exc
     return model.eval(), spec
 
 

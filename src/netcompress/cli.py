@@ -40,7 +40,8 @@ def _emit(result: dict, as_json: bool, table: Table | None = None) -> None:
 def _kv_table(title: str, rows: dict) -> Table:
     table = Table(title=title, show_header=False)
     for k, v in rows.items():
-        table.add_row(k, f"{v:,}" if isinstance(v, int) else f"{v:.4f}" if isinstance(v, float) else str(v))
+        table.add_row(k, str(v) if isinstance(v, bool) else f"{v:,}" if isinstance(v, int)
+                      else f"{v:.4f}" if isinstance(v, float) else str(v))
     return table
 
 
@@ -74,13 +75,36 @@ def _train_val(data: Path, size: int, cache_dir, skip_bad: bool, progress: bool,
     return splits
 
 
+MODEL_FILES = "Model file: .safetensors, quantized .ncq, .onnx, course checkpoint .bin or course .pkl."
+
+
 def open_model(path: Path):
-    """A model file (.safetensors) or a course checkpoint (.bin/.pt/.pth) -> (model, spec)."""
+    """Any model file -> (model, spec), picked by suffix: .safetensors, .ncq (quantized), .onnx (ONNX
+    Runtime), .bin/.pt/.pth (course checkpoint), .pkl (course 8/16-bit pickle, loaded without running code)."""
     from .artifact import import_course_checkpoint, load_model
 
-    if path.suffix in (".bin", ".pt", ".pth"):
+    suffix = path.suffix.lower()
+    if suffix in (".bin", ".pt", ".pth"):
         return import_course_checkpoint(path)
+    if suffix == ".ncq":
+        from .quantize import load_quantized
+
+        return load_quantized(path)
+    if suffix == ".pkl":
+        from .course_pkl import load_course_pkl
+
+        return load_course_pkl(path)
+    if suffix == ".onnx":
+        from .onnx_export import load_onnx
+
+        return load_onnx(path)
     return load_model(path)
+
+
+def _is_torch(net) -> bool:
+    from .onnx_export import OnnxModel
+
+    return not isinstance(net, OnnxModel)
 
 
 @app.command()
@@ -312,7 +336,7 @@ def plot_pruning_cmd(
 
 @app.command()
 def evaluate(
-    model_file: Path = typer.Argument(..., help="Model file (.safetensors) or course checkpoint (.bin)."),
+    model_file: Path = typer.Argument(..., help=MODEL_FILES),
     data: Path = DataOpt,
     split: str = typer.Option("validation", "--split", help="validation or testing (needs labeled files)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write metrics JSON and confusion.png here."),
@@ -356,7 +380,7 @@ def evaluate(
 
 @app.command()
 def predict(
-    model_file: Path = typer.Argument(..., help="Model file (.safetensors) or course checkpoint (.bin)."),
+    model_file: Path = typer.Argument(..., help=MODEL_FILES),
     data: Path = DataOpt,
     out: Path = typer.Option(Path("pred.csv"), "--out", help="CSV in the course's format: Id,label."),
     split: str = typer.Option("testing", "--split"),
@@ -383,7 +407,7 @@ def predict(
 
 @app.command()
 def summary(
-    model: str = typer.Argument(..., help="Model file (.safetensors), course checkpoint (.bin) or model name."),
+    model: str = typer.Argument(..., help=MODEL_FILES[:-1] + ", or a registered model name."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's input size (names: 96)."),
     num_classes: int = typer.Option(11, "--num-classes", help="For a model name: its class count."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure fp32 latency at batch 1 and 64."),
@@ -394,6 +418,8 @@ def summary(
 
     Example: netcompress summary ../shared/data/hw7/student_custom_small.bin
     """
+    import numpy as np
+
     from .measure import count_parameters, latency_ms, layer_table
     from .runtime import resolve_device
 
@@ -407,9 +433,19 @@ def summary(
         net, spec = new_model(model, [str(i) for i in range(num_classes)], image_size or 96)
         size = spec.input_size
     net.eval()
-    table = layer_table(net, size)
-    totals = {"model": model, "arch": spec.arch, "input_size": size, "parameters": count_parameters(net),
-              "macs": int(table.total_mult_adds)}
+    if _is_torch(net):
+        table = layer_table(net, size)
+        totals = {"model": model, "arch": spec.arch, "input_size": size, "parameters": count_parameters(net),
+                  "macs": int(table.total_mult_adds)}
+    else:  # an ONNX file: no torch modules to walk; list its operators instead
+        from collections import Counter
+
+        import onnx
+
+        graph = onnx.load(str(path)).graph
+        table = "\n".join(f"{op:24s}{n:5d}" for op, n in Counter(node.op_type for node in graph.node).most_common())
+        totals = {"model": model, "arch": spec.arch, "input_size": size, "runtime": "onnxruntime",
+                  "initializer_elements": sum(int(np.prod(t.dims)) for t in graph.initializer)}
     if path.exists():
         totals["file_bytes"] = path.stat().st_size
     if latency:
@@ -515,6 +551,160 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory made by `ne
 
     md, html = write_report(run_dir)
     console.print(f"wrote {md} and {html}")
+
+
+def _validation_accuracy(nets: dict, data: Path, size: int, cache_dir: Optional[Path], num_classes: int,
+                         model_file: Path) -> dict:
+    """Validation accuracy of each model in `nets` (fp32 first) on one decoded split."""
+    import torch
+
+    from .data import load_split
+    from .evaluate import predict_logits
+
+    ds = load_split(data, "validation", size, cache_dir=cache_dir)
+    if ds.num_classes != num_classes:
+        raise NetcompressError(f"{model_file} predicts {num_classes} classes but {data} has {ds.num_classes}")
+    cpu = torch.device("cpu")
+    return {k: (predict_logits(n, ds, cpu).argmax(1) == ds.labels).float().mean().item() for k, n in nets.items()}
+
+
+@app.command()
+def quantize(
+    model_file: Path = typer.Argument(..., help="Model file to compress (.safetensors, or a course .bin)."),
+    out: Path = typer.Option(..., "--out", help="Quantized model file to write (.ncq)."),
+    codec: str = typer.Option("int8-minmax", "--codec",
+                              help="fp16 | int8-minmax (the course's) | int8-channel | kbit | kmeans."),
+    bits: int = typer.Option(8, "--bits", help="Bits per weight for kbit and kmeans (2-8)."),
+    entropy: bool = typer.Option(False, "--entropy", help="LZMA-compress the stored codes."),
+    fold_bn: Optional[bool] = typer.Option(None, "--fold-bn/--no-fold-bn",
+                                           help="Fold BatchNorm into the conv before it [default: on for "
+                                                "int8-channel, kbit, kmeans]."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="File size limit in bytes: per-tensor widths "
+                                         "(2..--bits) chosen by measured sensitivity; needs --data, kbit or kmeans."),
+    calibration: int = typer.Option(256, "--calibration", help="Training images that measure sensitivity (--budget)."),
+    finetune: int = typer.Option(0, "--finetune", help="Epochs of quantization-aware fine-tuning (distilled from "
+                                 "the fp32 model) on --data's training split; 0: none."),
+    finetune_lr: float = typer.Option(3e-4, "--finetune-lr", help="AdamW learning rate for --finetune (cosine)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Also report validation accuracy, fp32 vs quantized."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
+    cache_dir: Optional[Path] = CacheOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = JsonOpt,
+):
+    """Store a model with a weight codec in a compact, checksummed .ncq file (it loads like any model file).
+
+    With --budget, each tensor gets its own width: the ones whose quantization moves the
+    predictions least (measured on training images) get the fewest bits. --finetune N then trains
+    N epochs through the codec itself, which recovers most of what 2-4 bits lose.
+
+    Example: netcompress quantize runs/kd/best.safetensors --codec kbit --bits 8 --budget 100000 --entropy --data ../shared/data/food101_10 --out kd-100k.ncq
+    """
+    from .quantize import QuantConfig, load_quantized, save_quantized
+
+    if out.suffix != ".ncq":
+        raise NetcompressError(f"--out {out}: quantized files end in .ncq (other tools pick the loader by suffix)")
+    net, spec = open_model(model_file)
+    if not _is_torch(net):
+        raise NetcompressError(f"{model_file} is an ONNX file; quantize a .safetensors model (or use `netcompress "
+                               "export --int8` for an int8 ONNX model)")
+    cfg = QuantConfig(codec=codec, bits=bits, entropy=entropy, fold_bn=fold_bn).checked()
+    if (budget is not None or finetune) and data is None:
+        raise NetcompressError("--budget and --finetune need --data DIR: they use its training images")
+    stored = net
+    if budget is not None or finetune:
+        from .data import load_split
+
+        train_split = load_split(data, "training", image_size or spec.input_size, cache_dir=cache_dir,
+                                 progress=progress)
+    if budget is not None:
+        from .bit_allocation import allocate_bits, calibration_images
+
+        cfg = allocate_bits(net, spec, cfg, calibration_images(train_split, calibration), budget, progress)
+    if finetune:
+        from .qat import finetune_quantized
+
+        stored = finetune_quantized(net, spec, cfg, train_split, epochs=finetune, lr=finetune_lr, progress=progress)
+        spec.info = {**spec.info, "quantization_aware_finetune": {"epochs": finetune, "lr": finetune_lr}}
+    save_quantized(out, stored, spec, cfg)
+    result = {"model": str(model_file), "out": str(out), "codec": cfg.codec, "bits": cfg.bits, "entropy": cfg.entropy,
+              "fold_bn": cfg.fold_bn, "bytes": out.stat().st_size}
+    if cfg.tensor_bits:
+        result["bits"] = "/".join(str(b) for b in cfg.tensor_bits.values()) + " (per tensor)"
+    if model_file.exists():
+        result["source_bytes"] = model_file.stat().st_size
+    if data is not None:
+        accs = _validation_accuracy({"fp32": net, "quantized": load_quantized(out)[0]}, data,
+                                    image_size or spec.input_size, cache_dir, spec.num_classes, model_file)
+        result.update(val_accuracy_fp32=accs["fp32"], val_accuracy=accs["quantized"])
+    _emit(result, as_json, _kv_table(f"quantize {model_file.name}", result))
+
+
+@app.command()
+def export(
+    model_file: Path = typer.Argument(..., help="Model file (.safetensors, .ncq or a course .bin)."),
+    out: Path = typer.Option(..., "--out", help="ONNX file to write (.onnx)."),
+    onnx: bool = typer.Option(True, "--onnx", help="Export to ONNX (the only export format here; kept explicit)."),
+    int8: bool = typer.Option(False, "--int8", help="Static int8 (QDQ) quantization with ONNX Runtime; needs --data."),
+    calibration: int = typer.Option(256, "--calibration", help="Training images used to calibrate int8 ranges."),
+    method: str = typer.Option("minmax", "--calibration-method", help="minmax, entropy or percentile."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: calibration images (training split) "
+                                                             "and, when given, fp32 vs exported validation accuracy."),
+    cache_dir: Optional[Path] = CacheOpt,
+    as_json: bool = JsonOpt,
+):
+    """Export a model to ONNX (fp32, dynamic batch), optionally int8 for ONNX Runtime.
+
+    Example: netcompress export runs/kd/best.safetensors --onnx --int8 --calibration 256 --data ../shared/data/food101_10 --out kd-int8.onnx
+    """
+    import tempfile
+
+    from .data import load_split
+    from .onnx_export import export_onnx, load_onnx, quantize_onnx_int8
+
+    if out.suffix != ".onnx":
+        raise NetcompressError(f"--out {out}: ONNX files end in .onnx")
+    if int8 and data is None:
+        raise NetcompressError("--int8 needs --data DIR: its training images calibrate the activation ranges")
+    net, spec = open_model(model_file)
+    if not _is_torch(net):
+        raise NetcompressError(f"{model_file} is already ONNX; export a .safetensors or .ncq model")
+    if int8:
+        train_split = load_split(data, "training", spec.input_size, cache_dir=cache_dir)
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_onnx(net, spec, Path(tmp) / "fp32.onnx")
+            quantize_onnx_int8(fp32, out, train_split, calibration, method=method)
+    else:
+        export_onnx(net, spec, out)
+    result = {"model": str(model_file), "out": str(out), "precision": "int8 (QDQ)" if int8 else "fp32",
+              "bytes": out.stat().st_size}
+    if data is not None:
+        accs = _validation_accuracy({"fp32": net, "onnx": load_onnx(out)[0]}, data, spec.input_size, cache_dir,
+                                    spec.num_classes, model_file)
+        result.update(val_accuracy_fp32=accs["fp32"], val_accuracy=accs["onnx"])
+    _emit(result, as_json, _kv_table(f"export {model_file.name}", result))
+
+
+@app.command("course-pkl")
+def course_pkl(
+    model_file: Path = typer.Argument(..., help="A StudentNet model file (.safetensors, .ncq or course .bin)."),
+    out: Path = typer.Option(..., "--out", help="Pickle to write (.pkl)."),
+    bits: int = typer.Option(8, "--bits", help="8 (min-max uint8) or 16 (float16), as the course's encode8/encode16."),
+    protocol: int = typer.Option(3, "--protocol", help="Pickle protocol (the course's files: 3)."),
+    as_json: bool = JsonOpt,
+):
+    """Write the course's 8- or 16-bit weight pickle; `.pkl` files load back in every verb (safely, no code runs).
+
+    Example: netcompress course-pkl ../shared/data/hw7/student_custom_small.bin --bits 8 --protocol 3 --out student8.pkl
+    """
+    from .course_pkl import save_course_pkl
+
+    net, spec = open_model(model_file)
+    if not spec.arch.startswith("studentnet"):
+        raise NetcompressError(f"{model_file} is a {spec.arch}; the course's pickle format holds StudentNet only")
+    save_course_pkl(out, net, bits, protocol)
+    result = {"model": str(model_file), "out": str(out), "bits": bits, "protocol": protocol,
+              "bytes": out.stat().st_size}
+    _emit(result, as_json, _kv_table("course pickle", result))
 
 
 def main() -> None:

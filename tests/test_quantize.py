@@ -1,0 +1,318 @@
+"""Quantization: codecs, bit packing, the .ncq file, the course's pickles, ONNX export and int8."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from netcompress.artifact import import_course_checkpoint, new_model
+from netcompress.course_pkl import course_encode, load_course_pkl, read_course_pkl, save_course_pkl
+from netcompress.errors import NetcompressError
+from netcompress.quantize import (CONST, QuantConfig, affine_decode, affine_encode, decode_model, encode_model,
+                                  encode_tensor, fold_batchnorm, kmeans_1d, load_quantized, minmax8_decode,
+                                  minmax8_encode, pack_bits, save_quantized, unpack_bits)
+
+rng = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models and batches: one thread is fastest, and immune to a busy machine's oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def course(course_ckpt):
+    return import_course_checkpoint(course_ckpt, input_size=32)
+
+
+@pytest.fixture(scope="module")
+def food_images(food_root, cache_dir):
+    from netcompress.data import load_split
+
+    split = load_split(food_root, "validation", 32, cache_dir=cache_dir, progress=False)
+    return split.images[::10].float() / 255  # 75 real photos
+
+
+# --- bit packing and codecs on small tensors ----------------------------------------------------
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("n", [1, 7, 13, 1001])
+def test_pack_unpack_identity(bits, n):
+    codes = rng.integers(0, 2**bits, n).astype(np.uint8)
+    codes[0] = 2**bits - 1
+    buf = pack_bits(codes, bits)
+    assert len(buf) == (n * bits + 7) // 8
+    assert np.array_equal(unpack_bits(buf, bits, n), codes)
+
+
+def test_pack_refuses_codes_that_do_not_fit():
+    with pytest.raises(ValueError):
+        pack_bits(np.array([4], dtype=np.uint8), 2)
+
+
+def test_course_minmax_error_is_at_most_half_a_step():
+    w = rng.normal(size=(64, 9)).astype(np.float32)
+    lo, hi, q = minmax8_encode(w)
+    assert q.dtype == np.uint8 and q.min() == 0 and q.max() == 255
+    err = np.abs(minmax8_decode(lo, hi, q) - w).max()
+    assert err <= (hi - lo) / 255 / 2 + 1e-7
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_affine_error_bounds(bits):
+    w = rng.normal(size=(16, 64)).astype(np.float32) * rng.uniform(0.01, 1, (16, 1)).astype(np.float32)
+    lo, step, codes = affine_encode(w, bits, search=False)
+    plain = affine_decode(lo, step, codes)
+    # half a step, plus the slack from storing offset and step in fp16
+    bound = step.astype(np.float32)[:, None] / 2 + np.abs(w).max(1, keepdims=True) * 2**-9
+    assert (np.abs(plain - w) <= bound).all()
+    searched = affine_decode(*affine_encode(w, bits, search=True))
+    assert ((searched - w) ** 2).sum() <= ((plain - w) ** 2).sum() * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_kmeans_beats_a_uniform_grid_and_maps_to_the_nearest_centre(bits):
+    w = rng.standard_t(4, size=2000).astype(np.float32)  # heavy tails, like conv weights
+    book, codes = kmeans_1d(w, 2**bits)
+    assert np.all(np.diff(book.astype(np.float64)) >= 0)
+    dist = np.abs(w[:, None] - book.astype(np.float32)[None, :])
+    assert np.allclose(dist[np.arange(len(w)), codes], dist.min(1))
+    grid = np.linspace(w.min(), w.max(), 2**bits)
+    uniform_mse = (np.abs(w[:, None] - grid[None, :]).min(1) ** 2).mean()
+    assert ((book.astype(np.float32)[codes] - w) ** 2).mean() < uniform_mse
+    assert np.array_equal(kmeans_1d(w, 2**bits)[1], codes)  # deterministic
+
+
+def test_constant_tensors_give_no_nan():
+    const = np.full((8, 3, 3, 3), 0.25, dtype=np.float32)
+    lo, hi, q = minmax8_encode(const)
+    assert np.array_equal(minmax8_decode(lo, hi, q), const)
+    assert np.isfinite(affine_decode(*affine_encode(const.reshape(8, -1), 4))).all()
+    book, codes = kmeans_1d(const, 16)
+    assert np.all(book[codes] == np.float16(0.25))
+    assert encode_tensor(torch.from_numpy(const), QuantConfig("kbit", 4).checked())[0] == CONST
+    entry = course_encode({"w": torch.ones(5), "n": torch.tensor(3)}, 8)
+    assert np.isfinite(entry["w"][0]) and np.array_equal(entry["w"][2], np.zeros(5, np.uint8))
+    assert isinstance(entry["n"], np.float64)  # 0-dim entries stay scalars, as the course had them
+
+
+# --- the .ncq file ----------------------------------------------------------------------------
+
+def _small_model():
+    torch.manual_seed(0)
+    net, spec = new_model("studentnet", ["a", "b", "c"], 32, width_mult=0.5)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding has something to do
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    return net.eval(), spec
+
+
+def test_fold_batchnorm_keeps_the_function():
+    net, spec = _small_model()
+    x = torch.rand(4, 3, 32, 32)
+    ref = net(x)
+    assert fold_batchnorm(net) == 8
+    assert torch.allclose(net(x), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg, tol", [
+    (QuantConfig("fp16"), 0.01), (QuantConfig("int8-minmax"), 0.05), (QuantConfig("int8-channel"), 0.05),
+    (QuantConfig("kbit", 6, entropy=True), 0.15), (QuantConfig("kmeans", 6), 0.15)])
+def test_quantized_file_round_trip(tmp_path, cfg, tol):
+    net, spec = _small_model()
+    path = save_quantized(tmp_path / "m.ncq", net, spec, cfg)
+    assert path.read_bytes() == encode_model(net, spec, cfg)  # deterministic
+    back, back_spec = load_quantized(path)
+    assert back_spec == spec
+    x = torch.rand(8, 3, 32, 32)
+    ref, out = net(x), back(x)
+    assert torch.isfinite(out).all()
+    assert (out - ref).abs().max() <= tol * ref.abs().max()
+
+
+def test_smaller_codecs_give_smaller_files():
+    net, spec = _small_model()
+    sizes = [len(encode_model(net, spec, QuantConfig(c, b))) for c, b in
+             [("fp16", 16), ("int8-minmax", 8), ("kbit", 4), ("kbit", 2)]]
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0] / 5
+
+
+def test_damaged_files_are_detected(tmp_path):
+    net, spec = _small_model()
+    blob = encode_model(net, spec, QuantConfig("kbit", 4))
+    flipped = bytearray(blob)
+    flipped[len(blob) // 2] ^= 0x40
+    with pytest.raises(NetcompressError, match="checksum mismatch"):
+        decode_model(bytes(flipped), "m.ncq")
+    with pytest.raises(NetcompressError, match="truncated"):
+        decode_model(blob[:-100], "m.ncq")
+    with pytest.raises(NetcompressError, match="not a netcompress quantized file"):
+        decode_model(b"PK\x03\x04" + blob[4:], "m.ncq")
+
+
+def test_bad_codec_options_name_the_field():
+    with pytest.raises(NetcompressError, match="--codec 'int4'"):
+        QuantConfig("int4").checked()
+    with pytest.raises(NetcompressError, match="--bits 1"):
+        QuantConfig("kmeans", 1).checked()
+
+
+# --- the course's files -----------------------------------------------------------------------
+
+def test_course_checkpoint_pickles_match_the_course_sizes(course, tmp_path):
+    net, spec = course
+    p8 = save_course_pkl(tmp_path / "s8.pkl", net, 8, protocol=3)
+    p16 = save_course_pkl(tmp_path / "s16.pkl", net, 16, protocol=3)
+    assert abs(p8.stat().st_size - 268_471) <= 100
+    assert abs(p16.stat().st_size - 522_958) <= 100
+    ours = save_quantized(tmp_path / "s8.ncq", net, spec, QuantConfig("int8-minmax"))
+    assert ours.stat().st_size < p8.stat().st_size - 8000
+    # same codec, same numbers: the course's decode of the pickle equals ours
+    from_pkl, _ = load_course_pkl(p8, input_size=32)
+    from_ncq, _ = load_quantized(ours)
+    for (k, a), b in zip(from_pkl.state_dict().items(), from_ncq.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_quantized_course_model_predicts_like_the_original(course, food_images, tmp_path):
+    net, spec = course
+    ref = net(food_images)
+    errors = {}
+    for cfg, bound in [(QuantConfig("fp16"), 0.01), (QuantConfig("int8-minmax"), 0.15),
+                       (QuantConfig("int8-channel"), 0.05), (QuantConfig("kbit", 4), 0.5)]:
+        back, _ = load_quantized(save_quantized(tmp_path / "q.ncq", net, spec, cfg))
+        errors[cfg.codec] = ((back(food_images) - ref).norm() / ref.norm()).item()  # relative logit error
+        assert errors[cfg.codec] < bound, cfg
+    assert errors["int8-channel"] < errors["int8-minmax"] / 2
+    back16, _ = load_course_pkl(save_course_pkl(tmp_path / "s16.pkl", net, 16), input_size=32)
+    assert torch.allclose(back16(food_images), ref, atol=0.05 * ref.abs().max().item())
+
+
+def test_malicious_pickle_is_refused_before_it_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"cnn.0.0.weight": Evil()}, protocol=3))
+    with pytest.raises(NetcompressError, match=r"refused to load: the pickle asks for (posix|nt|os)\.system"):
+        read_course_pkl(path)
+    assert not marker.exists()
+    path.write_bytes(pickle.dumps({"w": np.zeros(3)}, protocol=3)[:-20])
+    with pytest.raises(NetcompressError, match="not a readable course weight pickle"):
+        read_course_pkl(path)
+
+
+# --- ONNX ---------------------------------------------------------------------------------------
+
+def test_onnx_fp32_matches_pytorch_and_int8_runs(course, food_images, tmp_path, food_root, cache_dir):
+    from netcompress.data import load_split
+    from netcompress.onnx_export import export_onnx, load_onnx, quantize_onnx_int8
+
+    net, spec = course
+    path = export_onnx(net, spec, tmp_path / "m.onnx")
+    onnx_net, onnx_spec = load_onnx(path, threads=1)
+    assert onnx_spec == spec
+    ref = net(food_images)
+    assert torch.allclose(onnx_net(food_images), ref, atol=1e-4)
+    assert torch.allclose(onnx_net(food_images[:1]), ref[:1], atol=1e-4)  # dynamic batch
+
+    train = load_split(food_root, "training", 32, cache_dir=cache_dir, progress=False)
+    int8_path = quantize_onnx_int8(path, tmp_path / "m8.onnx", train, n=64)
+    int8_net, int8_spec = load_onnx(int8_path, threads=1)
+    assert int8_spec.info["onnx_int8"]["calibration_images"] == 64
+    out = int8_net(food_images)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.7
+    assert int8_path.stat().st_size < path.stat().st_size / 2.5
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def test_cli_verbs_have_examples_and_open_every_format(course_ckpt, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from netcompress.cli import app
+
+    runner = CliRunner()
+    for verb in ["quantize", "export", "course-pkl"]:
+        assert "Example" in runner.invoke(app, [verb, "--help"]).stdout, verb
+    bad = subprocess.run([sys.executable, "-m", "netcompress.cli", "quantize", str(course_ckpt), "--codec", "int4",
+                          "--out", str(tmp_path / "x.ncq")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--codec 'int4': choose one of" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x.ncq").exists()
+    done = runner.invoke(app, ["quantize", str(course_ckpt), "--codec", "kmeans", "--bits", "4", "--entropy",
+                               "--out", str(tmp_path / "c.ncq"), "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["bytes"] == (tmp_path / "c.ncq").stat().st_size < 140_000
+    pkl = runner.invoke(app, ["course-pkl", str(course_ckpt), "--bits", "8", "--out", str(tmp_path / "c.pkl")])
+    assert pkl.exit_code == 0, pkl.output
+    for f in ("c.ncq", "c.pkl"):
+        totals = json.loads(runner.invoke(app, ["summary", str(tmp_path / f), "--no-latency", "--json"]).stdout)
+        assert totals["parameters"] == 256_779 and totals["file_bytes"] == (tmp_path / f).stat().st_size
+
+
+# --- mixed precision ------------------------------------------------------------------------------
+
+def test_knapsack_spends_bits_where_they_matter():
+    from netcompress.bit_allocation import choose_widths
+
+    table = {"sensitive": {2: (1.0, 100), 8: (0.0, 400)}, "robust": {2: (0.01, 1000), 8: (0.0, 4000)}}
+    assert choose_widths(table, 1400) == {"sensitive": 8, "robust": 2}
+    assert choose_widths(table, 4400) == {"sensitive": 8, "robust": 8}
+    assert choose_widths(table, 1000) is None
+
+
+def test_budget_is_met_and_beats_uniform_bits(course, food_images):
+    from netcompress.bit_allocation import allocate_bits
+
+    net, spec = course
+    uniform = QuantConfig("kbit", 3)
+    budget = len(encode_model(net, spec, uniform))
+    cfg = allocate_bits(net, spec, QuantConfig("kbit", 8), food_images[::2], budget, progress=False)
+    assert len(encode_model(net, spec, cfg)) <= budget and len(set(cfg.tensor_bits.values())) > 1
+    ref = torch.log_softmax(net(food_images), 1)
+
+    def kl(c):
+        out = torch.log_softmax(decode_model(encode_model(net, spec, c))[0](food_images), 1)
+        return torch.nn.functional.kl_div(out, ref, log_target=True, reduction="batchmean").item()
+
+    assert kl(cfg) < kl(uniform) / 2
+    with pytest.raises(NetcompressError, match="--budget 10,000 bytes is below"):
+        allocate_bits(net, spec, QuantConfig("kbit", 8), food_images[:4], 10_000, progress=False)
+
+
+def test_quantization_aware_finetuning_recovers_what_2_bits_lose(course, food_images, food_root, cache_dir):
+    from netcompress.data import Split, load_split
+    from netcompress.qat import finetune_quantized
+
+    net, spec = course
+    train = load_split(food_root, "training", 32, cache_dir=cache_dir, progress=False)
+    keep = torch.arange(0, len(train), 12)  # 250 images
+    small = Split("training", train.images[keep], train.labels[keep], [train.files[i] for i in keep],
+                  train.class_names)
+    cfg = QuantConfig("kbit", 2)
+    ref = torch.log_softmax(net(food_images), 1)
+
+    def kl(model):
+        out = torch.log_softmax(decode_model(encode_model(model, spec, cfg))[0](food_images), 1)
+        return torch.nn.functional.kl_div(out, ref, log_target=True, reduction="batchmean").item()
+
+    # pure distillation (alpha 1): the course model's Food-11 classes are not these photos' labels
+    tuned = finetune_quantized(net, spec, cfg, small, epochs=3, lr=1e-3, batch_size=50, alpha=1.0, progress=False)
+    assert kl(tuned) < 0.8 * kl(net)
