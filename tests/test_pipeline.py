@@ -33,6 +33,10 @@ rate = 0.7
 steps = 2
 finetune_epochs = 1
 distill = false
+[[quantize]]
+codec = "kbit"
+bits = 4
+entropy = true
 """
 
 
@@ -56,6 +60,7 @@ def run_cli(*args, cache):
     ("[data]\nimage_size = 'big'", "image_size = 'big' must be a int"),
     ("[optimizer]\nlr = 1", "unknown section(s) optimizer"),
     ("[student\n", "is not valid TOML"),
+    ("[[quantize]]\ncodec = 'int4'", "codec = 'int4'; allowed: fp16, int8-minmax"),
 ])
 def test_recipe_errors_name_the_field_and_what_is_allowed(tmp_path, text, message):
     (tmp_path / "r.toml").write_text(text)
@@ -90,14 +95,17 @@ def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset,
     assert proc.returncode == 0, stderr
     summary = json.loads(stdout)
     names = [a["name"] for a in summary["artifacts"]]
-    assert names[0].startswith("teacher") and names[1].startswith("student") and len(names) == 2 + 1 + 2
+    assert names[0].startswith("teacher") and names[1].startswith("student") and len(names) == 2 + 1 + 2 + 4
+    quantized = [a for a in summary["artifacts"] if a["stage"] == "quantize kbit-4bit-lzma"]
+    assert len(quantized) == 4 and all(a["file"].endswith(".ncq") for a in quantized)
+    assert quantized[0]["file_bytes"] < summary["artifacts"][1]["file_bytes"] / 5
     assert summary["budget"]["chosen"] in names and set(summary["test"]) >= {names[0], names[1]}
     html = (out / "report.html").read_text()
     for section in ["Models", "Pruning", "Size against accuracy", "Budget", "Environment"]:
         assert f">{section}<" in html
     assert html.count("data:image/png;base64,") == 2
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")}
-    assert len(stamps) == 4  # teacher, student, two pruning runs
+    assert len(stamps) == 5  # teacher, student, two pruning runs, one codec
     proc = run_cli("run", recipe, "--out", out, "--no-progress", cache=cache)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr

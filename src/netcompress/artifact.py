@@ -173,3 +173,25 @@ def export_course_state_dict(model: nn.Module, path: str | Path, *, legacy: bool
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_write(Path(path), lambda tmp: torch.save(state, tmp, _use_new_zipfile_serialization=not legacy))
     return Path(path)
+
+
+def load_any(path: str | Path) -> tuple[nn.Module, ModelSpec]:
+    """Any model file -> (model, spec), picked by suffix: .safetensors, .ncq (quantized), .onnx (ONNX
+    Runtime), .bin/.pt/.pth (course checkpoint), .pkl (course 8/16-bit pickle, loaded without running code)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".bin", ".pt", ".pth"):
+        return import_course_checkpoint(path)
+    if suffix == ".ncq":
+        from .quantize import load_quantized
+
+        return load_quantized(path)
+    if suffix == ".pkl":
+        from .course_pkl import load_course_pkl
+
+        return load_course_pkl(path)
+    if suffix == ".onnx":
+        from .onnx_export import load_onnx
+
+        return load_onnx(path)
+    return load_model(path)

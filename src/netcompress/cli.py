@@ -79,26 +79,10 @@ MODEL_FILES = "Model file: .safetensors, quantized .ncq, .onnx, course checkpoin
 
 
 def open_model(path: Path):
-    """Any model file -> (model, spec), picked by suffix: .safetensors, .ncq (quantized), .onnx (ONNX
-    Runtime), .bin/.pt/.pth (course checkpoint), .pkl (course 8/16-bit pickle, loaded without running code)."""
-    from .artifact import import_course_checkpoint, load_model
+    """Any model file -> (model, spec), picked by suffix (see artifact.load_any)."""
+    from .artifact import load_any
 
-    suffix = path.suffix.lower()
-    if suffix in (".bin", ".pt", ".pth"):
-        return import_course_checkpoint(path)
-    if suffix == ".ncq":
-        from .quantize import load_quantized
-
-        return load_quantized(path)
-    if suffix == ".pkl":
-        from .course_pkl import load_course_pkl
-
-        return load_course_pkl(path)
-    if suffix == ".onnx":
-        from .onnx_export import load_onnx
-
-        return load_onnx(path)
-    return load_model(path)
+    return load_any(path)
 
 
 def _is_torch(net) -> bool:

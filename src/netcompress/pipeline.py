@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .artifact import load_model, new_model
+from .artifact import load_any, load_model, new_model
 from .data import Split, load_split
 from .distill import DistillConfig, DistillLoss
 from .errors import NetcompressError
@@ -23,6 +23,7 @@ from .evaluate import classification_metrics, predict_logits
 from .files import atomic_write_text
 from .measure import measure_model
 from .prune import PruneConfig, prune_schedule
+from .quantize import QuantConfig, save_quantized
 from .recipe import Recipe
 from .runtime import seed_everything
 from .train import TrainConfig, fit
@@ -135,6 +136,28 @@ def _prune_stage(run: Run, p, student_file: str, teacher_file: str):
     return run.stage(name, work)
 
 
+def _quantize_stage(run: Run, q, sources: list[dict]):
+    """One storage codec applied to every source model; the decoded model's accuracy is measured."""
+    cfg = QuantConfig(q.codec, q.bits, q.entropy).checked()
+    label = f"{cfg.codec}" + (f"-{cfg.bits}bit" if cfg.codec in ("kbit", "kmeans") else "") + ("-lzma" if cfg.entropy else "")
+    val = run.split("validation")
+
+    def work(out: Path) -> dict:
+        artifacts = []
+        for i, src in enumerate(sources):
+            model, spec = load_model(run.dir / src["file"])
+            path = save_quantized(out / f"{i:02d}-{Path(src['file']).stem}.ncq", model, spec, cfg)
+            decoded, _ = load_any(path)
+            logits = predict_logits(decoded.to(run.device), val, run.device)
+            acc = classification_metrics(logits, val.labels, val.num_classes)["accuracy"]
+            artifacts.append({**src, "name": f"{src['name']}, {label}", "stage": f"quantize {label}",
+                              "file": str(path.relative_to(run.dir)), "format": f"ncq {label}",
+                              "file_bytes": path.stat().st_size, "val_accuracy": round(acc, 5)})
+        return {"artifacts": artifacts}
+
+    return run.stage(f"quantize-{label}", work)
+
+
 def choose(artifacts: list[dict], target_bytes: int | None = None, target_params: int | None = None) -> dict:
     """The artifact with the best validation accuracy within the budgets, and what was tried."""
     fits = [a for a in artifacts if (target_bytes is None or a["file_bytes"] <= target_bytes)
@@ -166,7 +189,7 @@ def _evaluate(run: Run, artifacts: list[dict], chosen: list[str]) -> dict:
         if not test.labeled:
             return {}
         for a in wanted:
-            model, _ = load_model(run.dir / a["file"])
+            model, _ = load_any(run.dir / a["file"])
             logits = predict_logits(model.to(run.device), test, run.device)
             results[a["name"]] = round(classification_metrics(logits, test.labels, test.num_classes)["accuracy"], 5)
         atomic_write_text(path, json.dumps(results, indent=2))
@@ -184,6 +207,9 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, device: torch.device, *, tar
     artifacts = teacher["artifacts"] + student["artifacts"]
     for p in recipe.prune:
         artifacts += _prune_stage(run, p, student["model_file"], teacher["model_file"])["artifacts"]
+    sources = [a for a in artifacts if a["stage"] != "teacher"]
+    for q in recipe.quantize:
+        artifacts += _quantize_stage(run, q, sources)["artifacts"]
     budget = None
     if target_bytes is not None or target_params is not None:
         budget = choose([a for a in artifacts if a["stage"] != "teacher"], target_bytes, target_params)

@@ -4,6 +4,7 @@
     [teacher]   model + epochs (train or fine-tune), or file (an existing model file)
     [student]   distillation: model, epochs, temperature, alpha, method
     [[prune]]   one table per pruning run: method, rate, steps, finetune_epochs, ...
+    [[quantize]] one table per storage codec, applied to the student and every pruned model
     [evaluate]  test: report the test split once, for the chosen model
 
 `--set section.field=value` overrides any field from the command line (e.g. student.epochs=5).
@@ -62,6 +63,13 @@ class PruneSection:
 
 
 @dataclass
+class QuantizeSection:
+    codec: str = "int8-minmax"
+    bits: int = 8
+    entropy: bool = False
+
+
+@dataclass
 class EvaluateSection:
     test: bool = True
 
@@ -72,13 +80,16 @@ class Recipe:
     teacher: TeacherSection = field(default_factory=TeacherSection)
     student: StudentSection = field(default_factory=StudentSection)
     prune: list[PruneSection] = field(default_factory=list)
+    quantize: list[QuantizeSection] = field(default_factory=list)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     seed: int = 0
 
 
 SECTIONS = {"data": DataSection, "teacher": TeacherSection, "student": StudentSection, "prune": PruneSection,
-            "evaluate": EvaluateSection}
-CHOICES = {("student", "method"): ("logits", "rkd"), ("prune", "method"): ("slim", "l1", "l2", "taylor", "magnitude")}
+            "quantize": QuantizeSection, "evaluate": EvaluateSection}
+LISTS = ("prune", "quantize")  # [[prune]] and [[quantize]]: any number of tables
+CHOICES = {("student", "method"): ("logits", "rkd"), ("prune", "method"): ("slim", "l1", "l2", "taylor", "magnitude"),
+           ("quantize", "codec"): ("fp16", "int8-minmax", "int8-channel", "kbit", "kmeans")}
 POSITIVE = {"image_size", "epochs", "batch_size", "steps", "lr", "temperature"}
 
 
@@ -106,6 +117,8 @@ def _section(name: str, cls, table, where: str):
     section = cls(**values)
     if name == "prune" and not 0 < section.rate < 1:
         raise NetcompressError(f"{where}: [[prune]] rate = {section.rate} must lie strictly between 0 and 1")
+    if name == "quantize" and not 2 <= section.bits <= 16:
+        raise NetcompressError(f"{where}: [[quantize]] bits = {section.bits} must lie in 2..8 (kbit, kmeans)")
     if name == "student" and not 0 <= section.alpha <= 1:
         raise NetcompressError(f"{where}: [student] alpha = {section.alpha} must lie in [0, 1]")
     return section
@@ -121,8 +134,8 @@ def _apply_override(raw: dict, assignment: str) -> None:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
-    if section == "prune":
-        for table in raw.setdefault("prune", []):
+    if section in LISTS:
+        for table in raw.setdefault(section, []):
             table[name] = parsed
     else:
         raw.setdefault(section, {})[name] = parsed
@@ -146,9 +159,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     for name, cls in SECTIONS.items():
         if name not in raw:
             continue
-        if name == "prune":
-            tables = raw["prune"] if isinstance(raw["prune"], list) else [raw["prune"]]
-            recipe.prune = [_section(name, cls, t, str(path)) for t in tables]
+        if name in LISTS:
+            tables = raw[name] if isinstance(raw[name], list) else [raw[name]]
+            setattr(recipe, name, [_section(name, cls, t, str(path)) for t in tables])
         else:
             setattr(recipe, name, _section(name, cls, raw[name], str(path)))
     return recipe
