@@ -41,7 +41,7 @@ def finetune_quantized(model: nn.Module, spec: ModelSpec, cfg: QuantConfig, trai
     cpu = torch.device("cpu")
     bar = tqdm(total=steps, desc="quantization-aware fine-tuning", unit="step", disable=not progress, leave=False)
     for _ in range(epochs):
-        for x, y in iterate_batches(train, batch_size, device=cpu, shuffle=True, augment=AugmentConfig(),
+        for x, y, _ in iterate_batches(train, batch_size, device=cpu, shuffle=True, augment=AugmentConfig(),
                                     generator=gen):
             with torch.no_grad():
                 target = teacher(x)
