@@ -317,7 +317,11 @@ def lowrank(
         raise NetcompressError(f"{model_file} predicts {spec.num_classes} classes but {data} has {tr.num_classes}")
     train_cfg = TrainConfig(epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed) if finetune_epochs else None
     make_loss = _distill_loss_factory(teacher, tr.class_names, dev, temperature, alpha)
-    log = lowrank_run(net, spec, tr, va, cfg, train_cfg, out, device=dev, make_loss=make_loss, progress=progress)
+    settings = {"model_file": str(model_file), "teacher": str(teacher) if teacher else None}
+    if teacher:
+        settings["distill"] = {"temperature": temperature, "alpha": alpha}
+    log = lowrank_run(net, spec, tr, va, cfg, train_cfg, out, device=dev, make_loss=make_loss, progress=progress,
+                      settings=settings)
     table = Table(title=f"low-rank {model_file.name}: " + ", ".join(f"{k} {v}" for k, v in log["selection"].items()))
     for col in ["stage", "params", "bytes", "MACs", "ms @1", "ms @64", "val acc"]:
         table.add_column(col, justify="right")

@@ -429,18 +429,21 @@ def lowrank_run(
     device: torch.device,
     make_loss: callable = None,
     progress: bool = True,
+    settings: dict | None = None,
 ) -> dict:
     """Factorize, then fine-tune (train_cfg None: no fine-tuning); measure the model at each stage.
 
     run_dir gets original.safetensors, factorized.safetensors (before fine-tuning), finetune/ (the
     resumable fine-tuning run) and finetuned.safetensors (its best-validation model), and
-    lowrank.json: the settings, every layer's decision and one row per stage with parameters,
-    bytes, MACs, latency at batch 1 and 64, and validation accuracy.
+    lowrank.json: the settings (`settings` adds to them: the input file, the teacher...), every
+    layer's decision and one row per stage with parameters, bytes, MACs, latency at batch 1 and
+    64, and validation accuracy.
     """
     cfg.check()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log: dict = {"settings": {"lowrank": {k: v for k, v in asdict(cfg).items() if v is not None}}, "rows": []}
+    log: dict = {"settings": {"lowrank": {k: v for k, v in asdict(cfg).items() if v is not None}, **(settings or {}),
+                              "finetune": asdict(train_cfg) if train_cfg else None}, "rows": []}
 
     def record(stage: str, net: nn.Module, net_spec: ModelSpec) -> None:
         path = save_model(run_dir / f"{stage}.safetensors", net, net_spec)
