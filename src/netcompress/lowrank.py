@@ -96,7 +96,7 @@ def svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Te
 
 
 def _leading(matrix: torch.Tensor, rank: int) -> torch.Tensor:
-    """The `rank` leading left singular vectors of a wide `matrix` [m, n >= m] (eigenvectors of M·Mᵀ, m x m)."""
+    """The `rank` leading left singular vectors of `matrix` [m, n]: eigenvectors of M·Mᵀ (m x m, cheap for wide M)."""
     _, vectors = torch.linalg.eigh(matrix @ matrix.T)  # ascending eigenvalues
     return vectors.flip(1)[:, :rank]
 
