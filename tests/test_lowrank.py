@@ -209,6 +209,12 @@ def test_lowrank_cli_factorizes_fine_tunes_and_logs(jpeg_dataset, tmp_path):
     assert any(r["skipped"] and r["skipped"].startswith("depthwise") for r in log["layers"])
     loaded, lspec = load_model(run / "finetuned.safetensors")
     assert count_parameters(loaded) == tuned["params"] and lspec.info["lowrank"]["config"]["energy"] == 0.8
+    refused = netcompress("export-course", run / "finetuned.safetensors", "--out", tmp_path / "x.bin", check=False)
+    assert refused.returncode == 2 and "replaced layers" in refused.stderr and not (tmp_path / "x.bin").exists()
+    text = netcompress("lowrank", tmp_path / "m.safetensors", "--data", jpeg_dataset, "--rank-ratio", 0.25,
+                       "--finetune-epochs", 0, "--out", tmp_path / "r2", "--no-progress", cache=tmp_path / "c").stdout
+    assert "depthwise convolution" in text and "cnn.5.3" in text and "finetuned" not in text
+    assert not (tmp_path / "r2" / "finetuned.safetensors").exists() and (tmp_path / "r2" / "factorized.safetensors").exists()
     bad = netcompress("lowrank", tmp_path / "m.safetensors", "--data", jpeg_dataset, "--target-params", 10,
                       "--out", tmp_path / "bad", cache=tmp_path / "c", check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

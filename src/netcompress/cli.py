@@ -297,7 +297,7 @@ def lowrank(
     Example: netcompress lowrank runs/r18/best.safetensors --data ../shared/data/food101_10 --energy 0.9 --finetune-epochs 3 --out runs/r18-lr90
     """
     from .data import load_split
-    from .lowrank import LowRankConfig, lowrank_run
+    from .lowrank import LowRankConfig, format_layers, lowrank_run
     from .runtime import resolve_device, seed_everything
     from .train import TrainConfig
 
@@ -328,6 +328,8 @@ def lowrank(
     for r in log["rows"]:
         table.add_row(r["stage"], f"{r['params']:,}", f"{r['file_bytes']:,}", f"{r['macs']:,}",
                       f"{r['latency_ms_batch1']:.2f}", f"{r['latency_ms_batch64']:.1f}", f"{r['val_accuracy']:.4f}")
+    if not as_json:
+        print(format_layers(log["layers"]))
     _emit(log, as_json, table)
 
 

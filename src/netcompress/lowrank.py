@@ -35,7 +35,6 @@ import torch.nn as nn
 from .artifact import ModelSpec, load_model, save_model
 from .data import Split
 from .errors import NetcompressError
-from .evaluate import classification_metrics, predict_logits
 from .files import atomic_write_text
 from .measure import count_parameters
 from .surgery import describe, set_submodule
@@ -460,7 +459,9 @@ def lowrank_run(
     log["selection"] = result.selection
     log["layers"] = result.layers
     if progress:
-        print(format_layers(result.layers), file=sys.stderr, flush=True)
+        print(f"factorized {len(result.factorized)} of {len(result.layers)} Conv2d/Linear layers "
+              f"({len(result.skipped)} skipped): {result.params_before:,} -> {result.params_after:,} parameters",
+              file=sys.stderr, flush=True)
     record("factorized", result.model.to(device), result.spec)
     if train_cfg is not None:
         spec_ft = replace(result.spec, info=dict(result.spec.info))
