@@ -303,6 +303,81 @@ def prune(
     _emit({"rows": rows}, as_json, table)
 
 
+@app.command()
+def lowrank(
+    model_file: Path = typer.Argument(..., help="Model file (.safetensors) or course checkpoint (.bin) to factorize."),
+    data: Path = DataOpt,
+    energy: Optional[float] = typer.Option(None, "--energy", help="Per layer (and Tucker mode), keep the smallest rank "
+                                           "holding this fraction of the squared singular values, e.g. 0.9."),
+    rank_ratio: Optional[float] = typer.Option(None, "--rank-ratio", help="Keep this fraction of each layer's full rank."),
+    target_params: Optional[int] = typer.Option(None, "--target-params", help="One budget for the whole model's "
+                                                "parameters: the largest common energy that fits."),
+    min_saving: float = typer.Option(0.1, "--min-saving", help="Factorize a layer only if that saves at least this "
+                                     "fraction of its parameters and of its MACs."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Leave layers matching this glob alone (repeatable), e.g. fc.*"),
+    finetune_epochs: int = typer.Option(5, "--finetune-epochs", help="Fine-tuning epochs after factorizing (0: none)."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Fine-tune with distillation from this model file."),
+    temperature: float = typer.Option(4.0, "--temperature", "-T"),
+    alpha: float = typer.Option(0.9, "--alpha"),
+    out: Path = typer.Option(Path("runs/lowrank"), "--out", help="Run directory (fine-tuning resumes)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's input size."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = DeviceOpt,
+    skip_bad: bool = SkipBadOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = JsonOpt,
+):
+    """Low-rank factorization: SVD for Linear and 1x1 convs, Tucker-2 for k x k convs, then fine-tuning.
+
+    Ranks come from exactly one of --energy, --rank-ratio or --target-params. Layers whose
+    factorized form would not save parameters and MACs (depthwise convs, small layers) stay as
+    they are, and the layer table says why. OUT/factorized.safetensors is the model before
+    fine-tuning, OUT/finetuned.safetensors the best fine-tuned one (distilled with --teacher);
+    OUT/lowrank.json logs parameters, bytes, MACs, latency and accuracy of each stage. The files
+    record each factorized layer as plain layers: they load with no pickle.
+
+    Example: netcompress lowrank runs/r18/best.safetensors --data ../shared/data/food101_10 --energy 0.9 --finetune-epochs 3 --out runs/r18-lr90
+    """
+    from .data import load_split
+    from .lowrank import LowRankConfig, format_layers, lowrank_run
+    from .runtime import resolve_device, seed_everything
+    from .train import TrainConfig
+
+    cfg = LowRankConfig(energy=energy, rank_ratio=rank_ratio, target_params=target_params, min_saving=min_saving,
+                        exclude=list(exclude))
+    cfg.check()
+    if finetune_epochs < 0:
+        raise NetcompressError(f"--finetune-epochs {finetune_epochs} must be >= 0")
+    dev = resolve_device(device)
+    seed_everything(seed)
+    net, spec = open_model(model_file)
+    if image_size:
+        spec.input_size = image_size
+    tr = load_split(data, "training", spec.input_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
+    va = load_split(data, "validation", spec.input_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
+    if tr.num_classes != spec.num_classes:
+        raise NetcompressError(f"{model_file} predicts {spec.num_classes} classes but {data} has {tr.num_classes}")
+    train_cfg = TrainConfig(epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed) if finetune_epochs else None
+    make_loss = _distill_loss_factory(teacher, tr.class_names, dev, temperature, alpha)
+    settings = {"model_file": str(model_file), "teacher": str(teacher) if teacher else None}
+    if teacher:
+        settings["distill"] = {"temperature": temperature, "alpha": alpha}
+    log = lowrank_run(net, spec, tr, va, cfg, train_cfg, out, device=dev, make_loss=make_loss, progress=progress,
+                      settings=settings)
+    table = Table(title=f"low-rank {model_file.name}: " + ", ".join(f"{k} {v}" for k, v in log["selection"].items()))
+    for col in ["stage", "params", "bytes", "MACs", "ms @1", "ms @64", "val acc"]:
+        table.add_column(col, justify="right")
+    for r in log["rows"]:
+        table.add_row(r["stage"], f"{r['params']:,}", f"{r['file_bytes']:,}", f"{r['macs']:,}",
+                      f"{r['latency_ms_batch1']:.2f}", f"{r['latency_ms_batch64']:.1f}", f"{r['val_accuracy']:.4f}")
+    if not as_json:
+        print(format_layers(log["layers"]))
+    _emit(log, as_json, table)
+
+
 @app.command("plot-pruning")
 def plot_pruning_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="Pruning run directories (each holds pruning.jsonl)."),
@@ -479,6 +554,9 @@ def export_course(
     net, spec = load_model(model_file)
     if not spec.arch.startswith("studentnet"):
         raise NetcompressError(f"{model_file} is a {spec.arch}; the course format holds StudentNet only")
+    if spec.overrides:
+        raise NetcompressError(f"{model_file} has replaced layers ({', '.join(spec.overrides)}), e.g. low-rank "
+                               "factors, which the course's StudentNet cannot load; export the model before that step")
     export_course_state_dict(net, out, legacy=not zip_format)
     console.print(f"wrote {out} ({out.stat().st_size:,} bytes, {'zip' if zip_format else 'legacy'} torch format)")
 
