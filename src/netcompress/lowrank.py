@@ -36,7 +36,7 @@ from .artifact import ModelSpec, load_model, save_model
 from .data import Split
 from .errors import NetcompressError
 from .files import atomic_write_text
-from .measure import count_parameters
+from .measure import count_parameters, measure_model
 from .surgery import describe, set_submodule
 from .train import TrainConfig, fit
 
@@ -409,9 +409,7 @@ def factorize_model(model: nn.Module, spec: ModelSpec, cfg: LowRankConfig) -> Lo
 # ---- factorize, measure, fine-tune, measure --------------------------------------------------------
 
 def _measure(model, spec, path, val, device) -> dict:
-    from .prune import measure_step
-
-    row = measure_step(model, spec, path, val, device)
+    row = measure_model(model, spec, path, val, device)
     row.pop("widths", None)
     return row
 

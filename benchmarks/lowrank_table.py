@@ -4,7 +4,7 @@ Latency in a run's log is measured once per stage, minutes apart; on a busy mach
 noise. This script measures every run's original and fine-tuned model in alternation (the
 same rounds, the same load) and reports the median over rounds of each model's median.
 
-    python scripts/lowrank_table.py "energy 0.8=runs/lr80" "2.8M params=runs/lr2m8" --rounds 5
+    python benchmarks/lowrank_table.py "energy 0.8=runs/lr80" "2.8M params=runs/lr2m8" --rounds 5
 """
 
 from __future__ import annotations
