@@ -73,9 +73,10 @@ def course_loop(files, labels, teacher, student, size, batch_size, cfg: DistillC
     return seen / (time.perf_counter() - t0)
 
 
-def ours(split: Split, val: Split, teacher, student, spec, batch_size, cfg: DistillConfig) -> float:
+def ours(split: Split, val: Split, teacher, student, spec, batch_size, cfg: DistillConfig, precision: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        result = fit(student, spec, split, val, TrainConfig(epochs=1, batch_size=batch_size, augment=AugmentConfig()),
+        train_cfg = TrainConfig(epochs=1, batch_size=batch_size, augment=AugmentConfig(), precision=precision)
+        result = fit(student, spec, split, val, train_cfg,
                      tmp, device=torch.device("cpu"), loss_fn=DistillLoss(teacher, student, cfg), progress=False)
     return result.history[0]["images_per_second"]
 
@@ -108,25 +109,25 @@ def main() -> None:
         teacher_name = "resnet18 (untrained)"
     cfg = DistillConfig(temperature=20.0, alpha=0.5)
     rows = []
-    for name in ["course-style loop", "netcompress"]:
+    for name in ["course-style loop", "netcompress fp32", "netcompress bf16"]:
         student, spec = new_model("studentnet", classes, args.image_size)
         teacher_copy = teacher.to(memory_format=torch.contiguous_format)
-        if name == "netcompress":
-            ips = ours(train, val, teacher_copy, student, spec, args.batch_size, cfg)
+        if name.startswith("netcompress"):
+            ips = ours(train, val, teacher_copy, student, spec, args.batch_size, cfg, name.split()[-1])
         else:
             ips = course_loop(files, labels, teacher_copy, student, args.image_size, args.batch_size, cfg)
         rows.append({"loop": name, "images_per_second": round(ips, 1)})
         print(f"{name:20s} {ips:8.1f} img/s", file=sys.stderr)
-    ratio = rows[1]["images_per_second"] / rows[0]["images_per_second"]
+    for r in rows:
+        r["speedup"] = round(r["images_per_second"] / rows[0]["images_per_second"], 2)
     result = {"benchmark": "distillation throughput", "teacher": teacher_name, "student": "studentnet",
               "image_size": args.image_size, "images": len(train), "batch_size": args.batch_size,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-              "rows": rows, "speedup": round(ratio, 2)}
-    print(f"\n| loop | images/s |\n|---|---|")
+              "rows": rows}
+    print(f"\nteacher {teacher_name}, {args.image_size}px, batch {args.batch_size}, {len(train)} images, "
+          f"{torch.get_num_threads()} threads\n\n| loop | images/s | vs course-style |\n|---|---|---|")
     for r in rows:
-        print(f"| {r['loop']} | {r['images_per_second']:.1f} |")
-    print(f"\nnetcompress / course-style: {ratio:.2f}x  (teacher {teacher_name}, {args.image_size}px, "
-          f"batch {args.batch_size}, {len(train)} images)")
+        print(f"| {r['loop']} | {r['images_per_second']:.1f} | {r['speedup']:.2f}x |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
 

@@ -45,6 +45,8 @@ def _kv_table(title: str, rows: dict) -> Table:
     return table
 
 
+PrecisionOpt = typer.Option("fp32", "--precision", help="fp32, or bf16 autocast (faster where the hardware "
+                            "has bf16: AMX CPUs, recent GPUs; weights stay fp32).")
 NprocOpt = typer.Option(1, "--nproc", help="Processes on this machine: >1 relaunches under torchrun (DDP).")
 
 
@@ -122,6 +124,7 @@ def train(
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    precision: str = PrecisionOpt,
     nproc: int = NprocOpt,
     as_json: bool = JsonOpt,
 ):
@@ -143,7 +146,7 @@ def train(
     tr, va = _train_val(data, image_size, cache_dir, skip_bad, progress and world.main, world)
     net, spec = new_model(model, tr.class_names, image_size, width_mult=width_mult, pretrained=pretrained)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
-                      label_smoothing=label_smoothing, seed=seed)
+                      label_smoothing=label_smoothing, seed=seed, precision=precision)
     result = fit(net, spec, tr, va, cfg, out, device=dev, progress=progress, world=world)
     if not world.main:
         return
@@ -178,6 +181,7 @@ def distill(
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    precision: str = PrecisionOpt,
     nproc: int = NprocOpt,
     as_json: bool = JsonOpt,
 ):
@@ -212,7 +216,7 @@ def distill(
                        teacher_precision=teacher_precision)
     loss = DistillLoss(teacher_net.to(dev), net, kd)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
-                      seed=seed, augment=AugmentConfig() if augment else None)
+                      seed=seed, augment=AugmentConfig() if augment else None, precision=precision)
     if not augment:
         loss.precompute(tr)
     spec.info["distilled_from"] = str(teacher)

@@ -46,6 +46,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     channels_last: bool = True
+    precision: str = "fp32"  # fp32 | bf16 (autocast forward passes; weights and optimizer stay fp32)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
     eval_batch_size: int = 256
 
@@ -59,6 +60,8 @@ class TrainConfig:
             problems.append(f"lr={self.lr} (must be > 0)")
         if self.schedule not in ("cosine", "constant"):
             problems.append(f"schedule={self.schedule!r} (cosine or constant)")
+        if self.precision not in ("fp32", "bf16"):
+            problems.append(f"precision={self.precision!r} (fp32 or bf16)")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing={self.label_smoothing} (must be in [0, 1))")
         if problems:
@@ -156,8 +159,9 @@ def fit(
                    disable=not progress, leave=False)
         for step, batch in enumerate(bar):
             y = batch.labels
-            logits = net(batch.images)
-            loss = loss_fn(logits, batch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                logits = net(batch.images)
+                loss = loss_fn(logits.float(), batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
