@@ -97,3 +97,20 @@ def test_studentnet_learns_the_real_food_photos(food_root, cache_dir, tmp_path):
     net, spec = new_model("studentnet", train.class_names, 48)
     result = fit(net, spec, train, val, TrainConfig(epochs=3, batch_size=64), tmp_path, device=CPU, progress=False)
     assert result.best_accuracy > 0.2  # chance is 0.1
+
+
+def test_bf16_autocast_training_learns_and_keeps_fp32_weights(tmp_path):
+    net, spec = new_model("studentnet", ["a", "b", "c"], 32, widths=[8, 8, 16, 16, 16, 16, 16, 16])
+    cfg = small_config(4, 8)
+    cfg.precision = "bf16"
+    result = fit(net, spec, synthetic_split("training", 192, 0), synthetic_split("validation", 30, 1), cfg,
+                 tmp_path, device=CPU, progress=False)
+    assert result.best_accuracy > 0.6
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_bad_precision_is_refused(tmp_path):
+    cfg = small_config(1)
+    cfg.precision = "fp8"
+    with pytest.raises(NetcompressError, match="precision"):
+        cfg.check()
