@@ -33,6 +33,9 @@ rate = 0.7
 steps = 2
 finetune_epochs = 1
 distill = false
+[[lowrank]]
+energy = 0.7
+finetune_epochs = 1
 [[quantize]]
 codec = "kbit"
 bits = 4
@@ -61,6 +64,7 @@ def run_cli(*args, cache):
     ("[optimizer]\nlr = 1", "unknown section(s) optimizer"),
     ("[student\n", "is not valid TOML"),
     ("[[quantize]]\ncodec = 'int4'", "codec = 'int4'; allowed: fp16, int8-minmax"),
+    ("[[lowrank]]\nenergy = 0.5\nrank_ratio = 0.5", "exactly one of energy, rank_ratio, target_params"),
 ])
 def test_recipe_errors_name_the_field_and_what_is_allowed(tmp_path, text, message):
     (tmp_path / "r.toml").write_text(text)
@@ -95,9 +99,11 @@ def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset,
     assert proc.returncode == 0, stderr
     summary = json.loads(stdout)
     names = [a["name"] for a in summary["artifacts"]]
-    assert names[0].startswith("teacher") and names[1].startswith("student") and len(names) == 2 + 1 + 2 + 4
+    assert names[0].startswith("teacher") and names[1].startswith("student") and len(names) == 2 + 1 + 2 + 2 + 6
+    assert [a["name"] for a in summary["artifacts"] if a["stage"] == "lowrank-energy-0.7"] == [
+        "low-rank energy 0.7, factorized", "low-rank energy 0.7, finetuned"]
     quantized = [a for a in summary["artifacts"] if a["stage"] == "quantize kbit-4bit-lzma"]
-    assert len(quantized) == 4 and all(a["file"].endswith(".ncq") for a in quantized)
+    assert len(quantized) == 6 and all(a["file"].endswith(".ncq") for a in quantized)
     assert quantized[0]["file_bytes"] < summary["artifacts"][1]["file_bytes"] / 5
     assert summary["budget"]["chosen"] in names and set(summary["test"]) >= {names[0], names[1]}
     html = (out / "report.html").read_text()
@@ -105,7 +111,7 @@ def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset,
         assert f">{section}<" in html
     assert html.count("data:image/png;base64,") == 2
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")}
-    assert len(stamps) == 5  # teacher, student, two pruning runs, one codec
+    assert len(stamps) == 6  # teacher, student, two pruning runs, one factorization, one codec
     proc = run_cli("run", recipe, "--out", out, "--no-progress", cache=cache)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr

@@ -1,4 +1,4 @@
-"""Run a recipe: teacher -> distilled student -> pruning runs -> evaluation, into one run directory.
+"""Run a recipe: teacher -> distilled student -> pruning and low-rank runs -> codecs -> evaluation.
 
 Each stage writes RUN/<stage>/done.json when it finishes; a rerun skips finished stages, and a
 stage killed midway resumes inside its own training loop (train.fit). Every model a stage makes
@@ -22,6 +22,7 @@ from .errors import NetcompressError
 from .evaluate import classification_metrics, predict_logits
 from .files import atomic_write_text
 from .measure import measure_model
+from .lowrank import LowRankConfig, lowrank_run
 from .prune import PruneConfig, prune_schedule
 from .quantize import QuantConfig, save_quantized
 from .recipe import Recipe
@@ -136,6 +137,27 @@ def _prune_stage(run: Run, p, student_file: str, teacher_file: str):
     return run.stage(name, work)
 
 
+def _lowrank_stage(run: Run, lr, student_file: str, teacher_file: str):
+    setting = next((k, v) for k, v in (("energy", lr.energy), ("rank_ratio", lr.rank_ratio),
+                                       ("target_params", lr.target_params)) if v > 0)
+    name = f"lowrank-{setting[0]}-{setting[1]}"
+
+    def work(out: Path) -> dict:
+        model, spec = load_model(student_file)
+        s = run.recipe.student
+        make_loss = _teacher_loss(run, teacher_file, DistillConfig(s.temperature, s.alpha)) if lr.distill else None
+        log = lowrank_run(model, spec, run.split("training"), run.split("validation"),
+                          LowRankConfig(**{setting[0]: setting[1]}),
+                          run.train_config(lr.finetune_epochs, s.lr, s.batch_size), out, device=run.device,
+                          make_loss=make_loss, progress=run.progress)
+        artifacts = [{**r, "name": f"low-rank {setting[0]} {setting[1]}, {r['stage']}", "stage": name,
+                      "file": f"{name}/{r['model_file']}", "format": "safetensors fp32"}
+                     for r in log["rows"] if r["stage"] != "original"]
+        return {"artifacts": artifacts}
+
+    return run.stage(name, work)
+
+
 def _quantize_stage(run: Run, q, sources: list[dict]):
     """One storage codec applied to every source model; the decoded model's accuracy is measured."""
     cfg = QuantConfig(q.codec, q.bits, q.entropy).checked()
@@ -207,6 +229,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, device: torch.device, *, tar
     artifacts = teacher["artifacts"] + student["artifacts"]
     for p in recipe.prune:
         artifacts += _prune_stage(run, p, student["model_file"], teacher["model_file"])["artifacts"]
+    for lr in recipe.lowrank:
+        artifacts += _lowrank_stage(run, lr, student["model_file"], teacher["model_file"])["artifacts"]
     sources = [a for a in artifacts if a["stage"] != "teacher"]
     for q in recipe.quantize:
         artifacts += _quantize_stage(run, q, sources)["artifacts"]

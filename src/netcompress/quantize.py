@@ -394,10 +394,8 @@ def roundtrip(model: nn.Module, spec: ModelSpec, cfg: QuantConfig) -> tuple[nn.M
 
 
 def _build(spec: ModelSpec) -> nn.Module:
-    kwargs = dict(spec.kwargs)
-    if kwargs.get("pretrained"):
-        kwargs["pretrained"] = False  # the file holds the weights
-    return ModelSpec(spec.arch, kwargs, spec.class_names, spec.input_size).build()
+    """The spec's architecture, pruned or factorized layers included; the file holds the weights."""
+    return spec.build(**({"pretrained": False} if spec.kwargs.get("pretrained") else {}))
 
 
 def _copy_model(model: nn.Module, spec: ModelSpec) -> nn.Module:

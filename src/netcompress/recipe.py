@@ -4,6 +4,7 @@
     [teacher]   model + epochs (train or fine-tune), or file (an existing model file)
     [student]   distillation: model, epochs, temperature, alpha, method
     [[prune]]   one table per pruning run: method, rate, steps, finetune_epochs, ...
+    [[lowrank]] one table per factorization of the student: energy | rank_ratio | target_params
     [[quantize]] one table per storage codec, applied to the student and every pruned model
     [evaluate]  test: report the test split once, for the chosen model
 
@@ -63,6 +64,15 @@ class PruneSection:
 
 
 @dataclass
+class LowRankSection:
+    energy: float = 0.0  # exactly one of these three, the others left at 0
+    rank_ratio: float = 0.0
+    target_params: int = 0
+    finetune_epochs: int = 3
+    distill: bool = True
+
+
+@dataclass
 class QuantizeSection:
     codec: str = "int8-minmax"
     bits: int = 8
@@ -80,14 +90,15 @@ class Recipe:
     teacher: TeacherSection = field(default_factory=TeacherSection)
     student: StudentSection = field(default_factory=StudentSection)
     prune: list[PruneSection] = field(default_factory=list)
+    lowrank: list[LowRankSection] = field(default_factory=list)
     quantize: list[QuantizeSection] = field(default_factory=list)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     seed: int = 0
 
 
 SECTIONS = {"data": DataSection, "teacher": TeacherSection, "student": StudentSection, "prune": PruneSection,
-            "quantize": QuantizeSection, "evaluate": EvaluateSection}
-LISTS = ("prune", "quantize")  # [[prune]] and [[quantize]]: any number of tables
+            "lowrank": LowRankSection, "quantize": QuantizeSection, "evaluate": EvaluateSection}
+LISTS = ("prune", "lowrank", "quantize")  # [[prune]], [[lowrank]], [[quantize]]: any number of tables
 CHOICES = {("student", "method"): ("logits", "rkd"), ("prune", "method"): ("slim", "l1", "l2", "taylor", "magnitude"),
            ("quantize", "codec"): ("fp16", "int8-minmax", "int8-channel", "kbit", "kmeans")}
 POSITIVE = {"image_size", "epochs", "batch_size", "steps", "lr", "temperature"}
@@ -117,6 +128,8 @@ def _section(name: str, cls, table, where: str):
     section = cls(**values)
     if name == "prune" and not 0 < section.rate < 1:
         raise NetcompressError(f"{where}: [[prune]] rate = {section.rate} must lie strictly between 0 and 1")
+    if name == "lowrank" and sum(v > 0 for v in (section.energy, section.rank_ratio, section.target_params)) != 1:
+        raise NetcompressError(f"{where}: [[lowrank]] needs exactly one of energy, rank_ratio, target_params")
     if name == "quantize" and not 2 <= section.bits <= 16:
         raise NetcompressError(f"{where}: [[quantize]] bits = {section.bits} must lie in 2..8 (kbit, kmeans)")
     if name == "student" and not 0 <= section.alpha <= 1:
