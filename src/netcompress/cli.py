@@ -28,6 +28,13 @@ DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present), cpu
 SkipBadOpt = typer.Option(False, "--skip-bad", help="Skip unreadable or odd images with a warning instead of stopping.")
 CacheOpt = typer.Option(None, "--cache-dir", help="Where decoded images are cached [default: ~/.cache/netcompress].")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
+ProgressOpt = typer.Option(True, "--progress/--no-progress")
+SeedOpt = typer.Option(0, "--seed")
+BatchSizeOpt = typer.Option(64, "--batch-size")
+TeacherOpt = typer.Option(None, "--teacher", help="Fine-tune with distillation from this model file.")
+FinetuneTemperatureOpt = typer.Option(4.0, "--temperature", "-T", help="Distillation temperature (with --teacher).")
+FinetuneAlphaOpt = typer.Option(0.9, "--alpha", help="Weight of the teacher term (with --teacher).")
+ModelSizeOpt = typer.Option(None, "--image-size", help="Default: the model's input size.")
 
 
 def _emit(result: dict, as_json: bool, table: Table | None = None) -> None:
@@ -112,18 +119,18 @@ def train(
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run directory (resumes if it holds an interrupted run)."),
     image_size: int = typer.Option(96, "--image-size", help="Images are resized (shorter side) and center-cropped to this."),
     epochs: int = typer.Option(30, "--epochs"),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: int = BatchSizeOpt,
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
     weight_decay: float = typer.Option(1e-2, "--weight-decay"),
     schedule: str = typer.Option("cosine", "--schedule", help="cosine or constant learning rate."),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
     width_mult: Optional[float] = typer.Option(None, "--width-mult", help="StudentNet width multiplier."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="Start from ImageNet weights (teachers)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SeedOpt,
     device: str = DeviceOpt,
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = ProgressOpt,
     precision: str = PrecisionOpt,
     nproc: int = NprocOpt,
     as_json: bool = JsonOpt,
@@ -171,16 +178,16 @@ def distill(
                                  help="The course's augmentation; without it the teacher runs once per image."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the teacher's input size."),
     epochs: int = typer.Option(30, "--epochs"),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: int = BatchSizeOpt,
     lr: float = typer.Option(1e-3, "--lr"),
     weight_decay: float = typer.Option(1e-2, "--weight-decay"),
     schedule: str = typer.Option("cosine", "--schedule"),
     width_mult: Optional[float] = typer.Option(None, "--width-mult", help="StudentNet width multiplier."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SeedOpt,
     device: str = DeviceOpt,
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = ProgressOpt,
     precision: str = PrecisionOpt,
     nproc: int = NprocOpt,
     as_json: bool = JsonOpt,
@@ -256,18 +263,18 @@ def prune(
     global_ranking: bool = typer.Option(False, "--global", help="Rank channels across layers, not per layer."),
     sparsity: float = typer.Option(0.0, "--sparsity", help="Network Slimming: L1 weight on BatchNorm γ in a training phase first."),
     sparsity_epochs: int = typer.Option(0, "--sparsity-epochs", help="Epochs of that sparsity phase."),
-    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Fine-tune with distillation from this model file."),
-    temperature: float = typer.Option(4.0, "--temperature", "-T"),
-    alpha: float = typer.Option(0.9, "--alpha"),
+    teacher: Optional[Path] = TeacherOpt,
+    temperature: float = FinetuneTemperatureOpt,
+    alpha: float = FinetuneAlphaOpt,
     out: Path = typer.Option(Path("runs/prune"), "--out", help="Run directory (resumable)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's input size."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    image_size: Optional[int] = ModelSizeOpt,
+    batch_size: int = BatchSizeOpt,
     lr: float = typer.Option(1e-3, "--lr"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SeedOpt,
     device: str = DeviceOpt,
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = ProgressOpt,
     as_json: bool = JsonOpt,
 ):
     """Prune channels for real (the network gets narrower and faster), fine-tuning after every step.
@@ -320,18 +327,18 @@ def lowrank(
                                      "fraction of its parameters and of its MACs."),
     exclude: list[str] = typer.Option([], "--exclude", help="Leave layers matching this glob alone (repeatable), e.g. fc.*"),
     finetune_epochs: int = typer.Option(5, "--finetune-epochs", help="Fine-tuning epochs after factorizing (0: none)."),
-    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Fine-tune with distillation from this model file."),
-    temperature: float = typer.Option(4.0, "--temperature", "-T"),
-    alpha: float = typer.Option(0.9, "--alpha"),
+    teacher: Optional[Path] = TeacherOpt,
+    temperature: float = FinetuneTemperatureOpt,
+    alpha: float = FinetuneAlphaOpt,
     out: Path = typer.Option(Path("runs/lowrank"), "--out", help="Run directory (fine-tuning resumes)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's input size."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    image_size: Optional[int] = ModelSizeOpt,
+    batch_size: int = BatchSizeOpt,
     lr: float = typer.Option(1e-3, "--lr"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = SeedOpt,
     device: str = DeviceOpt,
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = ProgressOpt,
     as_json: bool = JsonOpt,
 ):
     """Low-rank factorization: SVD for Linear and 1x1 convs, Tucker-2 for k x k convs, then fine-tuning.
@@ -574,7 +581,7 @@ def run_cmd(
     target_params: Optional[int] = typer.Option(None, "--target-params", help="Choose the best model with at most N parameters."),
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = ProgressOpt,
     as_json: bool = JsonOpt,
 ):
     """Run a whole recipe (teacher, distillation, pruning, evaluation) into one directory, then write the report.
@@ -654,7 +661,7 @@ def quantize(
     data: Optional[Path] = typer.Option(None, "--data", help="Also report validation accuracy, fp32 vs quantized."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
     cache_dir: Optional[Path] = CacheOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = ProgressOpt,
     as_json: bool = JsonOpt,
 ):
     """Store a model with a weight codec in a compact, checksummed .ncq file (it loads like any model file).
