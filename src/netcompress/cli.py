@@ -490,7 +490,7 @@ def summary(
     """
     import numpy as np
 
-    from .measure import count_parameters, latency_ms, layer_table
+    from .measure import count_macs, count_parameters, latency_ms, layer_table
     from .runtime import resolve_device
 
     path = Path(model)
@@ -506,7 +506,7 @@ def summary(
     if _is_torch(net):
         table = layer_table(net, size)
         totals = {"model": model, "arch": spec.arch, "input_size": size, "parameters": count_parameters(net),
-                  "macs": int(table.total_mult_adds)}
+                  "macs": count_macs(net, size)}
     else:  # an ONNX file: no torch modules to walk; list its operators instead
         from collections import Counter
 

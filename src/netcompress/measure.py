@@ -25,8 +25,33 @@ def layer_table(model: nn.Module, input_size: int, device: torch.device | str = 
 
 
 def count_macs(model: nn.Module, input_size: int) -> int:
-    """Multiply-accumulates of one forward pass at batch 1."""
-    return int(layer_table(model, input_size).total_mult_adds)
+    """Multiply-accumulates of the convolutions and linear layers in one forward pass at batch 1.
+
+    Counted with forward hooks on the layers themselves, so convs with their own forward code
+    (EfficientNet-Lite's same-padding convs, which torchinfo misses) count too.
+    """
+    total = 0
+
+    def conv(m: nn.Conv2d, _inputs, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m: nn.Linear, _inputs, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out[0].numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else linear)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, input_size, input_size, device=device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return total
 
 
 def file_bytes(path: str | Path) -> int:
