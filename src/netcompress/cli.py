@@ -572,6 +572,55 @@ def export_course(
     console.print(f"wrote {out} ({out.stat().st_size:,} bytes, {'zip' if zip_format else 'legacy'} torch format)")
 
 
+@app.command("compare-arch")
+def compare_arch_cmd(
+    data: Path = DataOpt,
+    budget_params: Optional[int] = typer.Option(None, "--budget-params", help="Parameter budget (±5%) for every family."),
+    budget_bytes: Optional[int] = typer.Option(None, "--budget-bytes", help="Or: bytes of the file after the course's 8-bit codec."),
+    epochs: int = typer.Option(30, "--epochs"),
+    groups: int = typer.Option(2, "--groups", help="Groups of the group-convolution family (never 1 or the channel count)."),
+    image_size: int = typer.Option(96, "--image-size"),
+    teacher: Optional[Path] = TeacherOpt,
+    temperature: float = FinetuneTemperatureOpt,
+    alpha: float = FinetuneAlphaOpt,
+    out: Path = typer.Option(Path("runs/compare-arch"), "--out", help="Run directory (resumable)."),
+    batch_size: int = BatchSizeOpt,
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    skip_bad: bool = SkipBadOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    progress: bool = ProgressOpt,
+    as_json: bool = JsonOpt,
+):
+    """Plain vs depthwise & pointwise vs group convolution at one budget (the seed's question 4).
+
+    Each family's width is searched until its parameters (or its 8-bit file) lie within ±5% of
+    the budget; all train with the same recipe; OUT/compare.json and OUT/compare.png hold the result.
+
+    Example: netcompress compare-arch --data ../shared/data/food101_10 --budget-params 250000 --epochs 20 --image-size 64 --out runs/arch
+    """
+    from .compare_arch import compare
+    from .distributed import World
+    from .runtime import resolve_device
+    from .train import TrainConfig
+
+    dev = resolve_device(device)
+    tr, va = _train_val(data, image_size, cache_dir, skip_bad, progress, World())
+    make_loss = _distill_loss_factory(teacher, tr.class_names, dev, temperature, alpha)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    rows = compare(tr, va, cfg, out, device=dev, params=budget_params, bytes_int8=budget_bytes, groups=groups,
+                   make_loss=make_loss, progress=progress)
+    table = Table(title=f"architectures at {budget_params or budget_bytes:,} {'parameters' if budget_params else 'bytes (8-bit)'}")
+    for col in ["architecture", "params", "bytes", "8-bit bytes", "MACs", "ms @1", "ms @64", "val acc"]:
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["architecture"], f"{r['params']:,}", f"{r['file_bytes']:,}", f"{r['int8_bytes']:,}",
+                      f"{r['macs']:,}", f"{r['latency_ms_batch1']:.2f}", f"{r['latency_ms_batch64']:.1f}",
+                      f"{r['val_accuracy']:.4f}")
+    _emit({"rows": rows}, as_json, table)
+
+
 @app.command("run")
 def run_cmd(
     recipe: Path = typer.Argument(..., help="Recipe TOML file, e.g. recipes/demo.toml."),
