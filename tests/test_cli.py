@@ -20,7 +20,9 @@ def netcompress(*args, cache: Path | None = None, check: bool = True) -> subproc
 
 
 def test_every_verb_has_help_with_an_example():
-    for verb in ["train", "evaluate", "predict", "summary", "import-course", "export-course", "models"]:
+    for verb in ["train", "distill", "prune", "plot-pruning", "lowrank", "quantize", "export", "course-pkl",
+                 "compare-arch", "run", "report", "evaluate", "predict", "summary", "import-course", "export-course",
+                 "models"]:
         out = netcompress(verb, "--help").stdout
         assert "Example" in out, verb
 
