@@ -36,6 +36,10 @@ distill = false
 [[lowrank]]
 energy = 0.7
 finetune_epochs = 1
+[compare_arch]
+run = true
+budget_params = 30000
+epochs = 1
 [[quantize]]
 codec = "kbit"
 bits = 4
@@ -99,7 +103,7 @@ def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset,
     assert proc.returncode == 0, stderr
     summary = json.loads(stdout)
     names = [a["name"] for a in summary["artifacts"]]
-    assert names[0].startswith("teacher") and names[1].startswith("student") and len(names) == 2 + 1 + 2 + 2 + 6
+    assert names[0].startswith("teacher") and names[1].startswith("student") and len(names) == 2 + 1 + 2 + 2 + 3 + 6
     assert [a["name"] for a in summary["artifacts"] if a["stage"] == "lowrank-energy-0.7"] == [
         "low-rank energy 0.7, factorized", "low-rank energy 0.7, finetuned"]
     quantized = [a for a in summary["artifacts"] if a["stage"] == "quantize kbit-4bit-lzma"]
@@ -107,11 +111,11 @@ def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset,
     assert quantized[0]["file_bytes"] < summary["artifacts"][1]["file_bytes"] / 5
     assert summary["budget"]["chosen"] in names and set(summary["test"]) >= {names[0], names[1]}
     html = (out / "report.html").read_text()
-    for section in ["Models", "Pruning", "Size against accuracy", "Budget", "Environment"]:
+    for section in ["Models", "Pruning", "Architecture comparison", "Size against accuracy", "Budget", "Environment"]:
         assert f">{section}<" in html
-    assert html.count("data:image/png;base64,") == 2
+    assert html.count("data:image/png;base64,") == 3
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")}
-    assert len(stamps) == 6  # teacher, student, two pruning runs, one factorization, one codec
+    assert len(stamps) == 7  # teacher, student, two pruning runs, one factorization, compare-arch, one codec
     proc = run_cli("run", recipe, "--out", out, "--no-progress", cache=cache)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr

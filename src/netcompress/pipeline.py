@@ -180,6 +180,21 @@ def _quantize_stage(run: Run, q, sources: list[dict]):
     return run.stage(f"quantize-{label}", work)
 
 
+def _compare_arch_stage(run: Run):
+    from .compare_arch import compare
+
+    c, s = run.recipe.compare_arch, run.recipe.student
+
+    def work(out: Path) -> dict:
+        rows = compare(run.split("training"), run.split("validation"), run.train_config(c.epochs, s.lr, s.batch_size),
+                       out, device=run.device, params=c.budget_params, groups=c.groups, progress=run.progress)
+        return {"rows": rows, "artifacts": [
+            {**r, "name": f"architecture: {r['architecture']}", "stage": "compare-arch",
+             "file": f"compare-arch/{r['architecture']}/best.safetensors", "format": "safetensors fp32"} for r in rows]}
+
+    return run.stage("compare-arch", work)
+
+
 def choose(artifacts: list[dict], target_bytes: int | None = None, target_params: int | None = None) -> dict:
     """The artifact with the best validation accuracy within the budgets, and what was tried."""
     fits = [a for a in artifacts if (target_bytes is None or a["file_bytes"] <= target_bytes)
@@ -231,7 +246,9 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, device: torch.device, *, tar
         artifacts += _prune_stage(run, p, student["model_file"], teacher["model_file"])["artifacts"]
     for lr in recipe.lowrank:
         artifacts += _lowrank_stage(run, lr, student["model_file"], teacher["model_file"])["artifacts"]
-    sources = [a for a in artifacts if a["stage"] != "teacher"]
+    if recipe.compare_arch.run:
+        artifacts += _compare_arch_stage(run)["artifacts"]
+    sources = [a for a in artifacts if a["stage"] not in ("teacher", "compare-arch")]
     for q in recipe.quantize:
         artifacts += _quantize_stage(run, q, sources)["artifacts"]
     budget = None

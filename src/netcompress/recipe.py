@@ -6,6 +6,7 @@
     [[prune]]   one table per pruning run: method, rate, steps, finetune_epochs, ...
     [[lowrank]] one table per factorization of the student: energy | rank_ratio | target_params
     [[quantize]] one table per storage codec, applied to the student and every pruned model
+    [compare_arch] run = true: plain vs depthwise-pointwise vs group convolution at budget_params
     [evaluate]  test: report the test split once, for the chosen model
 
 `--set section.field=value` overrides any field from the command line (e.g. student.epochs=5).
@@ -80,6 +81,14 @@ class QuantizeSection:
 
 
 @dataclass
+class CompareArchSection:
+    budget_params: int = 250_000
+    epochs: int = 20
+    groups: int = 2
+    run: bool = False  # the section alone does nothing: set run = true
+
+
+@dataclass
 class EvaluateSection:
     test: bool = True
 
@@ -92,16 +101,18 @@ class Recipe:
     prune: list[PruneSection] = field(default_factory=list)
     lowrank: list[LowRankSection] = field(default_factory=list)
     quantize: list[QuantizeSection] = field(default_factory=list)
+    compare_arch: CompareArchSection = field(default_factory=CompareArchSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     seed: int = 0
 
 
 SECTIONS = {"data": DataSection, "teacher": TeacherSection, "student": StudentSection, "prune": PruneSection,
-            "lowrank": LowRankSection, "quantize": QuantizeSection, "evaluate": EvaluateSection}
+            "lowrank": LowRankSection, "quantize": QuantizeSection, "compare_arch": CompareArchSection,
+            "evaluate": EvaluateSection}
 LISTS = ("prune", "lowrank", "quantize")  # [[prune]], [[lowrank]], [[quantize]]: any number of tables
 CHOICES = {("student", "method"): ("logits", "rkd"), ("prune", "method"): ("slim", "l1", "l2", "taylor", "magnitude"),
            ("quantize", "codec"): ("fp16", "int8-minmax", "int8-channel", "kbit", "kmeans")}
-POSITIVE = {"image_size", "epochs", "batch_size", "steps", "lr", "temperature"}
+POSITIVE = {"image_size", "epochs", "batch_size", "steps", "lr", "temperature", "budget_params"}
 
 
 def _section(name: str, cls, table, where: str):

@@ -131,6 +131,17 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
                                         [[r["step"], r["kept"], r["params"], r["file_bytes"],
                                           r.get("val_accuracy_before_finetune"), r["val_accuracy"],
                                           r["latency_ms_batch64"]] for r in prows])]
+    compare = run_dir / "compare-arch" / "compare.json"
+    if compare.exists():
+        crows = json.loads(compare.read_text())
+        blocks += [("h2", "Architecture comparison"),
+                   ("p", "Each family widened or narrowed to the same parameter budget (within 5%), trained with "
+                         "the same recipe."),
+                   ("table", ["architecture", "widths", "params", "bytes", "8-bit bytes", "MACs", "ms @1", "ms @64",
+                              "val acc"],
+                    [[r["architecture"], " ".join(map(str, r["widths"])), r["params"], r["file_bytes"], r["int8_bytes"],
+                      r["macs"], r["latency_ms_batch1"], r["latency_ms_batch64"], r["val_accuracy"]] for r in crows]),
+                   ("img", compare.parent / "compare.png")]
     scatter = plot_size_vs_accuracy(artifacts, run_dir / "size_vs_accuracy.png")
     blocks += [("h2", "Size against accuracy"), ("p", "The dashed line is the course's 300,000-byte limit."),
                ("img", scatter)]
