@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 
 def netcompress(*args, cache: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:

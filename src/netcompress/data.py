@@ -62,7 +62,7 @@ def read_class_names(root: Path) -> list[str] | None:
     if not path.exists():
         return None
     names: dict[int, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         parts = line.split(maxsplit=1)

@@ -13,6 +13,7 @@ the same batches as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -126,7 +127,8 @@ def fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
     local_batch = cfg.batch_size // world.size
-    steps_per_epoch = -(-(-(-len(train) // world.size)) // local_batch)
+    shard = math.ceil(len(train) / world.size)  # images per rank (padded: every rank runs as many steps)
+    steps_per_epoch = math.ceil(shard / local_batch)
     progress = progress and world.main
     run_info = {"config": asdict(cfg), "arch": spec.arch, "kwargs": spec.kwargs, "train_images": len(train),
                 **(settings or {})}
