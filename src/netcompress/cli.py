@@ -240,16 +240,23 @@ def distill(
 def _distill_loss_factory(teacher: Optional[Path], data_classes: list[str], device, temperature: float,
                           alpha: float):
     """make_loss(student) for fine-tuning: distillation from `teacher`, or None for cross-entropy."""
-    if teacher is None:
-        return None
-    from .artifact import load_model
-    from .distill import DistillConfig, DistillLoss, check_teacher
+    from .distill import DistillConfig, teacher_loss
 
-    teacher_net, teacher_spec = load_model(teacher)
-    check_teacher(teacher_spec.class_names, data_classes, teacher)
-    teacher_net.to(device)
-    cfg = DistillConfig(temperature=temperature, alpha=alpha)
-    return lambda student: DistillLoss(teacher_net, student, cfg)
+    return None if teacher is None else teacher_loss(teacher, data_classes, device, DistillConfig(temperature, alpha))
+
+
+def _model_and_data(model_file: Path, data: Path, image_size: Optional[int], cache_dir, skip_bad: bool,
+                    progress: bool):
+    """A model file to compress, with the training and validation splits at its input size."""
+    from .distributed import World
+
+    net, spec = open_model(model_file)
+    if image_size:
+        spec.input_size = image_size
+    tr, va = _train_val(data, spec.input_size, cache_dir, skip_bad, progress, World())
+    if tr.num_classes != spec.num_classes:
+        raise NetcompressError(f"{model_file} predicts {spec.num_classes} classes but {data} has {tr.num_classes}")
+    return net, spec, tr, va
 
 
 @app.command()
@@ -285,20 +292,13 @@ def prune(
 
     Example: netcompress prune runs/kd/best.safetensors --data ../shared/data/food101_10 --method slim --rate 0.95 --steps 5 --finetune-epochs 5 --out runs/prune95
     """
-    from .data import load_split
     from .prune import PruneConfig, prune_schedule
     from .runtime import resolve_device, seed_everything
     from .train import TrainConfig
 
     dev = resolve_device(device)
     seed_everything(seed)
-    net, spec = open_model(model_file)
-    if image_size:
-        spec.input_size = image_size
-    tr = load_split(data, "training", spec.input_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
-    va = load_split(data, "validation", spec.input_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
-    if tr.num_classes != spec.num_classes:
-        raise NetcompressError(f"{model_file} predicts {spec.num_classes} classes but {data} has {tr.num_classes}")
+    net, spec, tr, va = _model_and_data(model_file, data, image_size, cache_dir, skip_bad, progress)
     cfg = PruneConfig(method=method, rate=rate, steps=steps, global_ranking=global_ranking, sparsity=sparsity,
                       sparsity_epochs=sparsity_epochs)
     train_cfg = TrainConfig(epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed)
@@ -352,7 +352,6 @@ def lowrank(
 
     Example: netcompress lowrank runs/r18/best.safetensors --data ../shared/data/food101_10 --energy 0.9 --finetune-epochs 3 --out runs/r18-lr90
     """
-    from .data import load_split
     from .lowrank import LowRankConfig, format_layers, lowrank_run
     from .runtime import resolve_device, seed_everything
     from .train import TrainConfig
@@ -364,13 +363,7 @@ def lowrank(
         raise NetcompressError(f"--finetune-epochs {finetune_epochs} must be >= 0")
     dev = resolve_device(device)
     seed_everything(seed)
-    net, spec = open_model(model_file)
-    if image_size:
-        spec.input_size = image_size
-    tr = load_split(data, "training", spec.input_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
-    va = load_split(data, "validation", spec.input_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
-    if tr.num_classes != spec.num_classes:
-        raise NetcompressError(f"{model_file} predicts {spec.num_classes} classes but {data} has {tr.num_classes}")
+    net, spec, tr, va = _model_and_data(model_file, data, image_size, cache_dir, skip_bad, progress)
     train_cfg = TrainConfig(epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed) if finetune_epochs else None
     make_loss = _distill_loss_factory(teacher, tr.class_names, dev, temperature, alpha)
     settings = {"model_file": str(model_file), "teacher": str(teacher) if teacher else None}

@@ -143,6 +143,16 @@ class DistillLoss:
         return loss
 
 
+def teacher_loss(teacher_path, data_classes: list[str], device: torch.device, cfg: DistillConfig):
+    """make_loss(student): distillation from the teacher model file, checked against the data's classes."""
+    from .artifact import load_model
+
+    teacher, spec = load_model(teacher_path)
+    check_teacher(spec.class_names, data_classes, teacher_path)
+    teacher.to(device)
+    return lambda student: DistillLoss(teacher, student, cfg)
+
+
 def check_teacher(teacher_classes: list[str], data_classes: list[str], teacher_path) -> None:
     if len(teacher_classes) != len(data_classes):
         raise NetcompressError(

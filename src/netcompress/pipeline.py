@@ -17,7 +17,7 @@ import torch
 
 from .artifact import load_any, load_model, new_model
 from .data import Split, load_split
-from .distill import DistillConfig, DistillLoss
+from .distill import DistillConfig, teacher_loss
 from .errors import NetcompressError
 from .evaluate import classification_metrics, predict_logits
 from .files import atomic_write_text
@@ -93,12 +93,7 @@ def _teacher_stage(run: Run):
 
 
 def _teacher_loss(run: Run, teacher_file: str, cfg: DistillConfig):
-    teacher, spec = load_model(teacher_file)
-    if spec.num_classes != run.split("training").num_classes:
-        raise NetcompressError(f"teacher {teacher_file} predicts {spec.num_classes} classes but the data has "
-                               f"{run.split('training').num_classes}")
-    teacher.to(run.device)
-    return lambda student: DistillLoss(teacher, student, cfg)
+    return teacher_loss(teacher_file, run.split("training").class_names, run.device, cfg)
 
 
 def _student_stage(run: Run, teacher_file: str):
