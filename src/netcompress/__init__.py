@@ -1,3 +1,56 @@
-"""netcompress: turn a dataset and a big teacher network into a tiny, fast image classifier."""
+"""netcompress: turn a dataset and a big teacher network into a tiny, fast image classifier.
 
-__version__ = "0.1.0"
+The flow, on any nn.Module (a registered model or your own), each verb returning a new module
+and leaving its argument as it is:
+
+    import netcompress as nc
+    data = nc.ImageFolderData("path/to/data", image_size=96)       # or a torch Dataset / DataLoader
+    model = nc.prune(model, nc.PruneConfig(method="l2", rate=0.5), example_input=torch.randn(1, 3, 96, 96))
+    model = nc.fit(model, data, epochs=3, teacher=teacher)          # distillation when a teacher is given
+    small = nc.factorize(model, nc.LowRankConfig(energy=0.9))
+    nc.save(model, "m.safetensors")                                 # records the surgery relative to the base
+    same = nc.load("m.safetensors", model=MyNet())                  # re-applies it on a fresh base; no pickle
+    nc.quantize(model, nc.QuantConfig(codec="kbit", bits=4, entropy=True)).save("m.ncq")
+    print(nc.evaluate(nc.load("m.ncq", model=MyNet()), data, split="validation")["accuracy"])
+
+Registered models (`list_models()`) load with no `model=`. Codecs and pruning methods live in
+registries (`register_codec`, `register_pruner`).
+"""
+
+from .compress.codecs import Codec, list_codecs, register_codec
+from .compress.lowrank import LowRankConfig, factorize, factorize_and_finetune
+from .compress.prune import PruneConfig, prune, prune_iteratively
+from .compress.pruners import Pruner, list_pruners, register_pruner
+from .compress.quant_config import QuantConfig
+from .compress.quantize import QuantizedModel, quantize
+from .data.augment import AugmentConfig
+from .data.folder import ImageFolderData
+from .data.split import Split
+from .errors import NetcompressError
+from .formats.load import load, save
+from .formats.onnx import export_onnx
+from .measure.cost import count_macs, count_parameters, latency_ms
+from .measure.evaluate import evaluate, predict
+from .models import create_model, list_models, register_model
+from .spec import ModelSpec, new_model, spec_of
+from .train.distill import DistillConfig
+from .train.fit import TrainConfig, fit
+from .version import __version__
+
+__all__ = [
+    # data
+    "ImageFolderData", "Split", "AugmentConfig",
+    # models
+    "create_model", "new_model", "list_models", "register_model", "ModelSpec", "spec_of",
+    # training and distillation
+    "fit", "TrainConfig", "DistillConfig",
+    # compression
+    "prune", "prune_iteratively", "PruneConfig", "Pruner", "register_pruner", "list_pruners",
+    "factorize", "factorize_and_finetune", "LowRankConfig",
+    "quantize", "QuantConfig", "QuantizedModel", "Codec", "register_codec", "list_codecs",
+    # files
+    "save", "load", "export_onnx",
+    # measurement
+    "evaluate", "predict", "count_parameters", "count_macs", "latency_ms",
+    "NetcompressError", "__version__",
+]

@@ -32,8 +32,10 @@ def tune_allocator() -> None:
         pass  # not glibc (musl, ...): nothing to tune
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """'auto' picks CUDA when present, else the CPU; anything else must be a device torch knows."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -49,3 +51,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def log(message: str) -> None:
+    """One line of progress on stderr (stdout stays clean for --json), without breaking progress bars."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)

@@ -49,7 +49,7 @@ class StudentNet(nn.Module):
             raise NetcompressError(f"studentnet: widths must list at least 2 positive ints, got {widths}")
         if any(not 0 <= p < len(widths) for p in pool_after):
             raise NetcompressError(f"studentnet: pool_after {pool_after} must index blocks 0..{len(widths) - 1}")
-        self.widths = widths
+        self.widths, self.pool_after = widths, pool_after
         blocks: list[nn.Module] = []
         for i, w in enumerate(widths):
             if i == 0:

@@ -1,0 +1,28 @@
+"""`netcompress <verb>`: the command line, a thin layer that maps flags onto the library's configs and verbs.
+
+One module per verb family; importing them registers their commands on the shared app.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import NetcompressError
+# importing the verb families registers their commands, listed in this order by --help
+from . import train  # noqa: F401, I001
+from . import compress, formats, measure, pipeline  # noqa: F401
+from .common import app
+
+
+def main() -> None:
+    from ..runtime import tune_allocator
+
+    tune_allocator()
+    try:
+        app()
+    except NetcompressError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # one unwrapped line: greppable, no traceback
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume where it stopped", file=sys.stderr)
+        sys.exit(130)

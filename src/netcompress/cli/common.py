@@ -1,0 +1,104 @@
+"""What every command shares: the app, option declarations, output tables, data folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Compress image classifiers: train, distill, prune, quantize, measure and report.\n\n"
+    "Data folders use the Food-11 layout (training/, validation/, testing/ with <label>_<k>.jpg) "
+    "or torchvision's ImageFolder layout (<split>/<class>/*.jpg).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(width=None if sys.stdout.isatty() else 160)  # no truncated tables in logs
+
+DataOpt = typer.Option(..., "--data", help="Dataset folder (Food-11 or ImageFolder layout).")
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
+SkipBadOpt = typer.Option(False, "--skip-bad", help="Skip unreadable or odd images with a warning instead of stopping.")
+CacheOpt = typer.Option(None, "--cache-dir", help="Where decoded images are cached [default: ~/.cache/netcompress].")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Progress bars and per-epoch lines on stderr.")
+SeedOpt = typer.Option(0, "--seed")
+BatchSizeOpt = typer.Option(64, "--batch-size")
+TeacherOpt = typer.Option(None, "--teacher", help="Fine-tune with distillation from this model file.")
+FinetuneTemperatureOpt = typer.Option(4.0, "--temperature", "-T", help="Distillation temperature (with --teacher).")
+FinetuneAlphaOpt = typer.Option(0.9, "--alpha", help="Weight of the teacher term (with --teacher).")
+ModelSizeOpt = typer.Option(None, "--image-size", help="Default: the model's input size.")
+PrecisionOpt = typer.Option("fp32", "--precision", help="fp32, or bf16 autocast (faster where the hardware "
+                            "has bf16: AMX CPUs, recent GPUs; weights stay fp32).")
+NprocOpt = typer.Option(1, "--nproc", help="Processes on this machine: >1 relaunches under torchrun (DDP).")
+MODEL_FILES = "Model file: .safetensors, quantized .ncq, .onnx, course checkpoint .bin or course .pkl."
+
+
+def emit(result: dict, as_json: bool, table: Table | None = None) -> None:
+    """The command's result: JSON on stdout with --json, else the table."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+    elif table is not None:
+        console.print(table)
+
+
+def kv_table(title: str, rows: dict) -> Table:
+    table = Table(title=title, show_header=False)
+    for k, v in rows.items():
+        table.add_row(k, ("yes" if v else "no") if isinstance(v, bool) else f"{v:,}" if isinstance(v, int)
+                      else f"{v:.4f}" if isinstance(v, float) else str(v))
+    return table
+
+
+def rows_table(title: str, columns: dict[str, str], rows: list[dict]) -> Table:
+    """A table of `rows`: columns maps a heading to a row key; ints get separators, floats 4 decimals."""
+    table = Table(title=title)
+    for heading in columns:
+        table.add_column(heading, justify="right")
+    for r in rows:
+        table.add_row(*(("" if r.get(k) is None else f"{r[k]:,}" if isinstance(r[k], int) and not isinstance(r[k], bool)
+                         else f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k])) for k in columns.values()))
+    return table
+
+
+def launch_if_asked(nproc: int) -> None:
+    """--nproc N outside torchrun: run this very command under torchrun with N processes."""
+    from ..train.distributed import launch, strip_nproc
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(launch(nproc, strip_nproc(sys.argv[1:])))
+
+
+def folder(data: Path, image_size: int, cache_dir, skip_bad: bool, progress: bool):
+    from ..data.folder import ImageFolderData
+
+    return ImageFolderData(data, image_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
+
+
+def model_and_data(model_file: Path, data: Path, image_size, cache_dir, skip_bad: bool, progress: bool):
+    """A model file to compress, with its dataset folder at the model's input size (or --image-size)."""
+    from ..formats.load import load
+    from ..spec import attach, spec_of
+
+    net = load(model_file)
+    spec = spec_of(net)
+    if image_size:
+        attach(net, spec.replace(input_size=image_size))
+    ds = folder(data, image_size or spec.input_size, cache_dir, skip_bad, progress)
+    if ds.class_names and len(ds.class_names) != spec.num_classes:
+        from ..errors import NetcompressError
+
+        raise NetcompressError(f"{model_file} predicts {spec.num_classes} classes but {data} has "
+                               f"{len(ds.class_names)}")
+    return net, ds
+
+
+def distill_config(teacher, temperature: float, alpha: float):
+    from ..train.distill import DistillConfig
+
+    return DistillConfig(temperature=temperature, alpha=alpha) if teacher else None

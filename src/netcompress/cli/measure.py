@@ -1,0 +1,135 @@
+"""`netcompress evaluate`, `predict`, `summary` and `models`."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from ..errors import NetcompressError
+from ..files import atomic_write_text
+from ..formats.load import load
+from ..formats.onnx import OnnxModel
+from ..measure.cost import count_macs, count_parameters, latency_ms, layer_table
+from ..measure.evaluate import evaluate as evaluate_model, plot_confusion, predict as predict_logits, write_submission
+from ..models import list_models
+from ..runtime import resolve_device
+from ..spec import new_model, spec_of
+from .common import CacheOpt, DataOpt, DeviceOpt, JsonOpt, MODEL_FILES, SkipBadOpt, app, console, emit, folder, kv_table
+
+
+@app.command()
+def models(pattern: str = typer.Argument("*", help="Glob over model names, e.g. 'resnet*'.")):
+    """List the registered model names (StudentNet family, CNNs, torchvision classifiers, EfficientNet-Lite0).
+
+    Example: netcompress models 'student*'
+    """
+    for name in list_models(pattern):
+        console.print(name)
+
+
+@app.command()
+def evaluate(
+    model_file: Path = typer.Argument(..., help=MODEL_FILES),
+    data: Path = DataOpt,
+    split: str = typer.Option("validation", "--split", help="validation or testing (needs labeled files)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write metrics JSON and confusion.png here."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
+    device: str = DeviceOpt,
+    skip_bad: bool = SkipBadOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    as_json: bool = JsonOpt,
+):
+    """Accuracy, per-class accuracy and the confusion matrix of a model on one split.
+
+    Example: netcompress evaluate runs/student/best.safetensors --data ../shared/data/food101_10 --split validation
+    """
+    net = load(model_file)
+    ds = folder(data, image_size or spec_of(net).input_size, cache_dir, skip_bad, True)
+    metrics = evaluate_model(net, ds, split, device=resolve_device(device))
+    result = {"model": str(model_file), **metrics}
+    names = ds.split(split).class_names
+    if out_dir is not None:
+        atomic_write_text(out_dir / f"metrics-{split}.json", json.dumps(result, indent=2))
+        plot_confusion(metrics["confusion"], names, out_dir / f"confusion-{split}.png",
+                       title=f"{model_file.name} on {split}: accuracy {metrics['accuracy']:.3f}")
+    table = Table(title=f"{model_file.name} on {split} ({metrics['images']} images): accuracy {metrics['accuracy']:.4f}")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    table.add_column("images", justify="right")
+    for name, acc, row in zip(names, metrics["per_class_accuracy"], metrics["confusion"]):
+        table.add_row(name, f"{acc:.3f}", str(sum(row)))
+    emit(result, as_json, table)
+
+
+@app.command()
+def predict(
+    model_file: Path = typer.Argument(..., help=MODEL_FILES),
+    data: Path = DataOpt,
+    out: Path = typer.Option(Path("pred.csv"), "--out", help="CSV in the course's format: Id,label."),
+    split: str = typer.Option("testing", "--split"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
+    device: str = DeviceOpt,
+    skip_bad: bool = SkipBadOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+):
+    """Write predictions for a split in the course's submission format (Id = sorted file order).
+
+    Example: netcompress predict model.safetensors --data ../shared/data/food101_10 --out pred.csv
+    """
+    net = load(model_file)
+    ds = folder(data, image_size or spec_of(net).input_size, cache_dir, skip_bad, True)
+    pred = predict_logits(net, ds, split, device=resolve_device(device)).argmax(1)
+    write_submission(pred, out)
+    console.print(f"wrote {len(pred)} predictions to {out}")
+
+
+@app.command()
+def summary(
+    model: str = typer.Argument(..., help=MODEL_FILES[:-1] + ", or a registered model name."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's input size (names: 96)."),
+    num_classes: int = typer.Option(11, "--num-classes", help="For a model name: its class count."),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure fp32 latency at batch 1 and 64."),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+):
+    """A torchsummary-style layer table and totals: parameters, MACs, bytes, latency.
+
+    Example: netcompress summary ../shared/data/hw7/student_custom_small.bin
+    """
+    path = Path(model)
+    if path.exists():
+        net = load(path)
+    elif path.suffix:
+        raise NetcompressError(f"model file {path} does not exist")
+    else:
+        net = new_model(model, [str(i) for i in range(num_classes)], image_size or 96)
+    spec = spec_of(net)
+    size = image_size or spec.input_size
+    if isinstance(net, OnnxModel):  # no torch modules to walk; list its operators instead
+        import onnx
+
+        graph = onnx.load(str(path)).graph
+        table = "\n".join(f"{op:24s}{n:5d}" for op, n in Counter(node.op_type for node in graph.node).most_common())
+        totals = {"model": model, "arch": spec.arch or spec.info.get("module"), "input_size": size,
+                  "runtime": "onnxruntime",
+                  "initializer_elements": sum(int(np.prod(t.dims)) for t in graph.initializer)}
+    else:
+        table = layer_table(net, size)
+        totals = {"model": model, "arch": spec.arch or spec.info.get("module"), "input_size": size,
+                  "parameters": count_parameters(net), "macs": count_macs(net, size)}
+    if path.exists():
+        totals["file_bytes"] = path.stat().st_size
+    if latency:
+        dev = resolve_device(device)
+        totals["latency_ms_batch1"] = round(latency_ms(net, size, 1, device=dev), 4)
+        totals["latency_ms_batch64"] = round(latency_ms(net, size, 64, device=dev, repeats=10), 3)
+        totals["device"] = str(dev)
+    if not as_json:
+        print(table)
+    emit(totals, as_json, kv_table("totals", totals))

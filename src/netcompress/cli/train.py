@@ -1,0 +1,136 @@
+"""`netcompress train` and `netcompress distill`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..data.augment import AugmentConfig
+from ..formats.load import load
+from ..runtime import resolve_device, seed_everything
+from ..spec import attach, new_model, spec_of
+from ..train.distill import DistillConfig
+from ..train.distributed import init_from_env
+from ..train.fit import TrainConfig, fit
+from .common import (BatchSizeOpt, CacheOpt, DataOpt, DeviceOpt, JsonOpt, NprocOpt, PrecisionOpt, ProgressOpt, SeedOpt,
+                     SkipBadOpt, app, emit, folder, kv_table, launch_if_asked)
+
+
+@app.command()
+def train(
+    model: str = typer.Option(..., "--model", help="Registered model name, e.g. studentnet, resnet18."),
+    data: Path = DataOpt,
+    out: Path = typer.Option(Path("runs/train"), "--out", help="Run directory (resumes if it holds an interrupted run)."),
+    image_size: int = typer.Option(96, "--image-size", help="Images are resized (shorter side) and center-cropped to this."),
+    epochs: int = typer.Option(30, "--epochs"),
+    batch_size: int = BatchSizeOpt,
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    weight_decay: float = typer.Option(1e-2, "--weight-decay"),
+    schedule: str = typer.Option("cosine", "--schedule", help="cosine or constant learning rate."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
+    width_mult: Optional[float] = typer.Option(None, "--width-mult", help="StudentNet width multiplier."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="Start from ImageNet weights (teachers)."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    skip_bad: bool = SkipBadOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    progress: bool = ProgressOpt,
+    precision: str = PrecisionOpt,
+    nproc: int = NprocOpt,
+    as_json: bool = JsonOpt,
+):
+    """Train a model from scratch (or from pretrained weights) with the course's augmentation.
+
+    Keeps the best-validation model in OUT/best.safetensors; Ctrl-C, then the same command again,
+    resumes after the last finished epoch.
+
+    Example: netcompress train --model studentnet --data ../shared/data/food101_10 --image-size 64 --epochs 10 --out runs/student
+    """
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
+                      label_smoothing=label_smoothing, seed=seed, precision=precision)
+    launch_if_asked(nproc)
+    world, dev = init_from_env(resolve_device(device))
+    seed_everything(seed)
+    ds = folder(data, image_size, cache_dir, skip_bad, progress and world.main)
+    net = new_model(model, _class_names(ds, world), image_size, width_mult=width_mult, pretrained=pretrained)
+    best = fit(net, ds, cfg, run_dir=out, device=dev, progress=progress, world=world)
+    if world.main:
+        _report(best, out, {"model": model}, as_json, f"train {model}")
+
+
+@app.command()
+def distill(
+    teacher: Path = typer.Option(..., "--teacher", help="Teacher model file (.safetensors) trained on this data."),
+    student: str = typer.Option("studentnet", "--student", help="Student model name, or a model file to start from."),
+    data: Path = DataOpt,
+    out: Path = typer.Option(Path("runs/distill"), "--out", help="Run directory (resumes if it holds an interrupted run)."),
+    temperature: float = typer.Option(20.0, "--temperature", "-T", help="Softmax temperature (course: 20)."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the soft (teacher) term; 0 = plain cross-entropy."),
+    method: str = typer.Option("logits", "--method", help="logits (Hinton KD) or rkd (logits + relational KD)."),
+    rkd_weight: float = typer.Option(1.0, "--rkd-weight", help="Weight of the relational term (method rkd)."),
+    teacher_precision: str = typer.Option("auto", "--teacher-precision",
+                                          help="auto (bf16 where the hardware has it natively), fp32 or bf16."),
+    augment: bool = typer.Option(True, "--augment/--no-augment",
+                                 help="The course's augmentation; without it the teacher runs once per image."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the teacher's input size."),
+    epochs: int = typer.Option(30, "--epochs"),
+    batch_size: int = BatchSizeOpt,
+    lr: float = typer.Option(1e-3, "--lr"),
+    weight_decay: float = typer.Option(1e-2, "--weight-decay"),
+    schedule: str = typer.Option("cosine", "--schedule"),
+    width_mult: Optional[float] = typer.Option(None, "--width-mult", help="StudentNet width multiplier."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    skip_bad: bool = SkipBadOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    progress: bool = ProgressOpt,
+    precision: str = PrecisionOpt,
+    nproc: int = NprocOpt,
+    as_json: bool = JsonOpt,
+):
+    """Distill a teacher into a student: (1-a)*CE + a*T^2*KL(teacher/T || student/T), as the course did.
+
+    Teacher and student see the same augmented batch; the teacher runs in eval mode with no
+    gradients. --method rkd adds relational KD (distances and angles between the samples'
+    penultimate features). Same run directory, resume and outputs as `train`.
+
+    Example: netcompress distill --teacher runs/teacher/best.safetensors --student studentnet --data ../shared/data/food101_10 -T 4 --alpha 0.9 --out runs/kd
+    """
+    kd = DistillConfig(temperature=temperature, alpha=alpha, method=method, rkd_weight=rkd_weight,
+                       teacher_precision=teacher_precision)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
+                      seed=seed, augment=AugmentConfig() if augment else None, precision=precision)
+    launch_if_asked(nproc)
+    world, dev = init_from_env(resolve_device(device))
+    seed_everything(seed)
+    size = image_size or spec_of(load(teacher)).input_size
+    ds = folder(data, size, cache_dir, skip_bad, progress and world.main)
+    if Path(student).suffix == ".safetensors":
+        net = load(student)
+        attach(net, spec_of(net).replace(input_size=size))
+    else:
+        net = new_model(student, _class_names(ds, world), size, width_mult=width_mult)
+    best = fit(net, ds, cfg, teacher=teacher, distill=kd, run_dir=out, device=dev, progress=progress, world=world,
+               settings={"student": student})
+    if world.main:
+        _report(best, out, {"student": student, "teacher": str(teacher)}, as_json, "distill")
+
+
+def _class_names(ds, world) -> list[str]:
+    """The folder's classes; under torchrun the other ranks wait until rank 0 has decoded (and cached) it."""
+    if world.main:
+        names = ds.class_names
+        world.barrier()
+    else:
+        world.barrier()
+        names = ds.class_names
+    return names
+
+
+def _report(best, out: Path, head: dict, as_json: bool, title: str) -> None:
+    info = spec_of(best).info
+    summary = {**head, "best_val_accuracy": info.get("val_accuracy"), "best_epoch": info.get("epoch"),
+               "model_file": str(out / "best.safetensors")}
+    emit(summary, as_json, kv_table(title, summary))

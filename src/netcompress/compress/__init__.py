@@ -1,0 +1,1 @@
+"""Compression: structured pruning, low-rank factorization and quantization for storage."""

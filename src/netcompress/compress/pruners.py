@@ -1,0 +1,224 @@
+"""Pruning methods: how one step chooses and removes channels (or weights), one class per method.
+
+A method is a `Pruner` subclass registered with `@register_pruner`; `PruneConfig`, the CLI and
+recipes read the registry. Built in:
+  slim       the course's rule: each prunable layer keeps its channels with the largest |γ| of the
+             BatchNorm that follows them; every prunable layer shrinks by the same factor per step
+             (width R^k after step k). On StudentNet this is the course's exact selection; with
+             global ranking, or on other models, Torch-Pruning's BN-scale importance over its
+             dependency graph.
+  l1, l2     Torch-Pruning group magnitude importance (L1 or L2 norm of every weight a channel touches)
+  taylor     Torch-Pruning first-order Taylor importance (|weight x gradient|) from a few training batches
+  magnitude  unstructured: zero the smallest weights globally (kept at zero through fine-tuning). The
+             dense file does not shrink and nothing runs faster; only sparse storage saves bytes.
+Torch-Pruning's dependency graph keeps residual adds and depthwise convolutions consistent.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.augment import iterate_batches
+from ..data.split import Split
+from ..errors import NetcompressError
+from ..models.studentnet import StudentNet
+from ..spec import spec_of
+
+
+class Pruner:
+    """One pruning method. Subclass it, set `name`, implement `prune`, and register it."""
+
+    name: str = ""
+    structured: bool = True  # removes channels; False: zeros weights (the model keeps its shape)
+    needs_batchnorm: bool = False
+    needs_data: bool = False  # needs training images to rank (pass data= to prune)
+
+    def prune(self, model: nn.Module, cfg, *, step: int, example_input: torch.Tensor,
+              data: Split | None) -> nn.Module:
+        """Prune `model` (a private copy: change it in place or build a new one) by one step of `cfg`.
+
+        `step` counts the steps of this method and rate so far, this one included (1 for the first).
+        """
+        raise NotImplementedError
+
+
+_PRUNERS: dict[str, Pruner] = {}
+
+
+def register_pruner(cls: type[Pruner]) -> type[Pruner]:
+    """Class decorator: make a pruning method available by its name."""
+    if not cls.name:
+        raise ValueError(f"pruner {cls.__name__} needs a name")
+    _PRUNERS[cls.name] = cls()
+    return cls
+
+
+def get_pruner(name: str) -> Pruner:
+    if name not in _PRUNERS:
+        raise NetcompressError(f"method = {name!r}: choose one of {', '.join(list_pruners())}")
+    return _PRUNERS[name]
+
+
+def list_pruners() -> list[str]:
+    return list(_PRUNERS)
+
+
+# ---- Torch-Pruning for every model ------------------------------------------------------------------
+
+class TorchPruningPruner(Pruner):
+    """Structured pruning over Torch-Pruning's dependency graph, ranked by `importance()`."""
+
+    def importance(self):
+        raise NotImplementedError
+
+    def rank_with_gradients(self, model: nn.Module, data: Split | None, device: torch.device, cfg) -> None:
+        """Methods that rank by gradients compute them here."""
+
+    def prune(self, model, cfg, *, step, example_input, data):
+        import torch_pruning as tp
+
+        model.eval()
+        classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+        pruner = tp.pruner.MetaPruner(model, example_input, importance=self.importance(), pruning_ratio=1 - cfg.rate,
+                                      global_pruning=cfg.global_ranking, ignored_layers=classifier)
+        self.rank_with_gradients(model, data, example_input.device, cfg)
+        pruner.step()
+        model.zero_grad(set_to_none=True)
+        return model
+
+
+@register_pruner
+class Slim(TorchPruningPruner):
+    name, needs_batchnorm = "slim", True
+
+    def importance(self):
+        import torch_pruning as tp
+
+        return tp.importance.BNScaleImportance()
+
+    def prune(self, model, cfg, *, step, example_input, data):
+        if isinstance(model, StudentNet) and not cfg.global_ranking:
+            original = spec_of(model).info.get("pruned", {}).get("original_widths") if step > 1 else None
+            return slim_studentnet(model, course_widths_at(original or model.widths, cfg.rate, step))
+        return super().prune(model, cfg, step=step, example_input=example_input, data=data)
+
+
+@register_pruner
+class L1(TorchPruningPruner):
+    name = "l1"
+
+    def importance(self):
+        import torch_pruning as tp
+
+        return tp.importance.GroupMagnitudeImportance(p=1)
+
+
+@register_pruner
+class L2(TorchPruningPruner):
+    name = "l2"
+
+    def importance(self):
+        import torch_pruning as tp
+
+        return tp.importance.GroupMagnitudeImportance(p=2)
+
+
+@register_pruner
+class Taylor(TorchPruningPruner):
+    name, needs_data = "taylor", True
+
+    def importance(self):
+        import torch_pruning as tp
+
+        return tp.importance.GroupTaylorImportance()
+
+    def rank_with_gradients(self, model, data, device, cfg):
+        model.zero_grad()
+        gen = torch.Generator().manual_seed(0)
+        batches = iterate_batches(data, 64, device=device, shuffle=True, generator=gen, channels_last=False)
+        for _, batch in zip(range(cfg.taylor_batches), batches):
+            F.cross_entropy(model(batch.images), batch.labels).backward()
+
+
+# ---- the course's rule on StudentNet -------------------------------------------------------------
+
+def course_widths_at(widths: list[int], rate: float, step: int) -> list[int]:
+    """Widths after `step` steps: the course scales widths 3..n-2 by rate^step (int truncation)."""
+    mult = 1.0
+    for _ in range(step):
+        mult *= rate  # repeated products, as the course computed its width_mult
+    return [int(w * mult) if 3 <= i < len(widths) - 1 else w for i, w in enumerate(widths)]
+
+
+def slim_selection(model: StudentNet, new_widths: list[int]) -> list[torch.Tensor]:
+    """Kept channels per width: the largest |γ| of the BatchNorm after them (block i+1's), in index order."""
+    keep = []
+    for i, (old, new) in enumerate(zip(model.widths, new_widths)):
+        if i + 1 == len(model.widths):
+            if new != old:
+                raise NetcompressError("the course's rule never prunes the classifier's input width")
+            keep.append(torch.arange(old))
+            continue
+        gamma = model.cnn[i + 1][1].weight.detach().abs()
+        keep.append(torch.argsort(gamma, descending=True, stable=True)[:new].sort().values)
+    return keep
+
+
+@torch.no_grad()
+def slim_studentnet(model: StudentNet, new_widths: list[int]) -> StudentNet:
+    """A new StudentNet of `new_widths` holding the surviving slices of `model`'s weights."""
+    keep = slim_selection(model, new_widths)
+    new = StudentNet(num_classes=model.fc[0].out_features, widths=list(new_widths), pool_after=model.pool_after)
+    new.to(next(model.parameters()).device)
+    old_state, new_state = model.state_dict(), {}
+    for name, target in new.state_dict().items():
+        value = old_state[name]
+        parts = name.split(".")
+        if parts[0] == "cnn":
+            block, layer = int(parts[1]), int(parts[2])
+            if value.dim() > 0:
+                if block == 0:
+                    value = value[keep[0]]  # first conv's outputs and their BatchNorm
+                elif layer in (0, 1):
+                    value = value[keep[block - 1]]  # depthwise conv and BatchNorm on widths[block-1]
+                elif parts[3] == "weight":
+                    value = value[keep[block]][:, keep[block - 1]]  # pointwise: outputs x inputs
+                else:
+                    value = value[keep[block]]
+        new_state[name] = value.clone()
+        assert new_state[name].shape == target.shape, name
+    new.load_state_dict(new_state)
+    return new.train(model.training)
+
+
+# ---- unstructured magnitude pruning ---------------------------------------------------------------
+
+@register_pruner
+class Magnitude(Pruner):
+    name, structured = "magnitude", False
+
+    def prune(self, model, cfg, *, step, example_input, data):
+        apply_masks(model, magnitude_masks(model, cfg.rate**step))
+        return model
+
+
+def weight_tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+@torch.no_grad()
+def magnitude_masks(model: nn.Module, keep_fraction: float) -> list[torch.Tensor]:
+    """Masks keeping the largest-magnitude `keep_fraction` of all conv and linear weights (one global threshold)."""
+    weights = weight_tensors(model)
+    scores = torch.cat([w.abs().flatten() for w in weights])
+    n_keep = max(1, int(round(keep_fraction * scores.numel())))
+    threshold = torch.topk(scores, n_keep, sorted=True).values[-1]
+    return [(w.abs() >= threshold).to(w.dtype) for w in weights]
+
+
+def apply_masks(model: nn.Module, masks: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for w, m in zip(weight_tensors(model), masks):
+            w.mul_(m)

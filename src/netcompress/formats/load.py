@@ -1,0 +1,63 @@
+"""`save` and `load`: one entry point for every model file, the format picked by the file's suffix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from ..errors import NetcompressError
+from ..spec import attach, copy_model, spec_of
+from .course import import_course_checkpoint, load_course_pkl
+from .model_file import load_model, save_model
+from .ncq import load_ncq
+from .onnx import load_onnx
+
+LOADERS = {
+    ".safetensors": load_model,
+    ".ncq": load_ncq,
+    ".onnx": lambda path, base: load_onnx(path),
+    ".bin": lambda path, base: import_course_checkpoint(path),
+    ".pt": lambda path, base: import_course_checkpoint(path),
+    ".pth": lambda path, base: import_course_checkpoint(path),
+    ".pkl": lambda path, base: load_course_pkl(path),
+}
+
+
+def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Any model file as a module with its spec attached, in eval mode.
+
+    .safetensors (netcompress model file), .ncq (quantized; decoded to fp32), .onnx (run by ONNX
+    Runtime), .bin/.pt/.pth (the course's StudentNet state_dict, read with weights_only) and .pkl
+    (the course's 8/16-bit pickle, read without running code). `model`: a fresh instance of your
+    own module class, for files made from a module that is not registered; it is not changed.
+    """
+    path = Path(path)
+    loader = LOADERS.get(path.suffix.lower())
+    if loader is None:
+        raise NetcompressError(f"{path}: unknown model file type {path.suffix!r}; netcompress reads "
+                               f"{', '.join(LOADERS)}")
+    if model is not None and path.suffix.lower() not in (".safetensors", ".ncq"):
+        raise NetcompressError(f"{path}: model= applies to .safetensors and .ncq files only")
+    return loader(path, model)
+
+
+def save(model: nn.Module, path: str | Path, *, class_names: list[str] | None = None, input_size: int | None = None,
+         sparse: bool = False) -> Path:
+    """Write `model` as a .safetensors model file with its spec (architecture, replaced layers, classes, input size).
+
+    A module netcompress has not seen needs `class_names` and `input_size` unless a verb (fit)
+    already recorded them. Load it back with `load(path, model=YourModule())`.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise NetcompressError(f"{path}: model files end in .safetensors (use quantize(...).save() for .ncq and "
+                               "export_onnx for .onnx)")
+    spec = spec_of(model)
+    if class_names is not None or input_size is not None:
+        spec = spec.replace(class_names=list(class_names or spec.class_names), input_size=input_size or spec.input_size)
+        model = attach(copy_model(model), spec)
+    if not spec.class_names or not spec.input_size:
+        raise NetcompressError(f"{path}: the model's class names and input size are unknown; pass "
+                               "save(model, path, class_names=[...], input_size=N) or fit it on data first")
+    return save_model(model, path, sparse=sparse)

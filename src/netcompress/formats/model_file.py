@@ -1,0 +1,112 @@
+"""Model files: safetensors tensors plus the model's JSON spec in the metadata; no pickle anywhere.
+
+The spec names the architecture and its exact keyword arguments (per-layer widths of a pruned
+StudentNet included), the layers that pruning or factorization replaced, the class names and the
+input preprocessing, so `load_model` rebuilds a registered model with no user code, and a user's
+own module from a fresh instance of its class.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from ..errors import NetcompressError
+from ..files import atomic_write
+from ..spec import ModelSpec, spec_of
+from ..version import __version__
+
+FORMAT = "netcompress-model"
+FORMAT_VERSION = 1
+SPARSE_MASK = ".__nonzero_bits"
+
+
+def spec_from_dict(meta: dict, source: str) -> ModelSpec:
+    """A ModelSpec from the JSON a file stored (older files lack some optional fields)."""
+    try:
+        return ModelSpec(meta["arch"], meta["kwargs"], meta["class_names"], meta["input_size"],
+                         meta.get("preprocessing", {}), meta.get("info", {}), meta.get("overrides", {}))
+    except (KeyError, TypeError) as exc:
+        raise NetcompressError(f"{source}: its model spec lacks {exc}; re-create the file with netcompress") from exc
+
+
+def encode(model: nn.Module, *, sparse: bool = False) -> bytes:
+    """The model file as bytes (see `save_model`)."""
+    spec = spec_of(model)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "netcompress": __version__, **asdict(spec)}
+    if sparse:
+        meta["sparse"] = {}
+        for name, t in list(tensors.items()):
+            nonzero = t != 0
+            if t.is_floating_point() and (t.numel() + 7) // 8 + int(nonzero.sum()) * t.element_size() < t.nbytes:
+                tensors[name + SPARSE_MASK] = torch.from_numpy(np.packbits(nonzero.flatten().numpy()))
+                tensors[name] = t[nonzero].contiguous()
+                meta["sparse"][name] = list(t.shape)
+    return safetensors_bytes(tensors, metadata={"netcompress": json.dumps(meta)})
+
+
+def save_model(model: nn.Module, path: str | Path, *, sparse: bool = False) -> Path:
+    """Write a model file (atomically); returns its path.
+
+    sparse=True stores each float tensor that has zeros as a bitmask (1 bit per element) plus its
+    nonzero values whenever that is smaller: what unstructured pruning really saves on disk.
+    """
+    blob = encode(model, sparse=sparse)
+    return atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(blob))
+
+
+def _densify(tensors: dict[str, torch.Tensor], sparse: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    for name, shape in sparse.items():
+        values = tensors.pop(name)
+        n = int(np.prod(shape))
+        mask = torch.from_numpy(np.unpackbits(tensors.pop(name + SPARSE_MASK).numpy(), count=n).astype(bool))
+        dense = torch.zeros(n, dtype=values.dtype)
+        dense[mask] = values
+        tensors[name] = dense.view(shape)
+    return tensors
+
+
+def _read_meta(path: Path) -> dict:
+    if not path.exists():
+        raise NetcompressError(f"model file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("netcompress")
+    except (SafetensorError, OSError) as exc:
+        raise NetcompressError(f"{path} is not a netcompress model file (not readable safetensors: {exc})") from exc
+    if raw is None:
+        raise NetcompressError(f"{path} is safetensors but has no netcompress spec: load its tensors into your module "
+                               "with load_state_dict, then save it with netcompress")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+        raise NetcompressError(f"{path}: format {meta.get('format')} v{meta.get('format_version')} is not "
+                               f"readable by this netcompress ({__version__}); upgrade netcompress")
+    return meta
+
+
+def read_spec(path: str | Path) -> ModelSpec:
+    """A model file's spec, without loading its tensors."""
+    return spec_from_dict(_read_meta(Path(path)), str(path))
+
+
+def load_model(path: str | Path, base: nn.Module | None = None) -> nn.Module:
+    """Rebuild a model from its file: architecture from the spec (on `base` for a user's own module), weights from the tensors."""
+    path = Path(path)
+    meta = _read_meta(path)
+    model = spec_from_dict(meta, str(path)).build(base)
+    with safe_open(str(path), framework="pt") as f:
+        state = _densify({k: f.get_tensor(k) for k in f.keys()}, meta.get("sparse", {}))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise NetcompressError(f"{path}: tensors do not match the architecture"
+                               f"{' of the base module given' if base is not None else ''}: {exc}") from exc
+    return model.eval()

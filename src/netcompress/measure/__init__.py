@@ -1,0 +1,1 @@
+"""Measurement: accuracy on a split, parameters, MACs, bytes and latency."""

@@ -1,0 +1,104 @@
+"""What a compressed model costs: parameters, MACs, bytes on disk and CPU/GPU latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+from ..spec import spec_of
+from .evaluate import classification_metrics, predict_logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, counted like torchsummary (buffers such as BN statistics excluded)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def layer_table(model: nn.Module, input_size: int, device: torch.device | str = "cpu"):
+    """torchinfo's per-layer table (layer, output shape, parameters, MACs) at batch 1."""
+    from torchinfo import summary
+
+    return summary(model, input_size=(1, 3, input_size, input_size), device=device, verbose=0,
+                   col_names=("output_size", "num_params", "mult_adds"), row_settings=("var_names",))
+
+
+def count_macs(model: nn.Module, input_size: int) -> int:
+    """Multiply-accumulates of the convolutions and linear layers in one forward pass at batch 1.
+
+    Counted with forward hooks on the layers themselves, so convs with their own forward code
+    (EfficientNet-Lite's same-padding convs, which torchinfo misses) count too.
+    """
+    total = 0
+
+    def conv(m: nn.Conv2d, _inputs, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m: nn.Linear, _inputs, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out[0].numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else linear)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, input_size, input_size, device=device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def latency_ms(model: nn.Module, input_size: int, batch_size: int = 1, *, device: torch.device | str = "cpu",
+               warmup: int = 10, repeats: int = 50, channels_last: bool = True, min_seconds: float = 0.0) -> float:
+    """Median wall time of one forward pass in milliseconds, after warm-up."""
+    device = torch.device(device)
+    was_training = model.training
+    model = model.eval().to(device)
+    x = torch.rand(batch_size, 3, input_size, input_size, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: list[float] = []
+    with torch.inference_mode():  # only around the calls: parameters must not become inference tensors
+        for _ in range(warmup):
+            model(x)
+        sync()
+        start = time.perf_counter()
+        while len(times) < repeats or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            model(x)
+            sync()
+            times.append(time.perf_counter() - t0)
+    model.train(was_training)
+    return statistics.median(times) * 1000
+
+
+def zero_fraction(model: nn.Module) -> float:
+    """Share of exact zeros among conv and linear weights (what unstructured pruning leaves)."""
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def measure_model(model: nn.Module, val, device: torch.device, file_bytes: int, sparse_bytes: int | None = None) -> dict:
+    """One row of metrics for a model whose file has `file_bytes`: parameters, MACs, validation accuracy, latency."""
+    spec = spec_of(model)
+    acc = classification_metrics(predict_logits(model.to(device), val, device), val.labels, val.num_classes)["accuracy"]
+    row = {"params": count_parameters(model), "macs": count_macs(model.cpu(), spec.input_size),
+           "file_bytes": file_bytes, "val_accuracy": round(acc, 5),
+           "latency_ms_batch1": round(latency_ms(model, spec.input_size, 1, repeats=30), 4),
+           "latency_ms_batch64": round(latency_ms(model, spec.input_size, 64, repeats=5, warmup=2), 3)}
+    model.to(device)
+    if sparse_bytes is not None:
+        row["sparse_file_bytes"] = sparse_bytes
+        row["zero_fraction"] = round(zero_fraction(model), 5)
+    if "widths" in spec.kwargs and spec.kwargs["widths"]:
+        row["widths"] = spec.kwargs["widths"]
+    return row

@@ -1,0 +1,93 @@
+"""Accuracy of a model on a split: predictions, classification metrics, confusion plots and submission files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..data.augment import iterate_batches
+from ..data.split import Split, split_of
+from ..errors import NetcompressError
+from ..files import atomic_write, atomic_write_text
+from ..runtime import resolve_device
+from ..spec import spec_of
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, split: Split, device: torch.device, batch_size: int = 256,
+                   channels_last: bool = True) -> torch.Tensor:
+    """Logits [N, C] for a whole split, in file order (center crop: the cached image as is)."""
+    model.eval()
+    outs = [model(b.images).float().cpu()
+            for b in iterate_batches(split, batch_size, device=device, channels_last=channels_last)]
+    return torch.cat(outs)
+
+
+def predict(model: nn.Module, data, split: str = "testing", *, device: str | torch.device = "auto",
+            batch_size: int = 256) -> torch.Tensor:
+    """Logits [N, C] of `model` for split `split` of a dataset folder (or for your own data), in file order."""
+    dev = resolve_device(device)
+    images = split_of(data, split)
+    num_classes = spec_of(model).num_classes
+    if num_classes and num_classes != images.num_classes:
+        raise NetcompressError(f"the model predicts {num_classes} classes but the data has {images.num_classes}")
+    return predict_logits(model.to(dev), images, dev, batch_size)
+
+
+def evaluate(model: nn.Module, data, split: str = "validation", *, device: str | torch.device = "auto",
+             batch_size: int = 256) -> dict:
+    """Accuracy, mean cross-entropy, per-class accuracy and confusion matrix of `model` on a labeled split."""
+    images = split_of(data, split)
+    if not images.labeled:
+        raise NetcompressError(f"split {images.name} has unlabeled files; evaluation needs labels "
+                               "(predict works on unlabeled test sets)")
+    logits = predict(model, images, split, device=device, batch_size=batch_size)
+    return {"split": images.name, "images": len(images),
+            **classification_metrics(logits, images.labels, images.num_classes)}
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """Accuracy, mean cross-entropy, per-class accuracy and the confusion matrix (rows: true class)."""
+    pred = logits.argmax(1)
+    confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
+    per_class = confusion.diag().float() / confusion.sum(1).clamp(min=1).float()
+    return {
+        "accuracy": (pred == labels).float().mean().item(),
+        "loss": nn.functional.cross_entropy(logits, labels).item(),
+        "per_class_accuracy": per_class.tolist(),
+        "confusion": confusion.tolist(),
+    }
+
+
+def plot_confusion(confusion: list[list[int]], class_names: list[str], path: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    im = ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = max(max(r) for r in confusion) or 1
+    for i in range(n):
+        for j in range(n):
+            v = confusion[i][j]
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > peak / 2 else "black")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return Path(path)
+
+
+def write_submission(pred: torch.Tensor, path: str | Path) -> Path:
+    """The course's format: header Id,label; Id = index of the test file in sorted order."""
+    lines = ["Id,label"] + [f"{i},{y}" for i, y in enumerate(pred.tolist())]
+    return atomic_write_text(path, "\n".join(lines) + "\n")

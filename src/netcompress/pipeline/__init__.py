@@ -1,0 +1,1 @@
+"""Pipelines: a whole experiment from a recipe file, run as resumable stages, and its report."""

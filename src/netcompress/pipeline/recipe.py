@@ -1,0 +1,268 @@
+"""Recipes: a whole experiment as one TOML file, checked field by field before anything runs.
+
+    [data]        root, image_size, skip_bad
+    [teacher]     model + epochs (train or fine-tune), or file (an existing model file)
+    [student]     distillation: model, epochs, lr, batch_size, temperature, alpha, method
+    [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, distill
+    [[lowrank]]   one table per factorization of the student: LowRankConfig's fields + finetune_epochs, distill
+    [[quantize]]  one table per storage codec (QuantConfig's fields), applied to the student and every
+                  pruned or factorized model
+    [compare_arch] run = true: plain vs depthwise-pointwise vs group convolution at budget_params
+    [evaluate]    test: report the test split once, for the chosen model
+
+Each section maps onto the library's configs (TrainConfig, DistillConfig, PruneConfig,
+LowRankConfig, QuantConfig), which validate their own fields: a bad value is reported with the
+recipe file and the section. `--set section.field=value` overrides any field from the command
+line (e.g. student.epochs=5; prune.* applies to every [[prune]] table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..compress.codecs import get_codec
+from ..compress.lowrank import LowRankConfig
+from ..compress.prune import PruneConfig
+from ..compress.quant_config import QuantConfig
+from ..errors import NetcompressError
+from ..train.distill import DistillConfig
+from ..train.fit import TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class DataSection:
+    root: str = "../shared/data/food101_10"
+    image_size: int = 96
+    skip_bad: bool = False
+
+    def configs(self, seed: int) -> tuple:
+        if not 8 <= self.image_size <= 4096:
+            raise NetcompressError(f"image_size = {self.image_size} must lie in 8..4096 (the course used 256)")
+        return ()
+
+
+@dataclass(frozen=True)
+class TeacherSection:
+    model: str = "efficientnet_lite0"
+    file: str = ""  # an existing teacher model file: no training
+    epochs: int = 10
+    lr: float = 5e-4
+    batch_size: int = 64
+
+    def configs(self, seed: int) -> tuple[TrainConfig]:
+        return (TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed),)
+
+
+@dataclass(frozen=True)
+class StudentSection:
+    model: str = "studentnet"
+    epochs: int = 40
+    lr: float = 1e-3
+    batch_size: int = 64
+    temperature: float = 4.0
+    alpha: float = 0.9
+    method: str = "logits"
+
+    def configs(self, seed: int) -> tuple[TrainConfig, DistillConfig]:
+        return (TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed),
+                DistillConfig(temperature=self.temperature, alpha=self.alpha, method=self.method))
+
+    def finetune(self, epochs: int, seed: int) -> tuple[TrainConfig | None, DistillConfig]:
+        """Fine-tuning after pruning or factorization (None for 0 epochs): the student's optimizer and
+        logit distillation settings."""
+        train, _ = self.configs(seed)
+        return (dataclasses.replace(train, epochs=epochs) if epochs else None,
+                DistillConfig(self.temperature, self.alpha))
+
+
+@dataclass(frozen=True)
+class PruneSection:
+    method: str = "slim"
+    rate: float = 0.95
+    steps: int = 5
+    global_ranking: bool = False
+    finetune_epochs: int = 5
+    distill: bool = True  # fine-tune with the teacher
+
+    def configs(self, seed: int) -> tuple[PruneConfig, TrainConfig]:
+        return (PruneConfig(method=self.method, rate=self.rate, steps=self.steps, global_ranking=self.global_ranking),
+                TrainConfig(epochs=self.finetune_epochs, seed=seed))
+
+    @property
+    def stage(self) -> str:
+        return (f"prune-{self.method}-{self.rate}-{self.steps}steps" + ("-global" if self.global_ranking else "")
+                + f"-ft{self.finetune_epochs}" + ("" if self.distill else "-nodistill"))
+
+
+@dataclass(frozen=True)
+class LowRankSection:
+    energy: float = 0.0  # exactly one of these three, the others left at 0
+    rank_ratio: float = 0.0
+    target_params: int = 0
+    min_saving: float = 0.1
+    finetune_epochs: int = 3
+    distill: bool = True
+
+    def configs(self, seed: int) -> tuple[LowRankConfig, TrainConfig | None]:
+        chosen = {k: v for k, v in (("energy", self.energy), ("rank_ratio", self.rank_ratio),
+                                    ("target_params", self.target_params)) if v}
+        if self.finetune_epochs < 0:
+            raise NetcompressError(f"finetune_epochs = {self.finetune_epochs} must be >= 0 (0: no fine-tuning)")
+        return (LowRankConfig(min_saving=self.min_saving, **chosen),
+                TrainConfig(epochs=self.finetune_epochs, seed=seed) if self.finetune_epochs else None)
+
+    @property
+    def stage(self) -> str:
+        setting = next((f"{k}-{v}" for k, v in (("energy", self.energy), ("rank_ratio", self.rank_ratio),
+                                                  ("target_params", self.target_params)) if v), "none")
+        return f"lowrank-{setting}-ft{self.finetune_epochs}" + ("" if self.distill else "-nodistill")
+
+
+@dataclass(frozen=True)
+class QuantizeSection:
+    codec: str = "int8-minmax"
+    bits: int = 8
+    entropy: bool = False
+    budget: int | None = None
+    calibration: int = 256
+    finetune_epochs: int = 0
+    finetune_lr: float = 3e-4
+
+    def configs(self, seed: int) -> tuple[QuantConfig]:
+        return (QuantConfig(**dataclasses.asdict(self)),)
+
+    @property
+    def stage(self) -> str:
+        cfg = self.configs(0)[0]
+        label = cfg.codec + ("" if get_codec(cfg.codec).fixed_bits else f"-{cfg.bits}bit")
+        return ("quantize-" + label + ("-lzma" if cfg.entropy else "") + (f"-budget{cfg.budget}" if cfg.budget else "")
+                + (f"-qat{cfg.finetune_epochs}" if cfg.finetune_epochs else ""))
+
+
+@dataclass(frozen=True)
+class CompareArchSection:
+    budget_params: int = 250_000
+    epochs: int = 20
+    groups: int = 2
+    run: bool = False  # the section alone does nothing: set run = true
+
+    def configs(self, seed: int) -> tuple[TrainConfig]:
+        if self.budget_params < 1 or self.groups < 2:
+            raise NetcompressError(f"budget_params = {self.budget_params} must be positive and groups = {self.groups} "
+                                   "at least 2")
+        return (TrainConfig(epochs=self.epochs, seed=seed),)
+
+
+@dataclass(frozen=True)
+class EvaluateSection:
+    test: bool = True
+
+    def configs(self, seed: int) -> tuple:
+        return ()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    data: DataSection = field(default_factory=DataSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    student: StudentSection = field(default_factory=StudentSection)
+    prune: tuple[PruneSection, ...] = ()
+    lowrank: tuple[LowRankSection, ...] = ()
+    quantize: tuple[QuantizeSection, ...] = ()
+    compare_arch: CompareArchSection = field(default_factory=CompareArchSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    seed: int = 0
+
+
+SECTIONS = {"data": DataSection, "teacher": TeacherSection, "student": StudentSection, "prune": PruneSection,
+            "lowrank": LowRankSection, "quantize": QuantizeSection, "compare_arch": CompareArchSection,
+            "evaluate": EvaluateSection}
+LISTS = ("prune", "lowrank", "quantize")  # [[prune]], [[lowrank]], [[quantize]]: any number of tables
+
+
+def _check_type(value, hint, where: str):
+    """`value` converted to the field's type (int -> float where a float is expected), or a clear error."""
+    allowed = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    for expected in allowed:
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+            return value
+    names = " or ".join(a.__name__ for a in allowed)
+    raise NetcompressError(f"{where} = {value!r} must be {'an' if names[0] in 'aeiou' else 'a'} {names}")
+
+
+def _section(name: str, cls, table, where: str, seed: int):
+    label = f"[[{name}]]" if name in LISTS else f"[{name}]"
+    if not isinstance(table, dict):
+        raise NetcompressError(f"{where}: {label} must be a table of fields")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in table.items():
+        if key not in hints:
+            raise NetcompressError(f"{where}: {label} has no field {key!r}; allowed: {', '.join(hints)}")
+        values[key] = _check_type(value, hints[key], f"{where}: {label} {key}")
+    section = cls(**values)
+    try:
+        section.configs(seed)
+    except NetcompressError as exc:
+        raise NetcompressError(f"{where}: {label} {exc}") from exc
+    return section
+
+
+def _apply_override(raw: dict, assignment: str) -> None:
+    """section.field=value (value in TOML syntax; bare words are strings); [[prune]] fields apply to every run."""
+    key, sep, value = assignment.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot:
+        raise NetcompressError(f"--set {assignment!r}: write section.field=value, e.g. student.epochs=5")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    if section in LISTS:
+        for table in raw.setdefault(section, []):
+            table[name] = parsed
+    else:
+        raw.setdefault(section, {})[name] = parsed
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise NetcompressError(f"recipe {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise NetcompressError(f"{path} is not valid TOML: {exc}") from exc
+    for assignment in overrides:
+        _apply_override(raw, assignment)
+    unknown = set(raw) - set(SECTIONS) - {"seed"}
+    if unknown:
+        raise NetcompressError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}; "
+                               f"allowed: {', '.join(SECTIONS)}, seed")
+    seed = _check_type(raw.get("seed", 0), int, f"{path}: seed")
+    sections: dict = {"seed": seed}
+    for name, cls in SECTIONS.items():
+        if name not in raw:
+            continue
+        if name in LISTS:
+            tables = raw[name] if isinstance(raw[name], list) else [raw[name]]
+            sections[name] = tuple(_section(name, cls, t, str(path), seed) for t in tables)
+            stages = [s.stage for s in sections[name]]
+            repeated = sorted({s for s in stages if stages.count(s) > 1})
+            if repeated:
+                raise NetcompressError(f"{path}: two [[{name}]] tables describe the same run ({', '.join(repeated)}); "
+                                       "remove one or change a field")
+        else:
+            sections[name] = _section(name, cls, raw[name], str(path), seed)
+    return Recipe(**sections)

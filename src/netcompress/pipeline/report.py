@@ -1,0 +1,206 @@
+"""Plots and tables of compression results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import NetcompressError
+from ..files import atomic_write, atomic_write_text
+from ..version import __version__
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        raise NetcompressError(f"{path} does not exist: is {path.parent} a pruning run directory?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_pruning(run_dirs: list[Path], out: Path, title: str = "Pruning: parameters vs validation accuracy") -> Path:
+    """Parameter count (x) against validation accuracy (y), one line per pruning run (the seed's question 3)."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in run_dirs:
+        rows = read_jsonl(Path(run) / "pruning.jsonl")
+        steps = len(rows) - 1
+        label = f"rate {rows[0]['rate']} ({rows[0]['method']}, {steps} step{'s' if steps != 1 else ''})"
+        ax.plot([r["params"] for r in rows], [r["val_accuracy"] for r in rows], marker="o", label=label)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return Path(out)
+
+
+def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 300_000) -> Path:
+    """Every artifact's bytes on disk (log x) against validation accuracy, with the course's byte limit."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    stages = sorted({a["stage"] for a in artifacts})
+    for stage in stages:
+        group = [a for a in artifacts if a["stage"] == stage]
+        ax.scatter([a["file_bytes"] for a in group], [a["val_accuracy"] for a in group], label=stage, s=28)
+    ax.axvline(limit_bytes, color="crimson", linestyle="--", linewidth=1)
+    ax.text(limit_bytes, ax.get_ylim()[0], f" {limit_bytes:,} bytes", color="crimson", va="bottom", fontsize=8)
+    ax.set_xscale("log")
+    sizes = [a["file_bytes"] for a in artifacts] + [limit_bytes]
+    ax.set_xticks([t for t in (10**k * m for k in range(3, 9) for m in (1, 3))
+                   if min(sizes) / 2 <= t <= max(sizes) * 2])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("bytes on disk (log scale)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Size against accuracy of every model")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return Path(out)
+
+
+def environment() -> dict:
+    import platform
+
+    import numpy
+    import onnxruntime
+    import safetensors
+    import torch
+    import torchvision
+
+    return {"netcompress": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "onnxruntime": onnxruntime.__version__,
+            "safetensors": safetensors.__version__, "numpy": numpy.__version__,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "model files": "safetensors with a JSON spec in the header (no pickle)"}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return "" if v is None else "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.4f}" if v < 10 else f"{v:,.1f}"
+    return str(v)
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """RUN/report.md and a self-contained RUN/report.html (plots inlined) from a finished run."""
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        raise NetcompressError(f"{run_dir} has no summary.json: run `netcompress run RECIPE --out {run_dir}` first")
+    summary = json.loads(summary_path.read_text())
+    artifacts, test = summary["artifacts"], summary.get("test", {})
+    blocks: list[tuple] = [("h1", f"netcompress report: {run_dir.name}")]
+
+    header = ["model", "format", "bytes", "params", "MACs", "val acc", "test acc", "ms @1", "ms @64"]
+    rows = [[a["name"], a["format"], a["file_bytes"], a["params"], a["macs"], a["val_accuracy"],
+             test.get(a["name"]), a["latency_ms_batch1"], a["latency_ms_batch64"]] for a in artifacts]
+    blocks += [("h2", "Models"),
+               ("p", "Every model the run made. Bytes are the file on disk in the named format; parameters are "
+                     "counted like torchsummary; latency is the median fp32 CPU forward pass at batch 1 and 64. "
+                     "Test accuracy is measured once, for the teacher, the student and the budget's choice."),
+               ("table", header, rows)]
+    prune_dirs = sorted(p.parent for p in run_dir.glob("prune-*/pruning.jsonl"))
+    if prune_dirs:
+        curve = plot_pruning(prune_dirs, run_dir / "pruning.png")
+        blocks += [("h2", "Pruning"), ("p", "Parameters against validation accuracy after each prune-and-fine-tune "
+                                            "step, one line per pruning rate."), ("img", curve)]
+        for d in prune_dirs:
+            prows = read_jsonl(d / "pruning.jsonl")
+            blocks += [("h3", d.name), ("table", ["step", "kept", "params", "bytes", "val acc before fine-tune",
+                                                  "val acc", "ms @64"],
+                                        [[r["step"], r["kept"], r["params"], r["file_bytes"],
+                                          r.get("val_accuracy_before_finetune"), r["val_accuracy"],
+                                          r["latency_ms_batch64"]] for r in prows])]
+    compare = run_dir / "compare-arch" / "compare.json"
+    if compare.exists():
+        crows = json.loads(compare.read_text())
+        blocks += [("h2", "Architecture comparison"),
+                   ("p", "Each family widened or narrowed to the same parameter budget (within 5%), trained with "
+                         "the same recipe."),
+                   ("table", ["architecture", "widths", "params", "bytes", "8-bit bytes", "MACs", "ms @1", "ms @64",
+                              "val acc"],
+                    [[r["architecture"], " ".join(map(str, r["widths"])), r["params"], r["file_bytes"], r["int8_bytes"],
+                      r["macs"], r["latency_ms_batch1"], r["latency_ms_batch64"], r["val_accuracy"]] for r in crows]),
+                   ("img", compare.parent / "compare.png")]
+    scatter = plot_size_vs_accuracy(artifacts, run_dir / "size_vs_accuracy.png")
+    blocks += [("h2", "Size against accuracy"), ("p", "The dashed line is the course's 300,000-byte limit."),
+               ("img", scatter)]
+    budget = summary.get("budget")
+    if budget:
+        limits = ", ".join(f"{k.removeprefix('target_')} <= {v:,}" for k, v in budget.items()
+                           if k.startswith("target_") and v is not None)
+        blocks += [("h2", "Budget"), ("p", f"Budget {limits}: chose **{budget['chosen']}** ({budget['file']}), the "
+                                          "best validation accuracy among the models that fit."),
+                   ("table", ["tried", "bytes", "params", "val acc", "candidate", "fits"],
+                    [[t["name"], t["file_bytes"], t["params"], t["val_accuracy"], t.get("candidate", True), t["fits"]]
+                     for t in budget["tried"]]),
+                   ("p", "Models that are not candidates are steps on the way (factorized before fine-tuning).")]
+    env = environment()
+    blocks += [("h2", "Environment"), ("table", ["", ""], [[k, v] for k, v in env.items()])]
+    md = atomic_write_text(run_dir / "report.md", _markdown(blocks))
+    html = atomic_write_text(run_dir / "report.html", _html(blocks, run_dir.name))
+    return md, html
+
+
+def _markdown(blocks) -> str:
+    out = []
+    for kind, *args in blocks:
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + args[0])
+        elif kind == "p":
+            out.append(args[0])
+        elif kind == "img":
+            out.append(f"![{args[0].stem}]({args[0].name})")
+        elif kind == "table":
+            header, rows = args
+            out.append("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+            out[-1] += "".join("\n| " + " | ".join(_fmt(v) for v in r) + " |" for r in rows)
+    return "\n\n".join(out) + "\n"
+
+
+def _html(blocks, title: str) -> str:
+    import base64
+    import html as h
+
+    body = []
+    for kind, *args in blocks:
+        if kind in ("h1", "h2", "h3"):
+            body.append(f"<{kind}>{h.escape(args[0])}</{kind}>")
+        elif kind == "p":
+            text = h.escape(args[0])
+            while "**" in text:
+                text = text.replace("**", "<b>", 1).replace("**", "</b>", 1)
+            body.append(f"<p>{text}</p>")
+        elif kind == "img":
+            data = base64.b64encode(Path(args[0]).read_bytes()).decode()
+            body.append(f'<img alt="{h.escape(args[0].stem)}" src="data:image/png;base64,{data}">')
+        elif kind == "table":
+            header, rows = args
+            head = "".join(f"<th>{h.escape(c)}</th>" for c in header)
+            cells = "".join("<tr>" + "".join(f"<td>{h.escape(_fmt(v))}</td>" for v in r) + "</tr>" for r in rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
+             "td{text-align:right}td:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%}"
+             "h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.6em}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{h.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")

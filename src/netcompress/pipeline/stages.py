@@ -1,0 +1,236 @@
+"""Run a recipe: teacher -> distilled student -> pruning and low-rank runs -> codecs -> evaluation.
+
+Each stage writes RUN/<stage>/done.json when it finishes; a rerun skips finished stages, and a
+stage killed midway resumes inside its own training loop (`fit`). Every model a stage makes is an
+*artifact* (file, bytes, parameters, MACs, latency, validation accuracy) listed in its done.json;
+budgets (--target-bytes, --target-params) choose among them, and `report` shows them. Stages
+reach the algorithms through the library's public verbs only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..compress.lowrank import factorize_and_finetune
+from ..compress.prune import prune_iteratively
+from ..compress.quantize import quantize
+from ..data.folder import ImageFolderData
+from ..errors import NetcompressError
+from ..files import atomic_write_text
+from ..formats.load import load
+from ..measure.cost import measure_model
+from ..measure.evaluate import evaluate
+from ..runtime import log, seed_everything
+from ..spec import new_model
+from ..train.fit import fit
+from .recipe import Recipe
+
+
+class Run:
+    """One run directory: data loaded once, stages skipped when their done.json exists."""
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path, device: torch.device, *, cache_dir=None,
+                 progress: bool = True):
+        self.recipe, self.dir, self.device, self.progress = recipe, Path(run_dir), device, progress
+        d = recipe.data
+        self.data = ImageFolderData(d.root, d.image_size, cache_dir=cache_dir, skip_bad=d.skip_bad, progress=progress)
+
+    def stage(self, name: str, work) -> dict:
+        done = self.dir / name / "done.json"
+        if done.exists():
+            if self.progress:
+                log(f"[{name}] done earlier: skipped")
+            return json.loads(done.read_text())
+        if self.progress:
+            log(f"[{name}] running")
+        t0 = time.perf_counter()
+        result = work(self.dir / name)
+        result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        atomic_write_text(done, json.dumps(result, indent=2))
+        return result
+
+    def artifact(self, name: str, path: Path, stage: str) -> dict:
+        """One row for the model file at `path`: what it costs and its validation accuracy."""
+        path = Path(path).resolve()
+        row = measure_model(load(path), self.data.split("validation"), self.device, path.stat().st_size)
+        inside = path.is_relative_to(self.dir.resolve())
+        return {"name": name, "stage": stage, "file": str(path.relative_to(self.dir.resolve()) if inside else path),
+                "format": "safetensors fp32", **row}
+
+
+def _teacher_stage(run: Run):
+    t = run.recipe.teacher
+
+    def work(out: Path) -> dict:
+        if t.file:
+            path = Path(t.file)
+            if not path.exists():
+                raise NetcompressError(f"[teacher] file = {t.file!r} does not exist")
+            return {"model_file": str(path.resolve()), "trained": False,
+                    "artifacts": [run.artifact(f"teacher ({path.name})", path, "teacher")]}
+        seed_everything(run.recipe.seed)
+        net = new_model(t.model, run.data.class_names, run.recipe.data.image_size)
+        (train_cfg,) = t.configs(run.recipe.seed)
+        fit(net, run.data, train_cfg, run_dir=out, device=run.device, progress=run.progress)
+        return {"model_file": str(out / "best.safetensors"), "trained": True,
+                "artifacts": [run.artifact(f"teacher ({t.model})", out / "best.safetensors", "teacher")]}
+
+    return run.stage("teacher", work)
+
+
+def _student_stage(run: Run, teacher_file: str):
+    s = run.recipe.student
+
+    def work(out: Path) -> dict:
+        seed_everything(run.recipe.seed)
+        net = new_model(s.model, run.data.class_names, run.recipe.data.image_size)
+        train_cfg, kd = s.configs(run.recipe.seed)
+        fit(net, run.data, train_cfg, teacher=teacher_file, distill=kd, run_dir=out, device=run.device,
+            progress=run.progress)
+        return {"model_file": str(out / "best.safetensors"),
+                "artifacts": [run.artifact(f"student ({s.model}, distilled)", out / "best.safetensors", "student")]}
+
+    return run.stage("student", work)
+
+
+def _prune_stage(run: Run, p, student_file: str, teacher_file: str):
+    name = p.stage
+
+    def work(out: Path) -> dict:
+        cfg, _ = p.configs(run.recipe.seed)
+        finetune, kd = run.recipe.student.finetune(p.finetune_epochs, run.recipe.seed)
+        result = prune_iteratively(load(student_file), cfg, run.data, finetune, teacher=teacher_file if p.distill
+                                   else None, distill=kd, run_dir=out, device=run.device, progress=run.progress)
+        artifacts = [{"name": f"{name}, step {r['step']}", "stage": name, "file": f"{name}/{r['model_file']}",
+                      "format": "safetensors fp32", **r} for r in result.rows[1:]]
+        return {"rows": result.rows, "artifacts": artifacts}
+
+    return run.stage(name, work)
+
+
+def _lowrank_stage(run: Run, lr, student_file: str, teacher_file: str):
+    name = lr.stage
+
+    def work(out: Path) -> dict:
+        cfg, _ = lr.configs(run.recipe.seed)
+        finetune, kd = run.recipe.student.finetune(lr.finetune_epochs, run.recipe.seed)
+        result = factorize_and_finetune(load(student_file), cfg, run.data, finetune,
+                                        teacher=teacher_file if lr.distill else None, distill=kd, run_dir=out,
+                                        device=run.device, progress=run.progress)
+        artifacts = [{**r, "name": f"{name}, {r['stage']}", "stage": name, "file": f"{name}/{r['model_file']}",
+                      "format": "safetensors fp32", "candidate": r["stage"] != "factorized" or not lr.finetune_epochs}
+                     for r in result.log["rows"] if r["stage"] != "original"]
+        return {"artifacts": artifacts}
+
+    return run.stage(name, work)
+
+
+def _quantize_stage(run: Run, q, sources: list[dict]):
+    """One storage codec applied to every source model; the decoded model's accuracy is measured."""
+    (cfg,) = q.configs(run.recipe.seed)
+    name = q.stage
+    label = name.removeprefix("quantize-")
+
+    def work(out: Path) -> dict:
+        artifacts = []
+        for i, src in enumerate(sources):
+            stored = quantize(load(run.dir / src["file"]), cfg, run.data if cfg.needs_data else None,
+                              progress=run.progress)
+            path = stored.save(out / f"{i:02d}-{Path(src['file']).stem}.ncq")
+            acc = evaluate(stored.decode(), run.data, "validation", device=run.device)["accuracy"]
+            artifacts.append({**src, "name": f"{src['name']}, {label}", "stage": name,
+                              "file": str(path.relative_to(run.dir)), "format": f"ncq {label}",
+                              "file_bytes": stored.nbytes, "val_accuracy": round(acc, 5)})
+        return {"artifacts": artifacts}
+
+    return run.stage(name, work)
+
+
+def _compare_arch_stage(run: Run):
+    from .compare_arch import compare
+
+    c = run.recipe.compare_arch
+
+    def work(out: Path) -> dict:
+        (cfg,) = c.configs(run.recipe.seed)
+        rows = compare(run.data, cfg, out, device=run.device, params=c.budget_params, groups=c.groups,
+                       progress=run.progress)
+        return {"rows": rows, "artifacts": [
+            {**r, "name": f"architecture: {r['architecture']}", "stage": "compare-arch",
+             "file": f"compare-arch/{r['architecture']}/best.safetensors", "format": "safetensors fp32"} for r in rows]}
+
+    return run.stage("compare-arch", work)
+
+
+def choose(artifacts: list[dict], target_bytes: int | None = None, target_params: int | None = None) -> dict:
+    """The candidate with the best validation accuracy within the budgets, and what was tried.
+
+    Models that are steps on the way (a factorized model before its fine-tuning) are listed but
+    never chosen.
+    """
+    candidates = [a for a in artifacts if a.get("candidate", True)]
+    fits = [a for a in candidates if (target_bytes is None or a["file_bytes"] <= target_bytes)
+            and (target_params is None or a["params"] <= target_params)]
+    tried = [{"name": a["name"], "file_bytes": a["file_bytes"], "params": a["params"],
+              "val_accuracy": a["val_accuracy"], "candidate": a.get("candidate", True), "fits": a in fits}
+             for a in artifacts]
+    if not fits:
+        smallest = min(candidates, key=lambda a: a["file_bytes"])
+        raise NetcompressError(f"no model meets the budget (bytes <= {target_bytes}, params <= {target_params}); "
+                               f"the smallest is {smallest['name']}: {smallest['file_bytes']:,} bytes, "
+                               f"{smallest['params']:,} params; add a pruning run with a lower rate or more steps")
+    best = max(fits, key=lambda a: a["val_accuracy"])
+    return {"chosen": best["name"], "file": best["file"], "target_bytes": target_bytes,
+            "target_params": target_params, "tried": tried}
+
+
+def _evaluate(run: Run, artifacts: list[dict], chosen: list[str]) -> dict:
+    """Test accuracy of the teacher, the student and the models the budgets chose: once each.
+
+    Results are kept in RUN/evaluate/test.json, so a rerun with another budget only evaluates
+    the newly chosen model.
+    """
+    path = run.dir / "evaluate" / "test.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    wanted = [a for a in artifacts if (a["stage"] in ("teacher", "student") or a["name"] in chosen)
+              and a["name"] not in results]
+    if wanted:
+        if not run.data.split("testing").labeled:
+            return {}
+        for a in wanted:
+            metrics = evaluate(load(run.dir / a["file"]), run.data, "testing", device=run.device)
+            results[a["name"]] = round(metrics["accuracy"], 5)
+        atomic_write_text(path, json.dumps(results, indent=2))
+    return results
+
+
+def run_recipe(recipe: Recipe, run_dir: str | Path, device: torch.device, *, target_bytes: int | None = None,
+               target_params: int | None = None, cache_dir=None, progress: bool = True) -> dict:
+    """Run every stage of `recipe` (skipping finished ones); returns the run's summary (also RUN/summary.json)."""
+    run = Run(recipe, run_dir, device, cache_dir=cache_dir, progress=progress)
+    run.dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.dir / "recipe.json", json.dumps(asdict(recipe), indent=2))
+    teacher = _teacher_stage(run)
+    student = _student_stage(run, teacher["model_file"])
+    artifacts = teacher["artifacts"] + student["artifacts"]
+    for p in recipe.prune:
+        artifacts += _prune_stage(run, p, student["model_file"], teacher["model_file"])["artifacts"]
+    for lr in recipe.lowrank:
+        artifacts += _lowrank_stage(run, lr, student["model_file"], teacher["model_file"])["artifacts"]
+    if recipe.compare_arch.run:
+        artifacts += _compare_arch_stage(run)["artifacts"]
+    sources = [a for a in artifacts if a["stage"] not in ("teacher", "compare-arch") and a.get("candidate", True)]
+    for q in recipe.quantize:
+        artifacts += _quantize_stage(run, q, sources)["artifacts"]
+    budget = None
+    if target_bytes is not None or target_params is not None:
+        budget = choose([a for a in artifacts if a["stage"] != "teacher"], target_bytes, target_params)
+    test = _evaluate(run, artifacts, [budget["chosen"]] if budget else []) if recipe.evaluate.test else {}
+    summary = {"artifacts": artifacts, "budget": budget, "test": test}
+    atomic_write_text(run.dir / "summary.json", json.dumps(summary, indent=2))
+    return summary

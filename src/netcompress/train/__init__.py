@@ -1,0 +1,1 @@
+"""Training: `fit` (plain or distilled), distillation losses, data-parallel processes."""

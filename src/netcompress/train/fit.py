@@ -1,0 +1,346 @@
+"""Fit a model: AdamW, cosine schedule, best-validation model, distillation when a teacher is given.
+
+`fit(model, data, ...)` trains a copy of any nn.Module and returns the best one on the validation
+split. With a run directory it also survives interruptions:
+  run.json         the settings (a rerun with other settings is refused, not mixed in)
+  metrics.jsonl    one JSON line per finished epoch
+  state.pt         model + optimizer + schedule after the last finished epoch (tensors only)
+  best.safetensors the model file with the best validation accuracy so far
+Rerunning the same call after Ctrl-C or a kill continues after the last finished epoch. Each
+epoch's shuffling, augmentation and dropout draw from seed + epoch, so a resumed run sees the
+same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..data.augment import AugmentConfig, Batch, iterate_batches
+from ..data.split import Split, split_of
+from ..errors import NetcompressError
+from ..files import atomic_write, atomic_write_text
+from ..formats.load import load
+from ..formats.model_file import save_model
+from ..measure.evaluate import classification_metrics, predict_logits
+from ..runtime import log, resolve_device
+from ..spec import attach, copy_model, spec_of
+from .distill import DistillConfig, DistillLoss, check_teacher
+from .distributed import World
+
+# loss_fn(student logits, batch) -> scalar loss
+LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: AdamW at `lr` with a per-step cosine (or constant) schedule, the course's augmentation."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    schedule: str = "cosine"  # cosine | constant
+    label_smoothing: float = 0.0
+    seed: int = 0
+    channels_last: bool = True
+    precision: str = "fp32"  # fp32 | bf16 (autocast forward passes; weights and optimizer stay fp32)
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
+    eval_batch_size: int = 256
+
+    def __post_init__(self):
+        problems = []
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            problems.append(f"epochs = {self.epochs} (must be an integer >= 1)")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            problems.append(f"batch_size = {self.batch_size} (must be an integer >= 1)")
+        if not 0 < self.lr < float("inf"):
+            problems.append(f"lr = {self.lr} (must be > 0)")
+        if not 0 <= self.weight_decay < float("inf"):
+            problems.append(f"weight_decay = {self.weight_decay} (must be >= 0)")
+        if self.schedule not in ("cosine", "constant"):
+            problems.append(f"schedule = {self.schedule!r} (cosine or constant)")
+        if self.precision not in ("fp32", "bf16"):
+            problems.append(f"precision = {self.precision!r} (fp32 or bf16)")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing = {self.label_smoothing} (must be in [0, 1))")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            problems.append(f"seed = {self.seed!r} (must be an integer)")
+        if problems:
+            raise NetcompressError("bad training settings: " + "; ".join(problems))
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
+    return lambda logits, batch: F.cross_entropy(logits, batch.labels, label_smoothing=label_smoothing)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
+    """AdamW over trainable parameters, with a per-step cosine or constant schedule over `steps`."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, sched
+
+
+def training_splits(data, val=None, world: World = World()) -> tuple[Split, Split | None]:
+    """(training, validation) from a dataset folder, or from the user's own data and `val`.
+
+    Under torchrun rank 0 decodes (and caches) a folder first; the other ranks then read its cache.
+    """
+    def load_both():
+        train = split_of(data, "training")
+        if val is not None:
+            return train, split_of(val, "validation")
+        return train, data.split("validation") if callable(getattr(data, "split", None)) else None
+
+    if world.main:
+        splits = load_both()
+        world.barrier()
+    else:
+        world.barrier()
+        splits = load_both()
+    return splits
+
+
+def fit(
+    model: nn.Module,
+    data,
+    config: TrainConfig | None = None,
+    *,
+    val=None,
+    teacher: nn.Module | str | Path | None = None,
+    distill: DistillConfig | None = None,
+    run_dir: str | Path | None = None,
+    device: str | torch.device = "auto",
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+    settings: dict | None = None,
+    world: World = World(),
+    progress: bool = True,
+    **overrides,
+) -> nn.Module:
+    """Train a copy of `model` and return the copy with the best validation accuracy (`model` is left as it is).
+
+    data: a dataset folder (`ImageFolderData`: its training and validation splits), or your own
+    training data (Split, torch Dataset of (image, label), DataLoader) with `val` the same kind
+    (without `val`, the last epoch's model is returned). Keyword overrides replace config fields:
+    fit(model, data, epochs=3). With `teacher` (a module or a model file), the loss is the
+    distillation loss of `distill` (default DistillConfig(): the course's T=20, alpha=0.5).
+    `penalty(model)` is added to every step's loss; `after_step(model)` runs after every
+    optimizer step. A model whose spec says it is sparse (magnitude pruning) keeps its zeros.
+    `settings`: extra facts that define the run and must match on resume. Under torchrun
+    (`world.size` > 1) each rank trains on its shard with batch_size / ranks images per step.
+    The returned module's spec records the classes, the input size and, in `info`, the best
+    validation accuracy and its epoch.
+    """
+    try:
+        cfg = replace(config or TrainConfig(), **overrides)
+    except TypeError as exc:
+        raise NetcompressError(f"fit: {exc}") from exc
+    if cfg.batch_size % world.size:
+        raise NetcompressError(f"batch_size = {cfg.batch_size} must be divisible by the {world.size} processes")
+    dev = resolve_device(device)
+    train, val_split = training_splits(data, val, world)
+    if val_split is not None and not val_split.labeled:
+        raise NetcompressError(f"validation split {val_split.name} has unlabeled files; validation needs labels")
+    spec = spec_of(model)
+    if spec.class_names and spec.num_classes != train.num_classes:
+        raise NetcompressError(f"the model has {spec.num_classes} classes but the data has {train.num_classes}; "
+                               "build the model for the data's classes")
+    spec = spec.replace(class_names=list(train.class_names), input_size=train.image_size)
+    net = attach(copy_model(model), spec).to(dev)
+    _check_outputs(net, train, dev)
+    settings = dict(settings or {})
+    loss_fn = cross_entropy_loss(cfg.label_smoothing)
+    if teacher is not None:
+        distill = distill or DistillConfig()
+        teacher_net = _teacher_module(teacher, train)
+        loss_fn = DistillLoss(teacher_net.to(dev), net, distill, cfg.channels_last)
+        if cfg.augment is None:
+            loss_fn.precompute(train)
+        settings.update(distill=asdict(distill), teacher=str(teacher) if isinstance(teacher, (str, Path)) else
+                        spec_of(teacher).arch or spec_of(teacher).info.get("module"))
+        spec = spec.with_info(distilled_from=settings["teacher"])
+        attach(net, spec)
+    if penalty is not None:
+        base_loss = loss_fn
+        loss_fn = lambda logits, batch: base_loss(logits, batch) + penalty(net)  # noqa: E731
+    if spec.info.get("sparse"):
+        after_step = _keep_zeros(net, after_step)
+    loop = _Loop(net, train, val_split, cfg, loss_fn, dev, world, progress, after_step)
+    return loop.run(None if run_dir is None else Path(run_dir), {
+        "config": asdict(cfg), "arch": spec.arch, "kwargs": spec.kwargs, "train_images": len(train), **settings})
+
+
+def _teacher_module(teacher, train: Split) -> nn.Module:
+    """The teacher as a private copy, checked against the data's classes."""
+    net = load(teacher) if isinstance(teacher, (str, Path)) else copy_model(teacher)
+    spec = spec_of(net)
+    if spec.class_names:
+        check_teacher(spec.class_names, train.class_names, teacher if isinstance(teacher, (str, Path)) else "module")
+    return net
+
+
+@torch.no_grad()
+def _check_outputs(net: nn.Module, train: Split, device: torch.device) -> None:
+    was_training = net.training
+    out = net.eval()(next(iterate_batches(train, 2, device=device, channels_last=False)).images)
+    net.train(was_training)
+    if out.dim() != 2 or out.shape[1] != train.num_classes:
+        raise NetcompressError(f"the model outputs shape {list(out.shape)} but the data has {train.num_classes} "
+                               "classes: give it a classifier with that many outputs")
+
+
+def _keep_zeros(net: nn.Module, then: Callable | None) -> Callable[[nn.Module], None]:
+    """after_step that re-applies the zeros of every conv and linear weight (unstructured pruning's masks)."""
+    weights = [m.weight for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    masks = [(w != 0).to(w.dtype) for w in weights]
+
+    def keep(model: nn.Module) -> None:
+        with torch.no_grad():
+            for w, m in zip(weights, masks):
+                w.mul_(m)
+        if then is not None:
+            then(model)
+
+    return keep
+
+
+class _Loop:
+    """The epochs of one fit: train, validate, keep the best model, checkpoint to run_dir (if any)."""
+
+    def __init__(self, net, train, val, cfg, loss_fn, device, world, progress, after_step):
+        self.net, self.train, self.val, self.cfg, self.loss_fn = net, train, val, cfg, loss_fn
+        self.device, self.world, self.after_step = device, world, after_step
+        self.progress = progress and world.main
+
+    def run(self, run_dir: Path | None, run_info: dict) -> nn.Module:
+        cfg, net, world = self.cfg, self.net, self.world
+        local_batch = cfg.batch_size // world.size
+        steps_per_epoch = math.ceil(math.ceil(len(self.train) / world.size) / local_batch)
+        if cfg.channels_last:
+            net.to(memory_format=torch.channels_last)
+        opt, sched = make_optimizer(net, cfg, cfg.epochs * steps_per_epoch)
+        start, best_acc, best_epoch, history = 1, -1.0, 0, []
+        best_state = None
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            start, best_acc, best_epoch, history = _resume(run_dir, run_info, net, opt, sched, self.device)
+            world.barrier()  # every rank has read the old run.json before rank 0 rewrites it
+            if world.main and start <= cfg.epochs:
+                atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2))
+        ddp = net
+        if world.size > 1:
+            ddp = nn.parallel.DistributedDataParallel(net, device_ids=[self.device] if self.device.type == "cuda"
+                                                      else None)
+        for epoch in range(start, cfg.epochs + 1):
+            row = self._epoch(ddp, opt, sched, epoch, local_batch, steps_per_epoch)
+            acc = row.get("val_accuracy", 0.0)
+            if self.val is None or acc > best_acc:  # every rank evaluates the same weights: same decision
+                best_acc, best_epoch = acc, epoch
+                attach(net, spec_of(net).with_info(val_accuracy=acc if self.val is not None else None, epoch=epoch))
+                if run_dir is None:
+                    best_state = copy.deepcopy(net.state_dict())
+                elif world.main:
+                    save_model(net, run_dir / "best.safetensors")
+            row["best_val_accuracy"] = round(best_acc, 5)
+            history.append(row)
+            if run_dir is not None and world.main:
+                _checkpoint(run_dir, net, opt, sched, epoch, best_acc, best_epoch, history)
+            world.barrier()
+            if world.main and self.progress:
+                log(f"epoch {epoch:3d}  loss {row['train_loss']:.3f}  train acc {row['train_accuracy']:.3f}  "
+                           + (f"val acc {acc:.3f}  best {best_acc:.3f}  " if self.val is not None else "")
+                           + f"({row['train_seconds']:.1f} s, {row['images_per_second']:.0f} img/s)")
+        if best_state is None and run_dir is not None:
+            return load(run_dir / "best.safetensors", model=net if spec_of(net).arch is None else None) \
+                .to(memory_format=torch.contiguous_format)
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        return net.eval().to(memory_format=torch.contiguous_format)
+
+    def _epoch(self, ddp, opt, sched, epoch: int, local_batch: int, steps: int) -> dict:
+        cfg, world, device = self.cfg, self.world, self.device
+        torch.manual_seed(cfg.seed + epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        self.net.train()
+        t0 = time.perf_counter()
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        batches = iterate_batches(self.train, local_batch, device=device, shuffle=True, augment=cfg.augment,
+                                  generator=gen, channels_last=cfg.channels_last, shard=(world.rank, world.size))
+        bar = tqdm(batches, total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not self.progress,
+                   leave=False)
+        for step, batch in enumerate(bar):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                logits = ddp(batch.images)
+                loss = self.loss_fn(logits.float(), batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if self.after_step is not None:
+                self.after_step(self.net)
+            total_loss += loss.detach() * len(batch.labels)
+            correct += (logits.detach().argmax(1) == batch.labels).sum()
+            seen += len(batch.labels)
+            if self.progress and step % 10 == 0:
+                bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        total_loss, correct, seen = world.sum(total_loss, correct, torch.tensor(float(seen)))
+        correct, seen = int(correct), int(seen)
+        train_seconds = time.perf_counter() - t0
+        row = {"epoch": epoch, "train_loss": round(total_loss.item() / seen, 5),
+               "train_accuracy": round(correct / seen, 5), "lr": opt.param_groups[0]["lr"],
+               "train_seconds": round(train_seconds, 3), "images_per_second": round(seen / train_seconds, 1)}
+        if self.val is not None:
+            metrics = classification_metrics(predict_logits(self.net, self.val, device, cfg.eval_batch_size,
+                                                            cfg.channels_last), self.val.labels, self.val.num_classes)
+            row.update(val_loss=round(metrics["loss"], 5), val_accuracy=round(metrics["accuracy"], 5),
+                       eval_seconds=round(time.perf_counter() - t0 - train_seconds, 3))
+        return row
+
+
+def _checkpoint(run_dir: Path, model, opt, sched, epoch, best_acc, best_epoch, history) -> None:
+    """Write state.pt, then metrics.jsonl: on resume both agree on the last finished epoch."""
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "epoch": epoch, "best_accuracy": best_acc, "best_epoch": best_epoch}
+    atomic_write(run_dir / "state.pt", lambda tmp: torch.save(state, tmp))
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _resume(run_dir: Path, run_info: dict, model, opt, sched, device) -> tuple[int, float, int, list[dict]]:
+    """Load state.pt if the run directory holds an interrupted run with the same settings."""
+    state_path = run_dir / "state.pt"
+    if not state_path.exists():
+        return 1, -1.0, 0, []
+    old = json.loads((run_dir / "run.json").read_text())
+    old_cfg, new_cfg = old.get("config", {}), json.loads(json.dumps(run_info["config"]))
+    differ = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
+    new = json.loads(json.dumps(run_info))
+    differ += sorted(k for k in set(old) | set(new) if k != "config" and old.get(k) != new.get(k))
+    if differ:
+        raise NetcompressError(f"{run_dir} holds a run with other settings ({', '.join(differ)} differ); "
+                               "rerun with the same settings to resume, or choose another output folder")
+    state = torch.load(state_path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    history = []
+    if (run_dir / "metrics.jsonl").exists():
+        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    history = [r for r in history if r["epoch"] <= state["epoch"]]
+    return state["epoch"] + 1, state["best_accuracy"], state["best_epoch"], history
