@@ -19,11 +19,29 @@ def netcompress(*args, cache: Path | None = None, check: bool = True) -> subproc
 
 
 def test_every_verb_has_help_with_an_example():
-    for verb in ["train", "distill", "prune", "plot-pruning", "lowrank", "quantize", "export", "course-pkl",
-                 "compare-arch", "run", "report", "evaluate", "predict", "summary", "import-course", "export-course",
-                 "models"]:
-        out = netcompress(verb, "--help").stdout
-        assert "Example" in out, verb
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from netcompress.cli import app
+
+    verbs = sorted(get_command(app).commands)
+    assert len(verbs) == 17
+    runner = CliRunner()
+    for verb in verbs:
+        result = runner.invoke(app, [verb, "--help"])
+        assert result.exit_code == 0 and "Example: netcompress " + verb in " ".join(result.stdout.split()), verb
+
+
+def test_choices_come_from_the_registries():
+    from typer.main import get_command
+
+    from netcompress.cli import app
+
+    def option_help(verb, name):
+        return next(p.help for p in get_command(app).commands[verb].params if name in p.opts)
+
+    assert "fp16, int8-minmax, kbit, int8-channel, kmeans" in option_help("quantize", "--codec")
+    assert "slim, l1, l2, taylor, magnitude" in option_help("prune", "--method")
 
 
 def test_missing_data_folder_is_one_clear_line(tmp_path):
@@ -110,7 +128,21 @@ def test_prune_then_plot(jpeg_dataset, tmp_path):
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_prune_rate_out_of_range_is_one_clear_line(course_ckpt, jpeg_dataset, tmp_path):
-    proc = netcompress("prune", course_ckpt, "--data", jpeg_dataset, "--rate", 1.2, "--out", tmp_path / "p",
+def test_prune_rate_out_of_range_is_one_clear_line(jpeg_dataset, tmp_path):
+    import netcompress as nc
+
+    model = nc.save(nc.new_model("studentnet", ["soup", "rice", "bread"], 32), tmp_path / "m.safetensors")
+    proc = netcompress("prune", model, "--data", jpeg_dataset, "--rate", 1.2, "--out", tmp_path / "p",
                        cache=tmp_path / "c", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "rate = 1.2 must lie strictly between 0 and 1" in proc.stderr and not (tmp_path / "p").exists()
+
+
+def test_prune_writes_progress_to_stderr_and_json_to_stdout(jpeg_dataset, tmp_path):
+    import netcompress as nc
+
+    model = nc.save(nc.new_model("studentnet", ["soup", "rice", "bread"], 32), tmp_path / "m.safetensors")
+    proc = netcompress("prune", model, "--data", jpeg_dataset, "--rate", 0.5, "--steps", 1, "--finetune-epochs", 1,
+                       "--batch-size", 4, "--out", tmp_path / "p", "--json", cache=tmp_path / "c")
+    assert [r["step"] for r in json.loads(proc.stdout)["rows"]] == [0, 1]  # stdout is JSON only
+    assert "step 1:" in proc.stderr

@@ -1,8 +1,8 @@
 import pytest
 
-from netcompress.compare_arch import FAMILIES, fit_budget, int8_bytes
+from netcompress.pipeline.compare_arch import FAMILIES, fit_budget, int8_bytes
 from netcompress.errors import NetcompressError
-from netcompress.measure import count_parameters
+from netcompress.measure.cost import count_parameters
 
 CLASSES = [str(i) for i in range(10)]
 
@@ -10,7 +10,7 @@ CLASSES = [str(i) for i in range(10)]
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("budget", [30_000, 250_000, 1_000_000])
 def test_width_search_lands_within_5_percent(family, budget):
-    model, spec, _ = fit_budget(family, CLASSES, 32, params=budget)
+    model, _ = fit_budget(family, CLASSES, 32, params=budget)
     assert abs(count_parameters(model) - budget) <= 0.05 * budget
     if family == "group":
         convs = [m for m in model.modules() if getattr(m, "groups", 1) > 1]
@@ -18,8 +18,8 @@ def test_width_search_lands_within_5_percent(family, budget):
 
 
 def test_byte_budget_after_8bit_quantization():
-    model, spec, _ = fit_budget("depthwise-pointwise", CLASSES, 32, bytes_int8=300_000)
-    assert abs(int8_bytes(model, spec) - 300_000) <= 0.05 * 300_000
+    model, _ = fit_budget("depthwise-pointwise", CLASSES, 32, bytes_int8=300_000)
+    assert abs(int8_bytes(model) - 300_000) <= 0.05 * 300_000
 
 
 @pytest.mark.parametrize("budget", [100, 10**9])

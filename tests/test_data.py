@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from netcompress.augment import AugmentConfig, augment_batch, iterate_batches
-from netcompress.data import label_from_name, load_split, scan_split
+from netcompress.data.augment import AugmentConfig, augment_batch, iterate_batches
+from netcompress.data.folder import label_from_name, load_split, scan_split
 from netcompress.errors import NetcompressError
 
 

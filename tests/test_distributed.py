@@ -9,25 +9,24 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from netcompress.artifact import load_model
-from netcompress.distributed import strip_nproc
+import netcompress as nc
+from netcompress.train.distributed import strip_nproc
 
 WORKER = textwrap.dedent("""
     import sys, torch
     from safetensors.torch import save_file
-    from netcompress.artifact import new_model
-    from netcompress.data import load_split
-    from netcompress.distributed import init_from_env
-    from netcompress.train import TrainConfig, fit
+    import netcompress as nc
+    from netcompress.train.distributed import init_from_env
 
     data, out = sys.argv[1], sys.argv[2]
     world, device = init_from_env(torch.device("cpu"))
-    train = load_split(data, "training", 32, progress=False)
-    val = load_split(data, "validation", 32, progress=False)
+    folder = nc.ImageFolderData(data, 32, progress=False)
     torch.manual_seed(0)
-    net, spec = new_model("studentnet", train.class_names, 32, widths=[8, 16, 16, 32, 32, 32, 32, 32])
-    fit(net, spec, train, val, TrainConfig(epochs=2, batch_size=8), out, device=device, progress=False, world=world)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, f"{out}/rank{world.rank}.safetensors")
+    net = nc.new_model("studentnet", folder.class_names, 32, widths=[8, 16, 16, 32, 32, 32, 32, 32])
+    last = {}  # the weights each rank trained, after its last step
+    nc.fit(net, folder, nc.TrainConfig(epochs=2, batch_size=8), run_dir=out, device=device, progress=False,
+           world=world, after_step=lambda model: last.update(model.state_dict()))
+    save_file({k: v.contiguous() for k, v in last.items()}, f"{out}/rank{world.rank}.safetensors")
 """)
 
 
@@ -57,7 +56,7 @@ def test_two_gloo_processes_keep_identical_parameters(real_subset, tmp_path):
     rank0, rank1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
     assert rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0 if "running" not in k and "num_batches" not in k)
-    model, _ = load_model(out / "best.safetensors")  # written once, by rank 0, and loadable
+    model = nc.load(out / "best.safetensors")  # written once, by rank 0, and loadable
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # one writer: no duplicated epochs
@@ -67,7 +66,7 @@ def test_cli_nproc_launches_torchrun(real_subset, tmp_path):
     env = dict(os.environ, NETCOMPRESS_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "netcompress.cli", "train", "--model", "studentnet", "--data",
                            str(real_subset), "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--nproc", "2",
-                           "--out", str(tmp_path / "run"), "--no-progress"], env=env, capture_output=True, text=True,
+                           "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("epoch   1") == 1  # only rank 0 reports

@@ -9,11 +9,12 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from netcompress.artifact import load_model, new_model, read_spec, save_model
+import netcompress as nc
+from netcompress.compress.lowrank import (LowRankConfig, choose_ranks, factorize_layer, factorize_model, plan_layers,
+                                          rank_for_energy, rank_for_ratio, tucker2)
 from netcompress.errors import NetcompressError
-from netcompress.lowrank import (LowRankConfig, factorize_layer, factorize_model, plan_layers, choose_ranks,
-                                 rank_for_energy, rank_for_ratio, tucker2)
-from netcompress.measure import count_parameters
+from netcompress.formats.model_file import read_spec
+from netcompress.measure.cost import count_parameters
 from test_cli import netcompress
 
 torch.manual_seed(0)
@@ -110,11 +111,10 @@ def test_energy_and_ratio_pick_the_expected_ranks():
             return self.fc(self.conv(x.repeat(1, 4, 1, 1)).flatten(1)[:, :64])  # 3 colors -> 12 channels
 
     net = Net()
-    spec = type("S", (), {"input_size": 4, "overrides": {}})()
     for cfg, conv_ranks, fc_ranks in [(LowRankConfig(energy=0.9), None, [2]),
                                       (LowRankConfig(energy=1.0), [3, 2], [4]),
                                       (LowRankConfig(rank_ratio=0.25), [3, 4], [12])]:
-        plans = plan_layers(net, spec, cfg)
+        plans = plan_layers(net, cfg, torch.zeros(1, 3, 4, 4))
         choose_ranks(net, plans, cfg)
         by_name = {p.name: p for p in plans}
         assert by_name["fc"].ranks == fc_ranks and by_name["fc"].full_ranks == [48]
@@ -126,61 +126,77 @@ def test_energy_and_ratio_pick_the_expected_ranks():
 
 def small_student():
     torch.manual_seed(0)
-    return new_model("studentnet", ["a", "b", "c"], 32, widths=[8, 16, 16, 64, 64, 64, 64, 64])
+    return nc.new_model("studentnet", ["a", "b", "c"], 32, widths=[8, 16, 16, 64, 64, 64, 64, 64])
 
 
 def test_layers_that_would_not_save_are_skipped_and_say_why():
-    model, spec = small_student()
-    result = factorize_model(model, spec, LowRankConfig(energy=0.8, exclude=["cnn.7.*"]))
+    model = small_student()
+    result = factorize_model(model, LowRankConfig(energy=0.8, exclude=["cnn.7.*"]))
     reasons = {r["layer"]: r["skipped"] for r in result.layers}
     assert reasons["cnn.1.0"].startswith("depthwise convolution")
-    assert reasons["cnn.7.3"] == "excluded (--exclude)"
+    assert reasons["cnn.7.3"] == "excluded (exclude)"
     assert "no saving" in reasons["fc.0"]  # 3 x 64: rank >= 3 costs 3*(64+3) > 192 parameters
-    assert isinstance(model.fc[0], nn.Linear) and isinstance(model.cnn[7][3], nn.Conv2d)
-    assert isinstance(model.cnn[5][3], nn.Sequential) and "cnn.5.3" in result.spec.overrides
+    new = result.model
+    assert isinstance(new.fc[0], nn.Linear) and isinstance(new.cnn[7][3], nn.Conv2d)
+    assert isinstance(new.cnn[5][3], nn.Sequential) and "cnn.5.3" in nc.spec_of(new).overrides
+    assert isinstance(model.cnn[5][3], nn.Conv2d)  # the argument is left as it was
     done = result.factorized
     assert done and all(r["params_after"] < 0.9 * r["params_before"] for r in done)
-    assert result.params_after == count_parameters(model) < result.params_before
+    assert result.params_after == count_parameters(new) < result.params_before == count_parameters(model)
     # at full energy nothing saves parameters: every layer is reported as skipped, the model is unchanged
-    model, spec = small_student()
-    result = factorize_model(model, spec, LowRankConfig(energy=1.0))
-    assert not result.factorized and not result.spec.overrides and result.params_after == result.params_before
+    result = factorize_model(small_student(), LowRankConfig(energy=1.0))
+    assert not result.factorized and not nc.spec_of(result.model).overrides
+    assert result.params_after == result.params_before
 
 
 def test_parameter_budget_is_met_and_an_impossible_one_is_refused():
-    model, spec = small_student()
-    total = count_parameters(model)
-    target = int(total * 0.7)
-    result = factorize_model(model, spec, LowRankConfig(target_params=target, min_saving=0.0))
+    model = small_student()
+    target = int(count_parameters(model) * 0.7)
+    result = factorize_model(model, LowRankConfig(target_params=target, min_saving=0.0))
     assert target * 0.9 < result.params_after <= target and 0 < result.selection["energy"] < 1
-    model, spec = small_student()
-    with pytest.raises(NetcompressError, match=r"--target-params 1,000 is out of reach.*reaches at least ([\d,]+)"):
-        factorize_model(model, spec, LowRankConfig(target_params=1000))
+    with pytest.raises(NetcompressError, match=r"target_params = 1,000 is out of reach.*reaches at least ([\d,]+)"):
+        factorize_model(model, LowRankConfig(target_params=1000))
 
 
-@pytest.mark.parametrize("cfg", [LowRankConfig(), LowRankConfig(energy=0.9, rank_ratio=0.5),
-                                 LowRankConfig(energy=1.5), LowRankConfig(rank_ratio=0.0), LowRankConfig(target_params=0)])
-def test_bad_settings_are_refused(cfg):
-    with pytest.raises(NetcompressError, match="--energy|--rank-ratio|--target-params"):
-        cfg.check()
+@pytest.mark.parametrize("kwargs", [{}, dict(energy=0.9, rank_ratio=0.5), dict(energy=1.5), dict(rank_ratio=0.0),
+                                    dict(target_params=0)])
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(NetcompressError, match="energy|rank_ratio|target_params"):
+        LowRankConfig(**kwargs)
+
+
+def test_factorize_verb_on_a_users_module(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 64, 3, padding=1), nn.Linear(64, 64)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    small = nc.factorize(Net(), rank_ratio=0.1, example_input=torch.rand(1, 3, 8, 8))
+    assert isinstance(small.fc, nn.Sequential) and small.fc[0].out_features == 7
+    path = nc.save(small, tmp_path / "f.safetensors", class_names=[str(i) for i in range(64)], input_size=8)
+    again = nc.load(path, model=Net())
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(again(x), small.eval()(x))
 
 
 ROUND_TRIP = """
 import sys
 from safetensors.torch import load_file, save_file
-from netcompress.artifact import load_model
-model, spec = load_model(sys.argv[1])
+import netcompress as nc
+model = nc.load(sys.argv[1])
 save_file({"y": model(load_file(sys.argv[2])["x"]).detach()}, sys.argv[3])
 """
 
 
 def test_factorized_resnet18_round_trips_through_its_file_in_a_fresh_process(tmp_path):
-    model, spec = new_model("resnet18", list("abcde"), 32)
-    result = factorize_model(model, spec, LowRankConfig(rank_ratio=0.2))
+    result = factorize_model(nc.new_model("resnet18", list("abcde"), 32), LowRankConfig(rank_ratio=0.2))
     kinds = {r["method"] for r in result.factorized}
     assert kinds == {"tucker2", "svd"} and len(result.factorized) >= 19
-    path = save_model(tmp_path / "f.safetensors", result.model, result.spec)
-    assert result.spec.overrides["layer1.0.conv1"]["type"] == "Sequential"
+    path = nc.save(result.model, tmp_path / "f.safetensors")
+    assert nc.spec_of(result.model).overrides["layer1.0.conv1"]["type"] == "Sequential"
     assert read_spec(path).info["lowrank"]["layers"][1]["ranks"] == result.factorized[1]["ranks"]
     x = torch.rand(2, 3, 32, 32)
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
@@ -188,13 +204,13 @@ def test_factorized_resnet18_round_trips_through_its_file_in_a_fresh_process(tmp
                     str(tmp_path / "y.safetensors")], check=True)
     y = load_file(str(tmp_path / "y.safetensors"))["y"]
     assert torch.equal(y, result.model.eval()(x))
-    assert count_parameters(load_model(path)[0]) == result.params_after < 0.3 * result.params_before
+    assert count_parameters(nc.load(path)) == result.params_after < 0.3 * result.params_before
 
 
 def test_lowrank_cli_factorizes_fine_tunes_and_logs(jpeg_dataset, tmp_path):
     assert "Example" in netcompress("lowrank", "--help").stdout
-    model, spec = new_model("studentnet", ["soup", "rice", "bread"], 32, widths=[8, 16, 16, 64, 64, 64, 64, 64])
-    save_model(tmp_path / "m.safetensors", model, spec)
+    model = nc.new_model("studentnet", ["soup", "rice", "bread"], 32, widths=[8, 16, 16, 64, 64, 64, 64, 64])
+    nc.save(model, tmp_path / "m.safetensors")
     run = tmp_path / "run"
     proc = netcompress("lowrank", tmp_path / "m.safetensors", "--data", jpeg_dataset, "--energy", 0.8,
                        "--finetune-epochs", 1, "--batch-size", 4, "--out", run, "--json", "--no-progress",
@@ -207,8 +223,8 @@ def test_lowrank_cli_factorizes_fine_tunes_and_logs(jpeg_dataset, tmp_path):
     assert all(k in tuned for k in ("latency_ms_batch1", "latency_ms_batch64", "val_accuracy"))
     assert json.loads((run / "lowrank.json").read_text())["rows"] == log["rows"]
     assert any(r["skipped"] and r["skipped"].startswith("depthwise") for r in log["layers"])
-    loaded, lspec = load_model(run / "finetuned.safetensors")
-    assert count_parameters(loaded) == tuned["params"] and lspec.info["lowrank"]["config"]["energy"] == 0.8
+    loaded = nc.load(run / "finetuned.safetensors")
+    assert count_parameters(loaded) == tuned["params"] and nc.spec_of(loaded).info["lowrank"]["config"]["energy"] == 0.8
     refused = netcompress("export-course", run / "finetuned.safetensors", "--out", tmp_path / "x.bin", check=False)
     assert refused.returncode == 2 and "replaced layers" in refused.stderr and not (tmp_path / "x.bin").exists()
     text = netcompress("lowrank", tmp_path / "m.safetensors", "--data", jpeg_dataset, "--rank-ratio", 0.25,
@@ -218,4 +234,4 @@ def test_lowrank_cli_factorizes_fine_tunes_and_logs(jpeg_dataset, tmp_path):
     bad = netcompress("lowrank", tmp_path / "m.safetensors", "--data", jpeg_dataset, "--target-params", 10,
                       "--out", tmp_path / "bad", cache=tmp_path / "c", check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "--target-params 10 is out of reach" in bad.stderr and "or more" in bad.stderr
+    assert "target_params = 10 is out of reach" in bad.stderr and "or more" in bad.stderr

@@ -1,6 +1,6 @@
 import torch.nn as nn
 
-from netcompress.measure import count_macs, count_parameters
+from netcompress.measure.cost import count_macs, count_parameters
 from netcompress.models import create_model
 
 

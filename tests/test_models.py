@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from netcompress.errors import NetcompressError
-from netcompress.measure import count_parameters
+from netcompress.measure.cost import count_parameters
 from netcompress.models import create_model, list_models
 
 

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from netcompress.errors import NetcompressError
-from netcompress.pipeline import choose
-from netcompress.recipe import load_recipe
+from netcompress.pipeline.recipe import load_recipe
+from netcompress.pipeline.stages import choose
 
 TINY = """
 seed = 0
@@ -60,15 +60,23 @@ def run_cli(*args, cache):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("[student]\nepochs = -1", "[student] epochs = -1 must be > 0"),
+    ("[student]\nepochs = -1", "[student] bad training settings: epochs = -1 (must be an integer >= 1)"),
     ("[student]\nepoch = 3", "[student] has no field 'epoch'; allowed: model, epochs"),
-    ("[student]\nmethod = 'fitnets'", "method = 'fitnets'; allowed: logits, rkd"),
-    ("[[prune]]\nrate = 1.5", "rate = 1.5 must lie strictly between 0 and 1"),
-    ("[data]\nimage_size = 'big'", "image_size = 'big' must be a int"),
+    ("[student]\nmethod = 'fitnets'", "[student] method = 'fitnets': choose one of logits, rkd"),
+    ("[student]\ntemperature = inf", "temperature = inf must be a finite number > 0"),
+    ("[[prune]]\nrate = 1.5", "[[prune]] rate = 1.5 must lie strictly between 0 and 1"),
+    ("[[prune]]\nmethod = 'random'", "[[prune]] method = 'random': choose one of slim, l1, l2, taylor, magnitude"),
+    ("[[prune]]\nfinetune_epochs = -3", "[[prune]] bad training settings: epochs = -3"),
+    ("[data]\nimage_size = 'big'", "[data] image_size = 'big' must be an int"),
+    ("[data]\nimage_size = 100000", "image_size = 100000 must lie in 8..4096"),
+    ("seed = 'abc'", "seed = 'abc' must be an int"),
+    ("seed = 1.7", "seed = 1.7 must be an int"),
     ("[optimizer]\nlr = 1", "unknown section(s) optimizer"),
     ("[student\n", "is not valid TOML"),
-    ("[[quantize]]\ncodec = 'int4'", "codec = 'int4'; allowed: fp16, int8-minmax"),
-    ("[[lowrank]]\nenergy = 0.5\nrank_ratio = 0.5", "exactly one of energy, rank_ratio, target_params"),
+    ("[[quantize]]\ncodec = 'int4'", "[[quantize]] codec 'int4': choose one of fp16, int8-minmax"),
+    ("[[quantize]]\ncodec = 'kbit'\nbits = 12", "[[quantize]] bits = 12: codec kbit takes 2 to 8 bits"),
+    ("[[lowrank]]\nenergy = 0.5\nrank_ratio = 0.5", "exactly one of energy E (e.g. 0.9), rank_ratio R"),
+    ("[[prune]]\nrate = 0.5\n[[prune]]\nrate = 0.5", "two [[prune]] tables describe the same run"),
 ])
 def test_recipe_errors_name_the_field_and_what_is_allowed(tmp_path, text, message):
     (tmp_path / "r.toml").write_text(text)
@@ -103,11 +111,15 @@ def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset,
     assert proc.returncode == 0, stderr
     summary = json.loads(stdout)
     names = [a["name"] for a in summary["artifacts"]]
-    assert names[0].startswith("teacher") and names[1].startswith("student") and len(names) == 2 + 1 + 2 + 2 + 3 + 6
-    assert [a["name"] for a in summary["artifacts"] if a["stage"] == "lowrank-energy-0.7"] == [
-        "low-rank energy 0.7, factorized", "low-rank energy 0.7, finetuned"]
-    quantized = [a for a in summary["artifacts"] if a["stage"] == "quantize kbit-4bit-lzma"]
-    assert len(quantized) == 6 and all(a["file"].endswith(".ncq") for a in quantized)
+    assert names[0].startswith("teacher") and names[1].startswith("student") and len(names) == 2 + 1 + 2 + 2 + 3 + 5
+    lowrank = [a for a in summary["artifacts"] if a["stage"] == "lowrank-energy-0.7-ft1"]
+    assert [a["name"] for a in lowrank] == ["lowrank-energy-0.7-ft1, factorized", "lowrank-energy-0.7-ft1, finetuned"]
+    assert [a["candidate"] for a in lowrank] == [False, True]  # not fine-tuned: listed, never chosen
+    assert [a["name"] for a in summary["artifacts"] if a["stage"].startswith("prune-")] == [
+        "prune-slim-0.5-1steps-ft1, step 1", "prune-slim-0.7-2steps-ft1-nodistill, step 1",
+        "prune-slim-0.7-2steps-ft1-nodistill, step 2"]
+    quantized = [a for a in summary["artifacts"] if a["stage"] == "quantize-kbit-4bit-lzma"]
+    assert len(quantized) == 5 and all(a["file"].endswith(".ncq") for a in quantized)
     assert quantized[0]["file_bytes"] < summary["artifacts"][1]["file_bytes"] / 5
     assert summary["budget"]["chosen"] in names and set(summary["test"]) >= {names[0], names[1]}
     html = (out / "report.html").read_text()
@@ -116,11 +128,13 @@ def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset,
     assert html.count("data:image/png;base64,") == 3
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")}
     assert len(stamps) == 7  # teacher, student, two pruning runs, one factorization, compare-arch, one codec
-    proc = run_cli("run", recipe, "--out", out, "--no-progress", cache=cache)
+    metrics = {p: p.read_text() for p in out.glob("**/metrics.jsonl")}
+    proc = run_cli("run", recipe, "--out", out, cache=cache)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")} == stamps
-    assert "epoch" not in stderr  # nothing trained again
+    assert "done earlier: skipped" in stderr and "epoch" not in stderr  # nothing trained again
+    assert {p: p.read_text() for p in out.glob("**/metrics.jsonl")} == metrics
 
 
 def test_a_killed_run_resumes_without_redoing_finished_stages(jpeg_dataset, tmp_path):

@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from netcompress.artifact import import_course_checkpoint, new_model
-from netcompress.course_pkl import course_encode, load_course_pkl, read_course_pkl, save_course_pkl
+import netcompress as nc
+from netcompress.compress.codecs import (CONST, affine_decode, affine_encode, encode_tensor, fold_batchnorm, kmeans_1d,
+                                         minmax8_decode, minmax8_encode, pack_bits, unpack_bits)
+from netcompress.compress.quant_config import QuantConfig, encode_model
 from netcompress.errors import NetcompressError
-from netcompress.quantize import (CONST, QuantConfig, affine_decode, affine_encode, decode_model, encode_model,
-                                  encode_tensor, fold_batchnorm, kmeans_1d, load_quantized, minmax8_decode,
-                                  minmax8_encode, pack_bits, save_quantized, unpack_bits)
+from netcompress.formats.course import (course_encode, import_course_checkpoint, load_course_pkl, read_course_pkl,
+                                        save_course_pkl)
+from netcompress.formats.ncq import decode_model
+
+
+def quantize_to(path, model, cfg):
+    return nc.quantize(model, cfg).save(path)
 
 rng = np.random.default_rng(0)
 
@@ -35,9 +41,7 @@ def course(course_ckpt):
 
 @pytest.fixture(scope="module")
 def food_images(food_root, cache_dir):
-    from netcompress.data import load_split
-
-    split = load_split(food_root, "validation", 32, cache_dir=cache_dir, progress=False)
+    split = nc.ImageFolderData(food_root, 32, cache_dir=cache_dir, progress=False).split("validation")
     return split.images[::10].float() / 255  # 75 real photos
 
 
@@ -98,7 +102,7 @@ def test_constant_tensors_give_no_nan():
     assert np.isfinite(affine_decode(*affine_encode(const.reshape(8, -1), 4))).all()
     book, codes = kmeans_1d(const, 16)
     assert np.all(book[codes] == np.float16(0.25))
-    assert encode_tensor(torch.from_numpy(const), QuantConfig("kbit", 4).checked())[0] == CONST
+    assert encode_tensor(torch.from_numpy(const), "kbit", 4)[0] == CONST
     entry = course_encode({"w": torch.ones(5), "n": torch.tensor(3)}, 8)
     assert np.isfinite(entry["w"][0]) and np.array_equal(entry["w"][2], np.zeros(5, np.uint8))
     assert isinstance(entry["n"], np.float64)  # 0-dim entries stay scalars, as the course had them
@@ -108,18 +112,18 @@ def test_constant_tensors_give_no_nan():
 
 def _small_model():
     torch.manual_seed(0)
-    net, spec = new_model("studentnet", ["a", "b", "c"], 32, width_mult=0.5)
+    net = nc.new_model("studentnet", ["a", "b", "c"], 32, width_mult=0.5)
     with torch.no_grad():  # non-trivial BatchNorm statistics, so folding has something to do
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
-    return net.eval(), spec
+    return net.eval()
 
 
 def test_fold_batchnorm_keeps_the_function():
-    net, spec = _small_model()
+    net = _small_model()
     x = torch.rand(4, 3, 32, 32)
     ref = net(x)
     assert fold_batchnorm(net) == 8
@@ -130,11 +134,12 @@ def test_fold_batchnorm_keeps_the_function():
     (QuantConfig("fp16"), 0.01), (QuantConfig("int8-minmax"), 0.05), (QuantConfig("int8-channel"), 0.05),
     (QuantConfig("kbit", 6, entropy=True), 0.15), (QuantConfig("kmeans", 6), 0.15)])
 def test_quantized_file_round_trip(tmp_path, cfg, tol):
-    net, spec = _small_model()
-    path = save_quantized(tmp_path / "m.ncq", net, spec, cfg)
-    assert path.read_bytes() == encode_model(net, spec, cfg)  # deterministic
-    back, back_spec = load_quantized(path)
-    assert back_spec == spec
+    net = _small_model()
+    path = quantize_to(tmp_path / "m.ncq", net, cfg)
+    assert path.read_bytes() == encode_model(net, cfg)  # deterministic
+    back = nc.load(path)
+    assert nc.spec_of(back).replace(info={}) == nc.spec_of(net).replace(info={})
+    assert nc.spec_of(back).info["quantized"]["codec"] == cfg.codec
     x = torch.rand(8, 3, 32, 32)
     ref, out = net(x), back(x)
     assert torch.isfinite(out).all()
@@ -142,15 +147,14 @@ def test_quantized_file_round_trip(tmp_path, cfg, tol):
 
 
 def test_smaller_codecs_give_smaller_files():
-    net, spec = _small_model()
-    sizes = [len(encode_model(net, spec, QuantConfig(c, b))) for c, b in
+    net = _small_model()
+    sizes = [len(encode_model(net, QuantConfig(c, b))) for c, b in
              [("fp16", 16), ("int8-minmax", 8), ("kbit", 4), ("kbit", 2)]]
     assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0] / 5
 
 
 def test_damaged_files_are_detected(tmp_path):
-    net, spec = _small_model()
-    blob = encode_model(net, spec, QuantConfig("kbit", 4))
+    blob = encode_model(_small_model(), QuantConfig("kbit", 4))
     flipped = bytearray(blob)
     flipped[len(blob) // 2] ^= 0x40
     with pytest.raises(NetcompressError, match="checksum mismatch"):
@@ -162,40 +166,75 @@ def test_damaged_files_are_detected(tmp_path):
 
 
 def test_bad_codec_options_name_the_field():
-    with pytest.raises(NetcompressError, match="--codec 'int4'"):
-        QuantConfig("int4").checked()
-    with pytest.raises(NetcompressError, match="--bits 1"):
-        QuantConfig("kmeans", 1).checked()
+    with pytest.raises(NetcompressError, match="codec 'int4': choose one of fp16, int8-minmax"):
+        QuantConfig("int4")
+    with pytest.raises(NetcompressError, match="bits = 1"):
+        QuantConfig("kmeans", 1)
+    with pytest.raises(NetcompressError, match="bits = 12"):
+        QuantConfig("kbit", 12)
+    with pytest.raises(NetcompressError, match="variable width"):
+        QuantConfig("int8-minmax", budget=1000)
+    with pytest.raises(NetcompressError, match="need training data"):
+        nc.quantize(_small_model(), QuantConfig("kbit", 4, budget=5000))
+
+
+def test_a_new_codec_is_one_class_and_one_registration(tmp_path):
+    @nc.register_codec
+    class Ternary(nc.Codec):  # -s, 0, +s per row, 2 bits a weight
+        name, kind = "ternary-test", 200
+
+        def encode(self, w, bits):
+            from netcompress.compress.codecs import pack_bits
+
+            rows = w.reshape(len(w), -1)
+            scale = np.abs(rows).mean(1).astype(np.float16)
+            codes = (np.sign(rows) * (np.abs(rows) > 0.5 * scale[:, None]) + 1).astype(np.uint8)
+            return scale.tobytes() + pack_bits(codes, 2)
+
+        def decode(self, r, shape):
+            from netcompress.compress.codecs import packed_size, unpack_bits
+
+            n = int(np.prod(shape))
+            scale = r.array(np.float16, shape[0]).astype(np.float32)
+            codes = unpack_bits(r.take(packed_size(n, 2)), 2, n).reshape(shape[0], -1)
+            return (codes.astype(np.float32) - 1) * scale[:, None]
+
+    net = _small_model()
+    stored = nc.quantize(net, codec="ternary-test")
+    assert "ternary-test" in nc.list_codecs() and stored.nbytes < len(encode_model(net, QuantConfig("kbit", 4)))
+    back = nc.load(stored.save(tmp_path / "t.ncq"))
+    w = back.cnn[4][3].weight
+    assert len(torch.unique(w[0])) <= 3 and torch.isfinite(back(torch.rand(1, 3, 32, 32))).all()
 
 
 # --- the course's files -----------------------------------------------------------------------
 
 def test_course_checkpoint_pickles_match_the_course_sizes(course, tmp_path):
-    net, spec = course
-    p8 = save_course_pkl(tmp_path / "s8.pkl", net, 8, protocol=3)
-    p16 = save_course_pkl(tmp_path / "s16.pkl", net, 16, protocol=3)
+    net = course
+    p8 = save_course_pkl(net, tmp_path / "s8.pkl", 8, protocol=3)
+    p16 = save_course_pkl(net, tmp_path / "s16.pkl", 16, protocol=3)
     assert abs(p8.stat().st_size - 268_471) <= 100
     assert abs(p16.stat().st_size - 522_958) <= 100
-    ours = save_quantized(tmp_path / "s8.ncq", net, spec, QuantConfig("int8-minmax"))
+    ours = quantize_to(tmp_path / "s8.ncq", net, QuantConfig("int8-minmax"))
     assert ours.stat().st_size < p8.stat().st_size - 8000
     # same codec, same numbers: the course's decode of the pickle equals ours
-    from_pkl, _ = load_course_pkl(p8, input_size=32)
-    from_ncq, _ = load_quantized(ours)
+    from_pkl = load_course_pkl(p8, input_size=32)
+    from_ncq = nc.load(ours)
     for (k, a), b in zip(from_pkl.state_dict().items(), from_ncq.state_dict().values()):
         assert torch.equal(a, b), k
 
 
 def test_quantized_course_model_predicts_like_the_original(course, food_images, tmp_path):
-    net, spec = course
+    net = course
     ref = net(food_images)
     errors = {}
     for cfg, bound in [(QuantConfig("fp16"), 0.01), (QuantConfig("int8-minmax"), 0.15),
                        (QuantConfig("int8-channel"), 0.05), (QuantConfig("kbit", 4), 0.5)]:
-        back, _ = load_quantized(save_quantized(tmp_path / "q.ncq", net, spec, cfg))
+        back = nc.load(quantize_to(tmp_path / "q.ncq", net, cfg))
         errors[cfg.codec] = ((back(food_images) - ref).norm() / ref.norm()).item()  # relative logit error
         assert errors[cfg.codec] < bound, cfg
     assert errors["int8-channel"] < errors["int8-minmax"] / 2
-    back16, _ = load_course_pkl(save_course_pkl(tmp_path / "s16.pkl", net, 16), input_size=32)
+    back16 = load_course_pkl(save_course_pkl(net, tmp_path / "s16.pkl", 16), input_size=32)
     assert torch.allclose(back16(food_images), ref, atol=0.05 * ref.abs().max().item())
 
 
@@ -219,21 +258,20 @@ def test_malicious_pickle_is_refused_before_it_runs(tmp_path):
 # --- ONNX ---------------------------------------------------------------------------------------
 
 def test_onnx_fp32_matches_pytorch_and_int8_runs(course, food_images, tmp_path, food_root, cache_dir):
-    from netcompress.data import load_split
-    from netcompress.onnx_export import export_onnx, load_onnx, quantize_onnx_int8
+    from netcompress.formats.onnx import load_onnx
 
-    net, spec = course
-    path = export_onnx(net, spec, tmp_path / "m.onnx")
-    onnx_net, onnx_spec = load_onnx(path, threads=1)
-    assert onnx_spec == spec
+    net = course
+    path = nc.export_onnx(net, tmp_path / "m.onnx")
+    onnx_net = load_onnx(path, threads=1)
+    assert nc.spec_of(onnx_net) == nc.spec_of(net)
     ref = net(food_images)
     assert torch.allclose(onnx_net(food_images), ref, atol=1e-4)
     assert torch.allclose(onnx_net(food_images[:1]), ref[:1], atol=1e-4)  # dynamic batch
 
-    train = load_split(food_root, "training", 32, cache_dir=cache_dir, progress=False)
-    int8_path = quantize_onnx_int8(path, tmp_path / "m8.onnx", train, n=64)
-    int8_net, int8_spec = load_onnx(int8_path, threads=1)
-    assert int8_spec.info["onnx_int8"]["calibration_images"] == 64
+    data = nc.ImageFolderData(food_root, 32, cache_dir=cache_dir, progress=False)
+    int8_path = nc.export_onnx(net, tmp_path / "m8.onnx", int8=True, calibration=data, calibration_images=64)
+    int8_net = load_onnx(int8_path, threads=1)
+    assert nc.spec_of(int8_net).info["onnx_int8"]["calibration_images"] == 64
     out = int8_net(food_images)
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.7
@@ -254,7 +292,7 @@ def test_cli_verbs_have_examples_and_open_every_format(course_ckpt, tmp_path):
         assert "Example" in runner.invoke(app, [verb, "--help"]).stdout, verb
     bad = subprocess.run([sys.executable, "-m", "netcompress.cli", "quantize", str(course_ckpt), "--codec", "int4",
                           "--out", str(tmp_path / "x.ncq")], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--codec 'int4': choose one of" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "codec 'int4': choose one of" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x.ncq").exists()
     done = runner.invoke(app, ["quantize", str(course_ckpt), "--codec", "kmeans", "--bits", "4", "--entropy",
                                "--out", str(tmp_path / "c.ncq"), "--json"])
@@ -270,7 +308,7 @@ def test_cli_verbs_have_examples_and_open_every_format(course_ckpt, tmp_path):
 # --- mixed precision ------------------------------------------------------------------------------
 
 def test_knapsack_spends_bits_where_they_matter():
-    from netcompress.bit_allocation import choose_widths
+    from netcompress.compress.bit_allocation import choose_widths
 
     table = {"sensitive": {2: (1.0, 100), 8: (0.0, 400)}, "robust": {2: (0.01, 1000), 8: (0.0, 4000)}}
     assert choose_widths(table, 1400) == {"sensitive": 8, "robust": 2}
@@ -279,40 +317,40 @@ def test_knapsack_spends_bits_where_they_matter():
 
 
 def test_budget_is_met_and_beats_uniform_bits(course, food_images):
-    from netcompress.bit_allocation import allocate_bits
+    from netcompress.compress.bit_allocation import allocate_bits
 
-    net, spec = course
+    net = course
     uniform = QuantConfig("kbit", 3)
-    budget = len(encode_model(net, spec, uniform))
-    cfg = allocate_bits(net, spec, QuantConfig("kbit", 8), food_images[::2], budget, progress=False)
-    assert len(encode_model(net, spec, cfg)) <= budget and len(set(cfg.tensor_bits.values())) > 1
+    budget = len(encode_model(net, uniform))
+    cfg = allocate_bits(net, QuantConfig("kbit", 8), food_images[::2], budget, progress=False)
+    assert len(encode_model(net, cfg)) <= budget and len(set(cfg.tensor_bits.values())) > 1
     ref = torch.log_softmax(net(food_images), 1)
 
     def kl(c):
-        out = torch.log_softmax(decode_model(encode_model(net, spec, c))[0](food_images), 1)
+        out = torch.log_softmax(decode_model(encode_model(net, c))(food_images), 1)
         return torch.nn.functional.kl_div(out, ref, log_target=True, reduction="batchmean").item()
 
     assert kl(cfg) < kl(uniform) / 2
-    with pytest.raises(NetcompressError, match="--budget 10,000 bytes is below"):
-        allocate_bits(net, spec, QuantConfig("kbit", 8), food_images[:4], 10_000, progress=False)
+    with pytest.raises(NetcompressError, match="budget = 10,000 bytes is below"):
+        allocate_bits(net, QuantConfig("kbit", 8), food_images[:4], 10_000, progress=False)
 
 
 def test_quantization_aware_finetuning_recovers_what_2_bits_lose(course, food_images, food_root, cache_dir):
-    from netcompress.data import Split, load_split
-    from netcompress.qat import finetune_quantized
+    from netcompress.compress.qat import finetune_quantized
+    from netcompress.data.split import Split
 
-    net, spec = course
-    train = load_split(food_root, "training", 32, cache_dir=cache_dir, progress=False)
+    net = course
+    train = nc.ImageFolderData(food_root, 32, cache_dir=cache_dir, progress=False).split("training")
     keep = torch.arange(0, len(train), 12)  # 250 images
     small = Split("training", train.images[keep], train.labels[keep], [train.files[i] for i in keep],
                   train.class_names)
-    cfg = QuantConfig("kbit", 2)
+    cfg = QuantConfig("kbit", 2, finetune_epochs=3, finetune_lr=1e-3)
     ref = torch.log_softmax(net(food_images), 1)
 
     def kl(model):
-        out = torch.log_softmax(decode_model(encode_model(model, spec, cfg))[0](food_images), 1)
+        out = torch.log_softmax(decode_model(encode_model(model, cfg))(food_images), 1)
         return torch.nn.functional.kl_div(out, ref, log_target=True, reduction="batchmean").item()
 
     # pure distillation (alpha 1): the course model's Food-11 classes are not these photos' labels
-    tuned = finetune_quantized(net, spec, cfg, small, epochs=3, lr=1e-3, batch_size=50, alpha=1.0, progress=False)
+    tuned = finetune_quantized(net, cfg, small, batch_size=50, alpha=1.0, progress=False)
     assert kl(tuned) < 0.8 * kl(net)

@@ -2,12 +2,10 @@ import json
 
 import pytest
 import torch
+import torch.nn as nn
 
-from netcompress.artifact import load_model, new_model
-from netcompress.augment import AugmentConfig
-from netcompress.data import Split, load_split
-from netcompress.errors import NetcompressError
-from netcompress.train import TrainConfig, fit
+import netcompress as nc
+from netcompress.data.split import Split
 
 CPU = torch.device("cpu")
 
@@ -21,36 +19,64 @@ def synthetic_split(name: str, n: int, seed: int) -> Split:
     return Split(name, images, labels, [f"{y}_{i}.jpg" for i, y in enumerate(labels.tolist())], ["a", "b", "c"])
 
 
-def small_config(epochs: int, batch_size: int = 16) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=3e-3, augment=AugmentConfig(crop_pad=2))
+def small_config(epochs: int, batch_size: int = 16, **changes) -> nc.TrainConfig:
+    return nc.TrainConfig(epochs=epochs, batch_size=batch_size, lr=3e-3, augment=nc.AugmentConfig(crop_pad=2), **changes)
+
+
+def student(widths=(8, 8, 16, 16, 16, 16, 16, 16), classes=("a", "b", "c")):
+    return nc.new_model("studentnet", list(classes), 32, widths=list(widths))
 
 
 def test_fit_learns_and_keeps_the_best_model(tmp_path):
-    net, spec = new_model("studentnet", ["a", "b", "c"], 32, widths=[8, 8, 16, 16, 16, 16, 16, 16])
     # enough steps (96) for BatchNorm's running statistics to forget their initial values
-    result = fit(net, spec, synthetic_split("training", 192, 0), synthetic_split("validation", 30, 1), small_config(4, 8),
-                 tmp_path, device=CPU, progress=False)
-    assert result.best_accuracy > 0.6
+    best = nc.fit(student(), synthetic_split("training", 192, 0), small_config(4, 8),
+                  val=synthetic_split("validation", 30, 1), run_dir=tmp_path, device=CPU, progress=False)
+    assert nc.spec_of(best).info["val_accuracy"] > 0.6
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    best = max(rows, key=lambda r: r["val_accuracy"])
-    _, spec = load_model(result.model_path)
-    assert spec.info["val_accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-4)
+    top = max(rows, key=lambda r: r["val_accuracy"])
+    saved = nc.load(tmp_path / "best.safetensors")
+    assert nc.spec_of(saved).info["val_accuracy"] == pytest.approx(top["val_accuracy"], abs=1e-4)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(saved(x), best.eval()(x))  # the returned model is the file's
+
+
+def test_fit_never_changes_its_argument_and_needs_no_run_dir():
+    net = student()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    best = nc.fit(net, synthetic_split("training", 64, 0), small_config(2), val=synthetic_split("validation", 12, 1),
+                  device=CPU, progress=False)
+    assert best is not net and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not all(torch.equal(before[k], v) for k, v in best.state_dict().items())
+
+
+def test_fit_trains_a_users_own_module_on_a_torch_dataset():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    train, val = synthetic_split("training", 48, 0), synthetic_split("validation", 12, 1)
+    dataset = torch.utils.data.TensorDataset(train.images.float() / 255, train.labels)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(val.images.float() / 255, val.labels),
+                                         batch_size=5)
+    best = nc.fit(Tiny(), dataset, epochs=1, val=loader, device=CPU, progress=False)
+    spec = nc.spec_of(best)
+    assert isinstance(best, Tiny) and spec.arch is None and spec.input_size == 32 and spec.num_classes == 3
 
 
 def test_interrupted_training_resumes_from_the_last_finished_epoch(tmp_path):
     train, val = synthetic_split("training", 64, 0), synthetic_split("validation", 30, 1)
-    widths = [8, 8, 16, 16, 16, 16, 16, 16]
 
     def fresh():
         torch.manual_seed(0)
-        return new_model("studentnet", ["a", "b", "c"], 32, widths=widths)
+        return student()
 
-    # uninterrupted reference
-    ref_net, ref_spec = fresh()
-    fit(ref_net, ref_spec, train, val, small_config(3), tmp_path / "ref", device=CPU, progress=False)
+    reference = nc.fit(fresh(), train, small_config(3), val=val, run_dir=tmp_path / "ref", device=CPU, progress=False)
 
-    # the same run, killed in the middle of epoch 3
     steps = {"n": 0}
 
     def crash(_model):
@@ -58,59 +84,55 @@ def test_interrupted_training_resumes_from_the_last_finished_epoch(tmp_path):
         if steps["n"] == 2 * 4 + 2:  # 4 steps per epoch: two epochs done, two steps into the third
             raise KeyboardInterrupt
 
-    net, spec = fresh()
     with pytest.raises(KeyboardInterrupt):
-        fit(net, spec, train, val, small_config(3), tmp_path / "run", device=CPU, progress=False, after_step=crash)
+        nc.fit(fresh(), train, small_config(3), val=val, run_dir=tmp_path / "run", device=CPU, progress=False,
+               after_step=crash)
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
 
-    net, spec = fresh()  # a new process would start from a fresh model too
-    result = fit(net, spec, train, val, small_config(3), tmp_path / "run", device=CPU, progress=False)
-    assert result.epochs_run == 1
+    resumed = nc.fit(fresh(), train, small_config(3), val=val, run_dir=tmp_path / "run", device=CPU, progress=False)
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    for k, v in ref_net.state_dict().items():
-        assert torch.allclose(net.state_dict()[k].float(), v.float(), atol=1e-6), k
+    last = {k: torch.load(p / "state.pt", weights_only=True)["model"] for k, p in (("ref", tmp_path / "ref"),
+                                                                                  ("run", tmp_path / "run"))}
+    for k, v in last["ref"].items():
+        assert torch.allclose(last["run"][k].float(), v.float(), atol=1e-6), k
+    for k, v in reference.state_dict().items():
+        assert torch.allclose(resumed.state_dict()[k].float(), v.float(), atol=1e-6), k
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
-    net, spec = new_model("studentnet", ["a", "b", "c"], 32, widths=[8, 8, 8, 8, 8, 8, 8, 8])
     train, val = synthetic_split("training", 32, 0), synthetic_split("validation", 12, 1)
-    fit(net, spec, train, val, small_config(1), tmp_path, device=CPU, progress=False)
-    cfg = small_config(1)
-    cfg.lr = 0.1
-    with pytest.raises(NetcompressError, match="lr"):
-        fit(net, spec, train, val, cfg, tmp_path, device=CPU, progress=False)
+    nc.fit(student([8] * 8), train, small_config(1), val=val, run_dir=tmp_path, device=CPU, progress=False)
+    with pytest.raises(nc.NetcompressError, match="lr"):
+        nc.fit(student([8] * 8), train, small_config(1), val=val, run_dir=tmp_path, device=CPU, progress=False, lr=0.1)
 
 
 def test_class_count_mismatch_is_refused(tmp_path):
-    net, spec = new_model("studentnet", ["a", "b"], 32)
-    with pytest.raises(NetcompressError, match="2 classes but the data has 3"):
-        fit(net, spec, synthetic_split("training", 8, 0), synthetic_split("validation", 6, 1), small_config(1),
-            tmp_path, device=CPU, progress=False)
+    with pytest.raises(nc.NetcompressError, match="2 classes but the data has 3"):
+        nc.fit(student(classes="ab"), synthetic_split("training", 8, 0), small_config(1),
+               val=synthetic_split("validation", 6, 1), device=CPU, progress=False)
+    wrong_head = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 5))
+    with pytest.raises(nc.NetcompressError, match=r"outputs shape \[2, 5\] but the data has 3 classes"):
+        nc.fit(wrong_head, synthetic_split("training", 8, 0), small_config(1), device=CPU, progress=False)
 
 
 @pytest.mark.slow
 def test_studentnet_learns_the_real_food_photos(food_root, cache_dir, tmp_path):
-    train = load_split(food_root, "training", 48, cache_dir=cache_dir, progress=False)
-    val = load_split(food_root, "validation", 48, cache_dir=cache_dir, progress=False)
-    net, spec = new_model("studentnet", train.class_names, 48)
-    result = fit(net, spec, train, val, TrainConfig(epochs=3, batch_size=64), tmp_path, device=CPU, progress=False)
-    assert result.best_accuracy > 0.2  # chance is 0.1
+    data = nc.ImageFolderData(food_root, 48, cache_dir=cache_dir, progress=False)
+    net = nc.new_model("studentnet", data.class_names, 48)
+    best = nc.fit(net, data, nc.TrainConfig(epochs=3, batch_size=64), run_dir=tmp_path, device=CPU, progress=False)
+    assert nc.spec_of(best).info["val_accuracy"] > 0.2  # chance is 0.1
 
 
 def test_bf16_autocast_training_learns_and_keeps_fp32_weights(tmp_path):
-    net, spec = new_model("studentnet", ["a", "b", "c"], 32, widths=[8, 8, 16, 16, 16, 16, 16, 16])
-    cfg = small_config(4, 8)
-    cfg.precision = "bf16"
-    result = fit(net, spec, synthetic_split("training", 192, 0), synthetic_split("validation", 30, 1), cfg,
-                 tmp_path, device=CPU, progress=False)
-    assert result.best_accuracy > 0.6
-    assert all(p.dtype == torch.float32 for p in net.parameters())
+    best = nc.fit(student(), synthetic_split("training", 192, 0), small_config(4, 8, precision="bf16"),
+                  val=synthetic_split("validation", 30, 1), run_dir=tmp_path, device=CPU, progress=False)
+    assert nc.spec_of(best).info["val_accuracy"] > 0.6
+    assert all(p.dtype == torch.float32 for p in best.parameters())
 
 
-def test_bad_precision_is_refused(tmp_path):
-    cfg = small_config(1)
-    cfg.precision = "fp8"
-    with pytest.raises(NetcompressError, match="precision"):
-        cfg.check()
+@pytest.mark.parametrize("field, value", [("precision", "fp8"), ("epochs", 0), ("seed", 1.7), ("lr", float("inf"))])
+def test_bad_settings_are_refused(field, value):
+    with pytest.raises(nc.NetcompressError, match=field):
+        nc.TrainConfig(**{field: value})

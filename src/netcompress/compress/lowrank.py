@@ -296,7 +296,7 @@ def plan_layers(model: nn.Module, cfg: LowRankConfig, example_input: torch.Tenso
                          m.weight.numel() * p_out)
         w = m.weight.detach().double().cpu()
         if any(fnmatch.fnmatch(name, pattern) for pattern in cfg.exclude):
-            plan.skipped = "excluded (--exclude)"
+            plan.skipped = "excluded (exclude)"
         elif any(name.startswith(f + ".") for f in factorized_before):
             plan.skipped = "already factorized"
         elif isinstance(m, nn.Conv2d) and m.groups != 1:
@@ -347,10 +347,10 @@ def choose_ranks(model: nn.Module, plans: list[LayerPlan], cfg: LowRankConfig) -
     smallest = at(0.0)  # rank 1 in every mode of every layer that rank 1 makes smaller
     if smallest > cfg.target_params:
         raise NetcompressError(
-            f"--target-params {cfg.target_params:,} is out of reach: low-rank factorization of this model "
+            f"target_params = {cfg.target_params:,} is out of reach: low-rank factorization of this model "
             f"({total:,} parameters) reaches at least {smallest:,} (rank 1 in every factorizable layer; "
             f"{total - sum(p.params_before for p in todo):,} parameters are in layers it cannot factorize); "
-            f"ask for --target-params {smallest:,} or more, or prune the model first")
+            f"ask for target_params {smallest:,} or more, or prune the model first")
     lo, hi = 0.0, 1.0  # total params grow with the energy kept: the largest energy within budget
     if at(hi) <= cfg.target_params:
         lo = hi

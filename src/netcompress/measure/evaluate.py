@@ -29,11 +29,7 @@ def predict(model: nn.Module, data, split: str = "testing", *, device: str | tor
             batch_size: int = 256) -> torch.Tensor:
     """Logits [N, C] of `model` for split `split` of a dataset folder (or for your own data), in file order."""
     dev = resolve_device(device)
-    images = split_of(data, split)
-    num_classes = spec_of(model).num_classes
-    if num_classes and num_classes != images.num_classes:
-        raise NetcompressError(f"the model predicts {num_classes} classes but the data has {images.num_classes}")
-    return predict_logits(model.to(dev), images, dev, batch_size)
+    return predict_logits(model.to(dev), split_of(data, split), dev, batch_size)
 
 
 def evaluate(model: nn.Module, data, split: str = "validation", *, device: str | torch.device = "auto",
@@ -43,6 +39,9 @@ def evaluate(model: nn.Module, data, split: str = "validation", *, device: str |
     if not images.labeled:
         raise NetcompressError(f"split {images.name} has unlabeled files; evaluation needs labels "
                                "(predict works on unlabeled test sets)")
+    num_classes = spec_of(model).num_classes
+    if num_classes and num_classes != images.num_classes:
+        raise NetcompressError(f"the model predicts {num_classes} classes but the data has {images.num_classes}")
     logits = predict(model, images, split, device=device, batch_size=batch_size)
     return {"split": images.name, "images": len(images),
             **classification_metrics(logits, images.labels, images.num_classes)}
