@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DATA   ?= ../shared/data/food101_10
 OUT    ?= runs/demo
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-slow clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/netcompress run recipes/demo.toml --set data.root=$(DATA) --out $(OUT) --target-bytes 300000
 
+# the default suite (a few minutes); test-slow adds real training, killed runs, torchrun and the examples
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) runs

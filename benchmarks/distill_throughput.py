@@ -3,7 +3,7 @@
 Course-style (NTU ML 2020 HW7): a Dataset that opens and decodes every JPEG on every epoch,
 per-image torchvision transforms (resize, random crop with symmetric padding, flip, rotation),
 a DataLoader, the teacher's forward pass on every batch, contiguous tensors.
-netcompress: `train.fit` with `DistillLoss` — images decoded once into a uint8 cache, batched
+netcompress: `nc.fit` with a teacher — images decoded once into a uint8 cache, batched
 tensor augmentation, channels_last, the allocator tuning of `runtime.tune_allocator`.
 
 Both run the same teacher, student, loss, optimizer, batch size and number of images; only
@@ -27,12 +27,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from netcompress.artifact import load_model, new_model
-from netcompress.augment import AugmentConfig
-from netcompress.data import Split, load_split, scan_split
-from netcompress.distill import DistillConfig, DistillLoss, kd_loss
+import netcompress as nc
+from netcompress.data.folder import scan_split
 from netcompress.runtime import tune_allocator
-from netcompress.train import TrainConfig, fit
+from netcompress.train.distill import kd_loss
 
 
 class CourseDataset(Dataset):
@@ -49,7 +47,7 @@ class CourseDataset(Dataset):
             return self.transform(img.convert("RGB")), self.labels[i]
 
 
-def course_loop(files, labels, teacher, student, size, batch_size, cfg: DistillConfig) -> float:
+def course_loop(files, labels, teacher, student, size, batch_size, cfg: nc.DistillConfig) -> float:
     pad = size // 12
     tf = transforms.Compose([
         transforms.Resize(size), transforms.CenterCrop(size),
@@ -73,12 +71,12 @@ def course_loop(files, labels, teacher, student, size, batch_size, cfg: DistillC
     return seen / (time.perf_counter() - t0)
 
 
-def ours(split: Split, val: Split, teacher, student, spec, batch_size, cfg: DistillConfig, precision: str) -> float:
+def ours(split: nc.Split, val: nc.Split, teacher, student, batch_size, cfg: nc.DistillConfig, precision: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        train_cfg = TrainConfig(epochs=1, batch_size=batch_size, augment=AugmentConfig(), precision=precision)
-        result = fit(student, spec, split, val, train_cfg,
-                     tmp, device=torch.device("cpu"), loss_fn=DistillLoss(teacher, student, cfg), progress=False)
-    return result.history[0]["images_per_second"]
+        train_cfg = nc.TrainConfig(epochs=1, batch_size=batch_size, precision=precision)
+        nc.fit(student, split, train_cfg, val=val, teacher=teacher, distill=cfg, run_dir=tmp, device="cpu",
+               progress=False)
+        return json.loads((Path(tmp) / "metrics.jsonl").read_text().splitlines()[0])["images_per_second"]
 
 
 def main() -> None:
@@ -95,25 +93,25 @@ def main() -> None:
 
     files, labels, classes = scan_split(args.data, "training")
     files, labels = files[: args.images], labels[: args.images]
-    train = load_split(args.data, "training", args.image_size, progress=False)
-    val = load_split(args.data, "validation", args.image_size, progress=False)
+    data = nc.ImageFolderData(args.data, args.image_size, progress=False)
+    train, val = data.split("training"), data.split("validation")
     keep = torch.arange(min(args.images, len(train)))
-    train = Split("training", train.images[keep], train.labels[keep], [train.files[i] for i in keep], classes)
-    val = Split("validation", val.images[:128], val.labels[:128], val.files[:128], classes)
+    train = nc.Split("training", train.images[keep], train.labels[keep], [train.files[i] for i in keep], classes)
+    val = nc.Split("validation", val.images[:128], val.labels[:128], val.files[:128], classes)
 
     if args.teacher:
-        teacher, _ = load_model(args.teacher)
+        teacher = nc.load(args.teacher)
         teacher_name = args.teacher.name
     else:
-        teacher, _ = new_model("resnet18", classes, args.image_size)
+        teacher = nc.new_model("resnet18", classes, args.image_size)
         teacher_name = "resnet18 (untrained)"
-    cfg = DistillConfig(temperature=20.0, alpha=0.5)
+    cfg = nc.DistillConfig(temperature=20.0, alpha=0.5)
     rows = []
     for name in ["course-style loop", "netcompress fp32", "netcompress bf16"]:
-        student, spec = new_model("studentnet", classes, args.image_size)
+        student = nc.new_model("studentnet", classes, args.image_size)
         teacher_copy = teacher.to(memory_format=torch.contiguous_format)
         if name.startswith("netcompress"):
-            ips = ours(train, val, teacher_copy, student, spec, args.batch_size, cfg, name.split()[-1])
+            ips = ours(train, val, teacher_copy, student, args.batch_size, cfg, name.split()[-1])
         else:
             ips = course_loop(files, labels, teacher_copy, student, args.image_size, args.batch_size, cfg)
         rows.append({"loop": name, "images_per_second": round(ips, 1)})

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from netcompress.artifact import load_model
-from netcompress.measure import latency_ms
+import netcompress as nc
 
 
 def main() -> None:
@@ -43,11 +42,12 @@ def main() -> None:
         models[label] = folder / last["model_file"]
     latency = {name: {1: [], 64: []} for name in models}
     if not args.no_latency:
-        loaded = {name: load_model(path) for name, path in models.items()}
+        loaded = {name: nc.load(path) for name, path in models.items()}
         for _ in range(args.rounds):
-            for name, (model, spec) in loaded.items():
-                latency[name][1].append(latency_ms(model, spec.input_size, 1, repeats=20, warmup=5))
-                latency[name][64].append(latency_ms(model, spec.input_size, 64, repeats=3, warmup=1))
+            for name, model in loaded.items():
+                size = nc.spec_of(model).input_size
+                latency[name][1].append(nc.latency_ms(model, size, 1, repeats=20, warmup=5))
+                latency[name][64].append(nc.latency_ms(model, size, 64, repeats=3, warmup=1))
 
     def ms(name: str, batch: int, logged: float) -> str:
         values = latency[name][batch]

@@ -20,10 +20,8 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from netcompress.artifact import load_model
-from netcompress.data import load_split
-from netcompress.evaluate import predict_logits
-from netcompress.onnx_export import OnnxModel, export_onnx, quantize_onnx_int8
+import netcompress as nc
+from netcompress.formats.onnx import OnnxModel
 from netcompress.runtime import tune_allocator
 
 
@@ -40,21 +38,20 @@ def main() -> None:
     args = ap.parse_args()
     tune_allocator()
     torch.set_num_threads(args.threads)
-    model, spec = load_model(args.model)
-    val = load_split(args.data, "validation", spec.input_size, progress=False)
-    train = load_split(args.data, "training", spec.input_size, progress=False)
+    model = nc.load(args.model)
+    spec = nc.spec_of(model)
+    data = nc.ImageFolderData(args.data, spec.input_size, progress=False)
     tmp = Path(tempfile.mkdtemp())
-    fp32_path = export_onnx(model, spec, tmp / "fp32.onnx")
-    int8_path = quantize_onnx_int8(fp32_path, tmp / "int8.onnx", train, args.calibration)
+    fp32_path = nc.export_onnx(model, tmp / "fp32.onnx")
+    int8_path = nc.export_onnx(model, tmp / "int8.onnx", int8=True, calibration=data,
+                               calibration_images=args.calibration)
     model = model.to(memory_format=torch.channels_last)  # eager PyTorch's faster layout on CPU
     runtimes = {
         "PyTorch fp32 eager": (model, args.model.stat().st_size),
         "ONNX Runtime fp32": (OnnxModel(fp32_path, args.threads), fp32_path.stat().st_size),
         "ONNX Runtime int8": (OnnxModel(int8_path, args.threads), int8_path.stat().st_size),
     }
-    cpu = torch.device("cpu")
-    accuracy = {name: (predict_logits(net, val, cpu).argmax(1) == val.labels).float().mean().item()
-                for name, (net, _) in runtimes.items()}
+    accuracy = {name: nc.evaluate(net, data, device="cpu")["accuracy"] for name, (net, _) in runtimes.items()}
 
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:

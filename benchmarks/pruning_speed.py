@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
-from netcompress.artifact import new_model
-from netcompress.measure import count_macs, count_parameters, latency_ms
-from netcompress.prune import PruneConfig, course_widths_at, tp_prune
+from netcompress import count_macs, count_parameters, latency_ms, new_model, prune
+from netcompress.compress.pruners import course_widths_at
 from netcompress.runtime import tune_allocator
 
 
@@ -35,15 +34,13 @@ def main() -> None:
     torch.manual_seed(0)
     classes, size = [str(i) for i in range(10)], args.image_size
     full = [16, 32, 64, 128, 256, 256, 256, 256]
-    resnet, rspec = new_model("resnet18", classes, size)
-    resnet_pruned, _ = tp_prune(new_model("resnet18", classes, size)[0], rspec, PruneConfig(method="l2", rate=0.5),
-                                None, torch.device("cpu"))
+    resnet = new_model("resnet18", classes, size)
+    resnet_pruned = prune(resnet, method="l2", rate=0.5)
     models = {
-        "studentnet": new_model("studentnet", classes, size)[0],
+        "studentnet": new_model("studentnet", classes, size),
         "studentnet, half width (course rule)": new_model("studentnet", classes, size,
-                                                          widths=course_widths_at(full, 0.5, 1))[0],
-        "studentnet, half width (every layer)": new_model("studentnet", classes, size,
-                                                          widths=[w // 2 for w in full])[0],
+                                                          widths=course_widths_at(full, 0.5, 1)),
+        "studentnet, half width (every layer)": new_model("studentnet", classes, size, widths=[w // 2 for w in full]),
         "resnet18": resnet,
         "resnet18, half channels (l2)": resnet_pruned,
     }

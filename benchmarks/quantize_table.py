@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from netcompress.artifact import load_model
-from netcompress.bit_allocation import WIDTHS, allocate_bits, calibration_images, sensitivity
-from netcompress.course_pkl import load_course_pkl, save_course_pkl
-from netcompress.data import load_split
-from netcompress.errors import NetcompressError
-from netcompress.evaluate import predict_logits
-from netcompress.qat import finetune_quantized
-from netcompress.quantize import QuantConfig, load_quantized, save_quantized
+from dataclasses import replace
+
+import netcompress as nc
+from netcompress import QuantConfig
+from netcompress.compress.bit_allocation import WIDTHS, allocate_bits, sensitivity
+from netcompress.compress.qat import finetune_quantized
+from netcompress.data.split import calibration_images
+from netcompress.formats.course import load_course_pkl, save_course_pkl
 from netcompress.runtime import tune_allocator
 
 
@@ -48,65 +48,65 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model, spec = load_model(args.model)
-    val = load_split(args.data, "validation", spec.input_size, progress=False)
-    cpu = torch.device("cpu")
+    model = nc.load(args.model)
+    spec = nc.spec_of(model)
+    data = nc.ImageFolderData(args.data, spec.input_size, progress=False)
+    val = data.split("validation")
 
     def accuracy(net) -> float:
-        return (predict_logits(net, val, cpu).argmax(1) == val.labels).float().mean().item()
+        return nc.evaluate(net, val, device="cpu")["accuracy"]
 
     fp32 = accuracy(model)
     rows = [{"codec": "fp32 (safetensors)", "bits": 32, "entropy": False, "bytes": args.model.stat().st_size,
              "val_accuracy": fp32}]
     tmp = Path(tempfile.mkdtemp())
-    if spec.arch.startswith("studentnet"):
+    if (spec.arch or "").startswith("studentnet") and not spec.overrides:
         for bits in (16, 8):
-            path = save_course_pkl(tmp / f"course{bits}.pkl", model, bits, protocol=3)
+            path = save_course_pkl(model, tmp / f"course{bits}.pkl", bits, protocol=3)
             rows.append({"codec": "course pickle (protocol 3)", "bits": bits, "entropy": False,
                          "bytes": path.stat().st_size,
-                         "val_accuracy": accuracy(load_course_pkl(path, input_size=spec.input_size)[0])})
+                         "val_accuracy": accuracy(load_course_pkl(path, input_size=spec.input_size))})
 
     def add(cfg: QuantConfig, label: str | None = None, net=model) -> None:
         sizes = {}
         for entropy in (False, True):
-            path = save_quantized(tmp / f"q{entropy}.ncq", net, spec, QuantConfig(**{**cfg.__dict__, "entropy": entropy}))
+            path = nc.quantize(net, replace(cfg, entropy=entropy)).save(tmp / f"q{entropy}.ncq")
             sizes[entropy] = path.stat().st_size
-        acc = accuracy(load_quantized(path)[0])
+        acc = accuracy(nc.load(path))
         bits = "/".join(map(str, cfg.tensor_bits.values())) if cfg.tensor_bits else cfg.bits
         for entropy, size in sizes.items():
             rows.append({"codec": label or cfg.codec, "bits": bits, "entropy": entropy, "bytes": size,
                          "val_accuracy": acc})
 
-    add(QuantConfig("fp16").checked())
-    add(QuantConfig("int8-minmax").checked())
-    add(QuantConfig("int8-channel").checked())
+    add(QuantConfig("fp16"))
+    add(QuantConfig("int8-minmax"))
+    add(QuantConfig("int8-channel"))
     widths = [int(b) for b in args.bits.split(",")]
     for codec in ("kbit", "kmeans"):
         for bits in widths:
-            add(QuantConfig(codec, bits).checked())
-    train = load_split(args.data, "training", spec.input_size, progress=False)
+            add(QuantConfig(codec, bits))
+    train = data.split("training")
     images = calibration_images(train, args.calibration)
-    table = sensitivity(model, spec, QuantConfig("kbit", 8, min_elements=0), images, list(WIDTHS), progress=False)
+    table = sensitivity(model, QuantConfig("kbit", 8, min_elements=0), images, list(WIDTHS), progress=False)
     for budget in [int(b) for b in args.budgets.split(",") if b]:
         for entropy in (False, True):
             try:
-                cfg = allocate_bits(model, spec, QuantConfig("kbit", 8, entropy=entropy), images, budget, table=table)
-            except NetcompressError as exc:
+                cfg = allocate_bits(model, QuantConfig("kbit", 8, entropy=entropy), images, budget, table=table)
+            except nc.NetcompressError as exc:
                 print(f"budget {budget:,}{' with lzma' if entropy else ''}: {exc}")
                 continue
-            path = save_quantized(tmp / "budget.ncq", model, spec, cfg)
+            path = nc.quantize(model, cfg).save(tmp / "budget.ncq")
             rows.append({"codec": f"kbit, budget {budget:,}", "bits": "/".join(map(str, cfg.tensor_bits.values())),
-                         "entropy": entropy, "bytes": path.stat().st_size,
-                         "val_accuracy": accuracy(load_quantized(path)[0])})
+                         "entropy": entropy, "bytes": path.stat().st_size, "val_accuracy": accuracy(nc.load(path))})
     if args.finetune:
         for budget in [int(b) for b in args.finetune_budgets.split(",") if b]:
-            cfg = allocate_bits(model, spec, QuantConfig("kbit", 8), images, budget, table=table)
-            tuned = finetune_quantized(model, spec, cfg, train, epochs=args.finetune, progress=False)
-            add(cfg, f"kbit, budget {budget:,} + {args.finetune} epochs QAT", tuned)
+            cfg = allocate_bits(model, QuantConfig("kbit", 8, finetune_epochs=args.finetune), images, budget,
+                                table=table)
+            add(cfg, f"kbit, budget {budget:,} + {args.finetune} epochs QAT",
+                finetune_quantized(model, cfg, train, progress=False))
         for bits in (2, 3):
-            cfg = QuantConfig("kbit", bits).checked()
-            add(cfg, f"kbit + {args.finetune} epochs QAT",
-                finetune_quantized(model, spec, cfg, train, epochs=args.finetune, progress=False))
+            cfg = QuantConfig("kbit", bits, finetune_epochs=args.finetune)
+            add(cfg, f"kbit + {args.finetune} epochs QAT", finetune_quantized(model, cfg, train, progress=False))
 
     shutil.rmtree(tmp)
     print(f"\nmodel {args.model} ({spec.arch}, {spec.input_size}px), validation {len(val)} images, "

@@ -44,6 +44,7 @@ def real_subset(food_root, tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_keep_identical_parameters(real_subset, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -62,6 +63,7 @@ def test_two_gloo_processes_keep_identical_parameters(real_subset, tmp_path):
     assert len(lines) == 2  # one writer: no duplicated epochs
 
 
+@pytest.mark.slow
 def test_cli_nproc_launches_torchrun(real_subset, tmp_path):
     env = dict(os.environ, NETCOMPRESS_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "netcompress.cli", "train", "--model", "studentnet", "--data",

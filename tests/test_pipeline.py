@@ -137,6 +137,7 @@ def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset,
     assert {p: p.read_text() for p in out.glob("**/metrics.jsonl")} == metrics
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_redoing_finished_stages(jpeg_dataset, tmp_path):
     recipe, out, cache = write_recipe(tmp_path, jpeg_dataset, student_epochs=40), tmp_path / "run", tmp_path / "c"
     proc = run_cli("run", recipe, "--out", out, "--no-progress", cache=cache)
