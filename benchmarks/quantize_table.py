@@ -17,11 +17,10 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-
-from dataclasses import replace
 
 import netcompress as nc
 from netcompress import QuantConfig

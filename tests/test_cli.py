@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 
-
 def netcompress(*args, cache: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, NETCOMPRESS_CACHE=str(cache) if cache else os.environ.get("NETCOMPRESS_CACHE", "/tmp/nc"))
     proc = subprocess.run([sys.executable, "-m", "netcompress.cli", *map(str, args)], capture_output=True, text=True,

@@ -1,8 +1,8 @@
 import pytest
 
-from netcompress.pipeline.compare_arch import FAMILIES, fit_budget, int8_bytes
 from netcompress.errors import NetcompressError
 from netcompress.measure.cost import count_parameters
+from netcompress.pipeline.compare_arch import FAMILIES, fit_budget, int8_bytes
 
 CLASSES = [str(i) for i in range(10)]
 

@@ -8,14 +8,22 @@ import pytest
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
+from test_cli import netcompress
 
 import netcompress as nc
-from netcompress.compress.lowrank import (LowRankConfig, choose_ranks, factorize_layer, factorize_model, plan_layers,
-                                          rank_for_energy, rank_for_ratio, tucker2)
+from netcompress.compress.lowrank import (
+    LowRankConfig,
+    choose_ranks,
+    factorize_layer,
+    factorize_model,
+    plan_layers,
+    rank_for_energy,
+    rank_for_ratio,
+    tucker2,
+)
 from netcompress.errors import NetcompressError
 from netcompress.formats.model_file import read_spec
 from netcompress.measure.cost import count_parameters
-from test_cli import netcompress
 
 torch.manual_seed(0)
 

@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from test_train import synthetic_split
 
 import netcompress as nc
 from netcompress.compress.pruners import apply_masks, course_widths_at, magnitude_masks, slim_studentnet
 from netcompress.formats.course import import_course_checkpoint
 from netcompress.measure.cost import zero_fraction
-from test_train import synthetic_split
 
 CPU = torch.device("cpu")
 

@@ -10,12 +10,27 @@ import pytest
 import torch
 
 import netcompress as nc
-from netcompress.compress.codecs import (CONST, affine_decode, affine_encode, encode_tensor, fold_batchnorm, kmeans_1d,
-                                         minmax8_decode, minmax8_encode, pack_bits, unpack_bits)
+from netcompress.compress.codecs import (
+    CONST,
+    affine_decode,
+    affine_encode,
+    encode_tensor,
+    fold_batchnorm,
+    kmeans_1d,
+    minmax8_decode,
+    minmax8_encode,
+    pack_bits,
+    unpack_bits,
+)
 from netcompress.compress.quant_config import QuantConfig, encode_model
 from netcompress.errors import NetcompressError
-from netcompress.formats.course import (course_encode, import_course_checkpoint, load_course_pkl, read_course_pkl,
-                                        save_course_pkl)
+from netcompress.formats.course import (
+    course_encode,
+    import_course_checkpoint,
+    load_course_pkl,
+    read_course_pkl,
+    save_course_pkl,
+)
 from netcompress.formats.ncq import decode_model
 
 

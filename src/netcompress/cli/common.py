@@ -11,6 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .. import DistillConfig, ImageFolderData, NetcompressError, load, spec_of
+from ..spec import attach
+from ..train.distributed import launch, strip_nproc
+
 app = typer.Typer(
     help="Compress image classifiers: train, distill, prune, quantize, measure and report.\n\n"
     "Data folders use the Food-11 layout (training/, validation/, testing/ with <label>_<k>.jpg) "
@@ -68,37 +72,26 @@ def rows_table(title: str, columns: dict[str, str], rows: list[dict]) -> Table:
 
 def launch_if_asked(nproc: int) -> None:
     """--nproc N outside torchrun: run this very command under torchrun with N processes."""
-    from ..train.distributed import launch, strip_nproc
-
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(launch(nproc, strip_nproc(sys.argv[1:])))
 
 
-def folder(data: Path, image_size: int, cache_dir, skip_bad: bool, progress: bool):
-    from ..data.folder import ImageFolderData
-
+def folder(data: Path, image_size: int, cache_dir, skip_bad: bool, progress: bool) -> ImageFolderData:
     return ImageFolderData(data, image_size, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
 
 
 def model_and_data(model_file: Path, data: Path, image_size, cache_dir, skip_bad: bool, progress: bool):
     """A model file to compress, with its dataset folder at the model's input size (or --image-size)."""
-    from ..formats.load import load
-    from ..spec import attach, spec_of
-
     net = load(model_file)
     spec = spec_of(net)
     if image_size:
         attach(net, spec.replace(input_size=image_size))
     ds = folder(data, image_size or spec.input_size, cache_dir, skip_bad, progress)
     if ds.class_names and len(ds.class_names) != spec.num_classes:
-        from ..errors import NetcompressError
-
         raise NetcompressError(f"{model_file} predicts {spec.num_classes} classes but {data} has "
                                f"{len(ds.class_names)}")
     return net, ds
 
 
-def distill_config(teacher, temperature: float, alpha: float):
-    from ..train.distill import DistillConfig
-
+def distill_config(teacher, temperature: float, alpha: float) -> DistillConfig | None:
     return DistillConfig(temperature=temperature, alpha=alpha) if teacher else None

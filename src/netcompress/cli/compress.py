@@ -7,23 +7,47 @@ from typing import Optional
 
 import typer
 
-from ..compress.codecs import list_codecs
-from ..compress.lowrank import LowRankConfig, factorize_and_finetune, format_layers
-from ..compress.prune import PruneConfig, prune_iteratively
-from ..compress.pruners import list_pruners
-from ..compress.quant_config import QuantConfig
-from ..compress.quantize import quantize as quantize_model
-from ..errors import NetcompressError
-from ..formats.load import load
+from .. import (
+    LowRankConfig,
+    NetcompressError,
+    PruneConfig,
+    QuantConfig,
+    TrainConfig,
+    evaluate,
+    factorize_and_finetune,
+    list_codecs,
+    list_pruners,
+    load,
+    prune_iteratively,
+    spec_of,
+)
+from .. import quantize as quantize_model
+from ..compress.lowrank import format_layers
 from ..formats.onnx import OnnxModel
-from ..measure.evaluate import evaluate
 from ..pipeline.report import plot_pruning
 from ..runtime import resolve_device, seed_everything
-from ..spec import spec_of
-from ..train.fit import TrainConfig
-from .common import (BatchSizeOpt, CacheOpt, DataOpt, DeviceOpt, FinetuneAlphaOpt, FinetuneTemperatureOpt, JsonOpt,
-                     ModelSizeOpt, ProgressOpt, SeedOpt, SkipBadOpt, TeacherOpt, app, console, distill_config, emit,
-                     folder, kv_table, model_and_data, rows_table)
+from .common import (
+    BatchSizeOpt,
+    CacheOpt,
+    DataOpt,
+    DeviceOpt,
+    FinetuneAlphaOpt,
+    FinetuneTemperatureOpt,
+    JsonOpt,
+    ModelSizeOpt,
+    ProgressOpt,
+    SeedOpt,
+    SkipBadOpt,
+    TeacherOpt,
+    app,
+    console,
+    distill_config,
+    emit,
+    folder,
+    kv_table,
+    model_and_data,
+    rows_table,
+)
 
 
 @app.command()

@@ -7,13 +7,10 @@ from typing import Optional
 
 import typer
 
+from .. import NetcompressError, evaluate, export_onnx, load, save, spec_of
 from ..data.folder import read_class_names
-from ..errors import NetcompressError
 from ..formats.course import export_course_state_dict, import_course_checkpoint, save_course_pkl
-from ..formats.load import load, save
-from ..formats.onnx import OnnxModel, export_onnx
-from ..measure.evaluate import evaluate
-from ..spec import spec_of
+from ..formats.onnx import OnnxModel
 from .common import CacheOpt, JsonOpt, app, console, emit, folder, kv_table
 
 

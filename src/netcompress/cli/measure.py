@@ -11,16 +11,15 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from ..errors import NetcompressError
+from .. import NetcompressError, count_macs, count_parameters, latency_ms, list_models, load, new_model, spec_of
+from .. import evaluate as evaluate_model
+from .. import predict as predict_logits
 from ..files import atomic_write_text
-from ..formats.load import load
 from ..formats.onnx import OnnxModel
-from ..measure.cost import count_macs, count_parameters, latency_ms, layer_table
-from ..measure.evaluate import evaluate as evaluate_model, plot_confusion, predict as predict_logits, write_submission
-from ..models import list_models
+from ..measure.cost import layer_table
+from ..measure.evaluate import plot_confusion, write_submission
 from ..runtime import resolve_device
-from ..spec import new_model, spec_of
-from .common import CacheOpt, DataOpt, DeviceOpt, JsonOpt, MODEL_FILES, SkipBadOpt, app, console, emit, folder, kv_table
+from .common import MODEL_FILES, CacheOpt, DataOpt, DeviceOpt, JsonOpt, SkipBadOpt, app, console, emit, folder, kv_table
 
 
 @app.command()

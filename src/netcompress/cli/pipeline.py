@@ -7,15 +7,31 @@ from typing import Optional
 
 import typer
 
+from .. import TrainConfig
 from ..pipeline.compare_arch import compare
 from ..pipeline.recipe import load_recipe
 from ..pipeline.report import write_report
 from ..pipeline.stages import run_recipe
 from ..runtime import resolve_device
-from ..train.fit import TrainConfig
-from .common import (BatchSizeOpt, CacheOpt, DataOpt, DeviceOpt, FinetuneAlphaOpt, FinetuneTemperatureOpt, JsonOpt,
-                     ProgressOpt, SeedOpt, SkipBadOpt, TeacherOpt, app, console, distill_config, emit, folder,
-                     rows_table)
+from .common import (
+    BatchSizeOpt,
+    CacheOpt,
+    DataOpt,
+    DeviceOpt,
+    FinetuneAlphaOpt,
+    FinetuneTemperatureOpt,
+    JsonOpt,
+    ProgressOpt,
+    SeedOpt,
+    SkipBadOpt,
+    TeacherOpt,
+    app,
+    console,
+    distill_config,
+    emit,
+    folder,
+    rows_table,
+)
 
 
 @app.command("compare-arch")

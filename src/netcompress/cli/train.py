@@ -7,15 +7,27 @@ from typing import Optional
 
 import typer
 
-from ..data.augment import AugmentConfig
-from ..formats.load import load
+from .. import AugmentConfig, DistillConfig, TrainConfig, fit, load, new_model, spec_of
 from ..runtime import resolve_device, seed_everything
-from ..spec import attach, new_model, spec_of
-from ..train.distill import DistillConfig
+from ..spec import attach
 from ..train.distributed import init_from_env
-from ..train.fit import TrainConfig, fit
-from .common import (BatchSizeOpt, CacheOpt, DataOpt, DeviceOpt, JsonOpt, NprocOpt, PrecisionOpt, ProgressOpt, SeedOpt,
-                     SkipBadOpt, app, emit, folder, kv_table, launch_if_asked)
+from .common import (
+    BatchSizeOpt,
+    CacheOpt,
+    DataOpt,
+    DeviceOpt,
+    JsonOpt,
+    NprocOpt,
+    PrecisionOpt,
+    ProgressOpt,
+    SeedOpt,
+    SkipBadOpt,
+    app,
+    emit,
+    folder,
+    kv_table,
+    launch_if_asked,
+)
 
 
 @app.command()

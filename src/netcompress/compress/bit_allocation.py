@@ -9,12 +9,12 @@ additive, a knapsack over bytes picks the widths that minimise the total KL with
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-
-from dataclasses import replace
 
 from ..errors import NetcompressError
 from .quant_config import QuantConfig, encode_model, prepared

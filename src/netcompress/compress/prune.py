@@ -61,12 +61,12 @@ class PruneConfig:
 
 
 def prune(model: nn.Module, config: PruneConfig | None = None, *, example_input: torch.Tensor | None = None,
-          data=None, device: str | torch.device = "cpu", **overrides) -> nn.Module:
+          data=None, device: str | torch.device | None = None, **overrides) -> nn.Module:
     """One pruning step: a new module with `rate` of the channels (`model` is left as it is).
 
     example_input: one input batch (e.g. torch.randn(1, 3, 96, 96)) for tracing the network;
     optional once the model's input size is known. data: training images, for methods that rank
-    by gradients (taylor). Calling prune again on the result with the same method and rate
+    by gradients (taylor). device: where to prune (default: where the model is). Calling prune again on the result with the same method and rate
     continues the schedule (width rate^k after k steps). Keyword overrides replace config
     fields: prune(m, method="l2", rate=0.5).
     """
@@ -75,7 +75,7 @@ def prune(model: nn.Module, config: PruneConfig | None = None, *, example_input:
     except TypeError as exc:
         raise NetcompressError(f"prune: {exc}") from exc
     pruner = get_pruner(cfg.method)
-    dev = resolve_device(device)
+    dev = next(model.parameters()).device if device is None else resolve_device(device)
     spec = spec_of(model)
     if pruner.needs_batchnorm and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise NetcompressError(f"method {cfg.method} ranks channels by BatchNorm γ, but this model has no BatchNorm; "

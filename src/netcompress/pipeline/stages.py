@@ -16,18 +16,21 @@ from pathlib import Path
 
 import torch
 
-from ..compress.lowrank import factorize_and_finetune
-from ..compress.prune import prune_iteratively
-from ..compress.quantize import quantize
-from ..data.folder import ImageFolderData
-from ..errors import NetcompressError
+from .. import (
+    ImageFolderData,
+    NetcompressError,
+    evaluate,
+    factorize_and_finetune,
+    fit,
+    load,
+    new_model,
+    prune_iteratively,
+    quantize,
+)
 from ..files import atomic_write_text
-from ..formats.load import load
 from ..measure.cost import measure_model
-from ..measure.evaluate import evaluate
 from ..runtime import log, seed_everything
-from ..spec import new_model
-from ..train.fit import fit
+from .compare_arch import compare
 from .recipe import Recipe
 
 
@@ -152,8 +155,6 @@ def _quantize_stage(run: Run, q, sources: list[dict]):
 
 
 def _compare_arch_stage(run: Run):
-    from .compare_arch import compare
-
     c = run.recipe.compare_arch
 
     def work(out: Path) -> dict:

@@ -191,16 +191,17 @@ def _teacher_module(teacher, train: Split) -> nn.Module:
     spec = spec_of(net)
     if spec.class_names:
         check_teacher(spec.class_names, train.class_names, teacher if isinstance(teacher, (str, Path)) else "module")
+    _check_outputs(net, train, next(net.parameters()).device, "the teacher")
     return net
 
 
 @torch.no_grad()
-def _check_outputs(net: nn.Module, train: Split, device: torch.device) -> None:
+def _check_outputs(net: nn.Module, train: Split, device: torch.device, what: str = "the model") -> None:
     was_training = net.training
     out = net.eval()(next(iterate_batches(train, 2, device=device, channels_last=False)).images)
     net.train(was_training)
     if out.dim() != 2 or out.shape[1] != train.num_classes:
-        raise NetcompressError(f"the model outputs shape {list(out.shape)} but the data has {train.num_classes} "
+        raise NetcompressError(f"{what} outputs shape {list(out.shape)} but the data has {train.num_classes} "
                                "classes: give it a classifier with that many outputs")
 
 
@@ -263,12 +264,11 @@ class _Loop:
             world.barrier()
             if world.main and self.progress:
                 log(f"epoch {epoch:3d}  loss {row['train_loss']:.3f}  train acc {row['train_accuracy']:.3f}  "
-                           + (f"val acc {acc:.3f}  best {best_acc:.3f}  " if self.val is not None else "")
-                           + f"({row['train_seconds']:.1f} s, {row['images_per_second']:.0f} img/s)")
-        if best_state is None and run_dir is not None:
-            return load(run_dir / "best.safetensors", model=net if spec_of(net).arch is None else None) \
-                .to(memory_format=torch.contiguous_format)
-        if best_state is not None:
+                    + (f"val acc {acc:.3f}  best {best_acc:.3f}  " if self.val is not None else "")
+                    + f"({row['train_seconds']:.1f} s, {row['images_per_second']:.0f} img/s)")
+        if run_dir is not None:  # the best model is the file (also when every epoch ran before a rerun)
+            net = load(run_dir / "best.safetensors", model=net)
+        else:
             net.load_state_dict(best_state)
         return net.eval().to(memory_format=torch.contiguous_format)
 
