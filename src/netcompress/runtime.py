@@ -47,6 +47,12 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a module's parameters live (the CPU for a module without any, such as an ONNX Runtime wrapper)."""
+    first = next(model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -36,7 +36,7 @@ from ..files import atomic_write_text
 from ..formats import model_file
 from ..measure.cost import count_parameters, measure_model
 from ..models.surgery import describe, set_submodule
-from ..runtime import log, resolve_device
+from ..runtime import log, model_device, resolve_device
 from ..spec import attach, copy_model, spec_of
 from ..train.distill import DistillConfig
 from ..train.fit import TrainConfig, fit, training_splits
@@ -271,7 +271,7 @@ def _positions(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple
                 found[name] = (spatial(inputs[0]), spatial(output))
             hooks.append(m.register_forward_hook(hook))
     was_training = model.training
-    device = next(model.parameters()).device
+    device = model_device(model)
     try:
         with torch.no_grad():
             model.eval()(example_input.to(device))

@@ -22,7 +22,7 @@ from ..measure.cost import measure_model
 from ..measure.evaluate import classification_metrics, predict_logits
 from ..models.studentnet import StudentNet
 from ..models.surgery import record_changes
-from ..runtime import log, resolve_device
+from ..runtime import log, model_device, resolve_device
 from ..spec import ModelSpec, attach, copy_model, spec_of
 from ..train.distill import DistillConfig
 from ..train.fit import TrainConfig, fit, training_splits
@@ -75,7 +75,7 @@ def prune(model: nn.Module, config: PruneConfig | None = None, *, example_input:
     except TypeError as exc:
         raise NetcompressError(f"prune: {exc}") from exc
     pruner = get_pruner(cfg.method)
-    dev = next(model.parameters()).device if device is None else resolve_device(device)
+    dev = model_device(model) if device is None else resolve_device(device)
     spec = spec_of(model)
     if pruner.needs_batchnorm and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise NetcompressError(f"method {cfg.method} ranks channels by BatchNorm γ, but this model has no BatchNorm; "
@@ -108,7 +108,7 @@ def _respec(before: nn.Module, after: nn.Module, spec: ModelSpec) -> tuple[nn.Mo
         clean.load_state_dict(after.state_dict())
         kwargs = {**spec.kwargs, "widths": widths} if spec.arch else spec.kwargs
         overrides = spec.overrides if spec.arch else record_changes(spec.overrides, before, clean)
-        return clean.to(next(after.parameters()).device), spec.replace(kwargs=kwargs, overrides=overrides)
+        return clean.to(model_device(after)), spec.replace(kwargs=kwargs, overrides=overrides)
     return after, spec.replace(overrides=record_changes(spec.overrides, before, after))
 
 

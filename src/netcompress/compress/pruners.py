@@ -24,6 +24,7 @@ from ..data.augment import iterate_batches
 from ..data.split import Split
 from ..errors import NetcompressError
 from ..models.studentnet import StudentNet
+from ..runtime import model_device
 from ..spec import spec_of
 
 
@@ -171,7 +172,7 @@ def slim_studentnet(model: StudentNet, new_widths: list[int]) -> StudentNet:
     """A new StudentNet of `new_widths` holding the surviving slices of `model`'s weights."""
     keep = slim_selection(model, new_widths)
     new = StudentNet(num_classes=model.fc[0].out_features, widths=list(new_widths), pool_after=model.pool_after)
-    new.to(next(model.parameters()).device)
+    new.to(model_device(model))
     old_state, new_state = model.state_dict(), {}
     for name, target in new.state_dict().items():
         value = old_state[name]

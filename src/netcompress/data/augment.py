@@ -13,6 +13,7 @@ from typing import Iterator, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..errors import NetcompressError
 from .split import Split, to_float
 
 
@@ -21,6 +22,11 @@ class AugmentConfig:
     crop_pad: int | None = None  # pixels of symmetric padding before the random crop; None: size // 12
     flip: bool = True
     rotate: float = 15.0  # degrees, uniform in [-rotate, rotate]
+
+    def __post_init__(self):
+        if (self.crop_pad is not None and self.crop_pad < 0) or not 0 <= self.rotate <= 180:
+            raise NetcompressError(f"augment: crop_pad = {self.crop_pad} must be >= 0 and rotate = {self.rotate} "
+                                   "degrees within 0..180")
 
     def pad_for(self, size: int) -> int:
         return size // 12 if self.crop_pad is None else self.crop_pad

@@ -8,6 +8,7 @@ import time
 import torch
 import torch.nn as nn
 
+from ..runtime import model_device
 from ..spec import spec_of
 from .evaluate import classification_metrics, predict_logits
 
@@ -43,7 +44,7 @@ def count_macs(model: nn.Module, input_size: int) -> int:
 
     hooks = [m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else linear)
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     try:
         with torch.no_grad():

@@ -11,28 +11,34 @@ from ..data.augment import iterate_batches
 from ..data.split import Split, split_of
 from ..errors import NetcompressError
 from ..files import atomic_write, atomic_write_text
-from ..runtime import resolve_device
-from ..spec import spec_of
+from ..runtime import model_device, resolve_device
+from ..spec import copy_model, spec_of
 
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, split: Split, device: torch.device, batch_size: int = 256,
                    channels_last: bool = True) -> torch.Tensor:
-    """Logits [N, C] for a whole split, in file order (center crop: the cached image as is)."""
+    """Logits [N, C] for a whole split, in file order (center crop: the cached image as is); `model` on `device`."""
+    was_training = model.training
     model.eval()
     outs = [model(b.images).float().cpu()
             for b in iterate_batches(split, batch_size, device=device, channels_last=channels_last)]
+    model.train(was_training)
     return torch.cat(outs)
 
 
-def predict(model: nn.Module, data, split: str = "testing", *, device: str | torch.device = "auto",
+def predict(model: nn.Module, data, split: str = "testing", *, device: str | torch.device | None = None,
             batch_size: int = 256) -> torch.Tensor:
-    """Logits [N, C] of `model` for split `split` of a dataset folder (or for your own data), in file order."""
-    dev = resolve_device(device)
-    return predict_logits(model.to(dev), split_of(data, split), dev, batch_size)
+    """Logits [N, C] of `model` for split `split` of a dataset folder (or for your own data), in file order.
+
+    device: where to run (default: where the model is; elsewhere, a copy runs there).
+    """
+    dev = model_device(model) if device is None else resolve_device(device)
+    net = model if dev == model_device(model) else copy_model(model).to(dev)
+    return predict_logits(net, split_of(data, split), dev, batch_size)
 
 
-def evaluate(model: nn.Module, data, split: str = "validation", *, device: str | torch.device = "auto",
+def evaluate(model: nn.Module, data, split: str = "validation", *, device: str | torch.device | None = None,
              batch_size: int = 256) -> dict:
     """Accuracy, mean cross-entropy, per-class accuracy and confusion matrix of `model` on a labeled split."""
     images = split_of(data, split)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..data.augment import Batch, iterate_batches
 from ..data.split import Split
 from ..errors import NetcompressError
+from ..runtime import model_device
 
 METHODS = ("logits", "rkd")
 
@@ -105,7 +106,7 @@ class DistillLoss:
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: DistillConfig, channels_last: bool = True):
         self.cfg = cfg
-        self.device = next(teacher.parameters()).device
+        self.device = model_device(teacher)
         self.bf16 = cfg.teacher_precision == "bf16" or (cfg.teacher_precision == "auto" and native_bf16(self.device))
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():

@@ -33,7 +33,7 @@ from ..files import atomic_write, atomic_write_text
 from ..formats.load import load
 from ..formats.model_file import save_model
 from ..measure.evaluate import classification_metrics, predict_logits
-from ..runtime import log, resolve_device
+from ..runtime import log, model_device, resolve_device
 from ..spec import attach, copy_model, spec_of
 from .distill import DistillConfig, DistillLoss, check_teacher
 from .distributed import World
@@ -191,7 +191,7 @@ def _teacher_module(teacher, train: Split) -> nn.Module:
     spec = spec_of(net)
     if spec.class_names:
         check_teacher(spec.class_names, train.class_names, teacher if isinstance(teacher, (str, Path)) else "module")
-    _check_outputs(net, train, next(net.parameters()).device, "the teacher")
+    _check_outputs(net, train, model_device(net), "the teacher")
     return net
 
 
