@@ -64,3 +64,8 @@ def log(message: str) -> None:
     from tqdm import tqdm
 
     tqdm.write(message, file=sys.stderr)
+
+
+def bars_off(progress: bool) -> bool | None:
+    """tqdm's `disable`: no bars when progress is off, nor when stderr is a file (logs keep the summary lines)."""
+    return None if progress else True

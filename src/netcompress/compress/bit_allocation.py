@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import NetcompressError
+from ..runtime import bars_off
 from .quant_config import QuantConfig, encode_model, prepared
 
 GRANULE = 8  # bytes per knapsack unit
@@ -32,7 +33,7 @@ def sensitivity(model, cfg: QuantConfig, images: torch.Tensor, widths: list[int]
     ref = F.log_softmax(model(images), 1)
     names = [k for k, t in state.items() if cfg.quantizes(k, t)]
     table: dict[str, dict[int, tuple[float, int]]] = {}
-    bar = tqdm(total=len(names) * len(widths), desc="sensitivity", unit="run", disable=not progress, leave=False)
+    bar = tqdm(total=len(names) * len(widths), desc="sensitivity", unit="run", disable=bars_off(progress), leave=False)
     for name in names:
         original = state[name].clone()
         table[name] = {}

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..data.augment import AugmentConfig, iterate_batches
 from ..data.split import Split
+from ..runtime import bars_off
 from ..spec import copy_model
 from ..train.distill import kd_loss
 from .quant_config import QuantConfig, prepared
@@ -35,7 +36,7 @@ def finetune_quantized(model: nn.Module, cfg: QuantConfig, train: Split, batch_s
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
     gen = torch.Generator().manual_seed(seed)
     cpu = torch.device("cpu")
-    bar = tqdm(total=steps, desc="quantization-aware fine-tuning", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=steps, desc="quantization-aware fine-tuning", unit="step", disable=bars_off(progress), leave=False)
     for _ in range(epochs):
         for x, y, _ in iterate_batches(train, batch_size, device=cpu, shuffle=True, augment=AugmentConfig(),
                                     generator=gen):

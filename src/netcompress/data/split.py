@@ -19,13 +19,18 @@ UNLABELED = -1
 
 @dataclass(frozen=True)
 class Split:
-    """One split: images [N, C, S, S] (uint8 0..255, or float 0..1), labels int64 [N] (-1 where unlabeled)."""
+    """One split: images [N, C, S, S] (uint8 0..255, or float 0..1), labels int64 [N] (-1 where unlabeled).
+
+    skipped: (position, file) of the files left out as unreadable, so that a submission keeps every
+    file's Id and row.
+    """
 
     name: str
     images: torch.Tensor
     labels: torch.Tensor
     files: list[str]
     class_names: list[str]
+    skipped: tuple[tuple[int, str], ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -41,6 +46,15 @@ class Split:
     @property
     def image_size(self) -> int:
         return int(self.images.shape[-1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    def subset(self, name: str, positions: torch.Tensor) -> "Split":
+        """The images at `positions`, as a split of its own."""
+        return Split(name, self.images[positions], self.labels[positions], [self.files[i] for i in positions.tolist()],
+                     self.class_names)
 
 
 def as_split(data, name: str = "data", class_names: list[str] | None = None) -> Split:
@@ -70,9 +84,9 @@ def as_split(data, name: str = "data", class_names: list[str] | None = None) -> 
     if not images:
         raise NetcompressError(f"{name}: the dataset is empty")
     x, y = torch.cat(images), torch.cat(labels)
-    if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
-        raise NetcompressError(f"{name}: images must be square [C, S, S] tensors; got a batch of shape "
-                               f"{list(x.shape)}: resize and crop them in the dataset's transform")
+    if x.dim() != 4 or x.shape[-1] != x.shape[-2] or x.shape[1] not in (1, 3):
+        raise NetcompressError(f"{name}: images must be square [C, S, S] tensors with 1 or 3 channels; got a batch "
+                               f"of shape {list(x.shape)}: resize and crop them in the dataset's transform")
     names = class_names or list(getattr(source, "classes", None) or [str(i) for i in range(int(y.max()) + 1)])
     if int(y.max()) >= len(names) or int(y.min()) < UNLABELED:
         raise NetcompressError(f"{name}: labels span {int(y.min())}..{int(y.max())} but there are {len(names)} classes")

@@ -33,7 +33,7 @@ from ..files import atomic_write, atomic_write_text
 from ..formats.load import load
 from ..formats.model_file import save_model
 from ..measure.evaluate import classification_metrics, predict_logits
-from ..runtime import log, model_device, resolve_device
+from ..runtime import bars_off, log, model_device, resolve_device
 from ..spec import attach, copy_model, spec_of
 from .distill import DistillConfig, DistillLoss, check_teacher
 from .distributed import World
@@ -283,7 +283,7 @@ class _Loop:
         seen = 0
         batches = iterate_batches(self.train, local_batch, device=device, shuffle=True, augment=cfg.augment,
                                   generator=gen, channels_last=cfg.channels_last, shard=(world.rank, world.size))
-        bar = tqdm(batches, total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not self.progress,
+        bar = tqdm(batches, total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=bars_off(self.progress),
                    leave=False)
         for step, batch in enumerate(bar):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
