@@ -43,7 +43,7 @@ def test_not_a_model_file_is_a_clear_error(tmp_path):
 
 
 def test_course_checkpoint_imports_with_its_exact_architecture(course_ckpt, tmp_path):
-    net = import_course_checkpoint(course_ckpt)
+    net = import_course_checkpoint(course_ckpt, input_size=64)
     spec = nc.spec_of(net)
     assert nc.count_parameters(net) == 256_779
     assert spec.kwargs["widths"] == [16, 32, 64, 128, 256, 256, 256, 256] and spec.num_classes == 11

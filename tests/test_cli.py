@@ -24,7 +24,7 @@ def test_every_verb_has_help_with_an_example():
     from netcompress.cli import app
 
     verbs = sorted(get_command(app).commands)
-    assert len(verbs) == 17
+    assert len(verbs) == 18
     runner = CliRunner()
     for verb in verbs:
         result = runner.invoke(app, [verb, "--help"])
@@ -82,9 +82,11 @@ def test_train_evaluate_predict_on_a_tiny_dataset(jpeg_dataset, tmp_path):
 
 
 def test_summary_of_the_course_checkpoint(course_ckpt):
-    totals = json.loads(netcompress("summary", course_ckpt, "--no-latency", "--json").stdout)
+    totals = json.loads(netcompress("summary", course_ckpt, "--image-size", 256, "--no-latency", "--json").stdout)
     assert totals["parameters"] == 256_779 and totals["file_bytes"] == 1_047_430
     assert totals["input_size"] == 256 and totals["macs"] > 100_000_000
+    unknown = netcompress("summary", course_ckpt, "--no-latency", check=False)  # the file records no input size
+    assert unknown.returncode == 2 and "does not record the input size" in unknown.stderr and "--image-size" in unknown.stderr
 
 
 def test_summary_table_lists_layers():
@@ -100,7 +102,7 @@ def test_predict_with_the_course_checkpoint(course_ckpt, food_root, cache_dir, t
 
 
 def test_import_then_export_course(course_ckpt, tmp_path):
-    netcompress("import-course", course_ckpt, "--out", tmp_path / "c.safetensors")
+    netcompress("import-course", course_ckpt, "--image-size", 256, "--out", tmp_path / "c.safetensors")
     netcompress("export-course", tmp_path / "c.safetensors", "--out", tmp_path / "c.bin")
     import torch
 

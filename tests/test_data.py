@@ -156,7 +156,7 @@ def test_train_test_only_folder_carves_a_stratified_seeded_validation_split(tmp_
     assert (len(train), len(val), len(test)) == (45, 15, 12)
     assert np.bincount(val.labels.numpy()).tolist() == [5, 5, 5]
     assert not {x.numpy().tobytes() for x in train.images} & {x.numpy().tobytes() for x in val.images}
-    assert data.provenance == {"layout": "split folders", "carved": {"validation": 0.25}, "carve_seed": 0}
+    assert data.provenance == {"carved": {"validation": 0.25}, "carve_seed": 0}
     again = ImageFolderData(tmp_path, 16, val_fraction=0.25, cache_dir=tmp_path / "c", progress=False)
     assert torch.equal(again.split("validation").images, val.images)  # the same carve on every rerun
     other = ImageFolderData(tmp_path, 16, val_fraction=0.25, seed=1, cache_dir=tmp_path / "c", progress=False)

@@ -43,7 +43,7 @@ def course_network_slimming(old_model, new_model):
 
 @pytest.mark.parametrize("step", [1, 3, 5])
 def test_slim_picks_exactly_the_course_channels(course_ckpt, step):
-    model = import_course_checkpoint(course_ckpt)
+    model = import_course_checkpoint(course_ckpt, input_size=64)
     widths = course_widths_at(model.widths, 0.95, step)
     ours = slim_studentnet(model, widths)
     course_new = nc.new_model("studentnet", nc.spec_of(model).class_names, 64, widths=widths).eval()
@@ -60,7 +60,7 @@ def test_slim_picks_exactly_the_course_channels(course_ckpt, step):
 
 
 def test_repeated_prune_steps_follow_the_course_schedule(course_ckpt):
-    model = import_course_checkpoint(course_ckpt)
+    model = import_course_checkpoint(course_ckpt, input_size=64)
     for step in (1, 2, 3):
         model = nc.prune(model, method="slim", rate=0.95)
         assert nc.spec_of(model).kwargs["widths"] == course_widths_at([16, 32, 64, 128, 256, 256, 256, 256], 0.95, step)
@@ -73,7 +73,7 @@ def test_course_width_schedule():
 
 
 def test_pruned_studentnet_file_round_trips(course_ckpt, tmp_path):
-    model = import_course_checkpoint(course_ckpt)
+    model = import_course_checkpoint(course_ckpt, input_size=64)
     pruned = nc.prune(nc.prune(model, method="slim", rate=0.5), method="slim", rate=0.5)
     loaded = nc.load(nc.save(pruned, tmp_path / "p.safetensors"))
     x = torch.rand(2, 3, 64, 64)

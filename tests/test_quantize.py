@@ -278,7 +278,7 @@ def test_onnx_fp32_matches_pytorch_and_int8_runs(course, food_images, tmp_path, 
     net = course
     path = nc.export_onnx(net, tmp_path / "m.onnx")
     onnx_net = load_onnx(path, threads=1)
-    assert nc.spec_of(onnx_net) == nc.spec_of(net)
+    assert nc.spec_of(onnx_net) == nc.spec_of(net).with_info(onnx={"input_size": 32, "dynamic_size": False})
     ref = net(food_images)
     assert torch.allclose(onnx_net(food_images), ref, atol=1e-4)
     assert torch.allclose(onnx_net(food_images[:1]), ref[:1], atol=1e-4)  # dynamic batch
@@ -316,7 +316,8 @@ def test_cli_verbs_have_examples_and_open_every_format(course_ckpt, tmp_path):
     pkl = runner.invoke(app, ["course-pkl", str(course_ckpt), "--bits", "8", "--out", str(tmp_path / "c.pkl")])
     assert pkl.exit_code == 0, pkl.output
     for f in ("c.ncq", "c.pkl"):
-        totals = json.loads(runner.invoke(app, ["summary", str(tmp_path / f), "--no-latency", "--json"]).stdout)
+        totals = json.loads(runner.invoke(app, ["summary", str(tmp_path / f), "--image-size", "64", "--no-latency",
+                                                "--json"]).stdout)
         assert totals["parameters"] == 256_779 and totals["file_bytes"] == (tmp_path / f).stat().st_size
 
 

@@ -29,6 +29,7 @@ from .data.split import Split
 from .errors import NetcompressError
 from .formats.load import load, save
 from .formats.onnx import export_onnx
+from .formats.state_dict import load_state_dict
 from .measure.cost import count_macs, count_parameters, latency_ms
 from .measure.evaluate import evaluate, predict
 from .models import create_model, list_models, register_model
@@ -49,7 +50,7 @@ __all__ = [
     "factorize", "factorize_and_finetune", "LowRankConfig",
     "quantize", "QuantConfig", "QuantizedModel", "Codec", "register_codec", "list_codecs",
     # files
-    "save", "load", "export_onnx",
+    "save", "load", "load_state_dict", "export_onnx",
     # measurement
     "evaluate", "predict", "count_parameters", "count_macs", "latency_ms",
     "NetcompressError", "__version__",

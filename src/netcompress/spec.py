@@ -37,10 +37,18 @@ class ModelSpec:
     preprocessing: dict = field(default_factory=lambda: dict(DEFAULT_PREPROCESSING))
     info: dict = field(default_factory=dict)  # free-form provenance: metrics, how it was made
     overrides: dict = field(default_factory=dict)  # layer name -> replacement layer (pruned or factorized)
+    channels: int = 3  # 3: RGB, 1: grayscale
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        """The shape of a batch of inputs: (batch, channels, size, size)."""
+        if not self.input_size:
+            raise NetcompressError("the model's input size is not known yet: pass an example input, or fit or save "
+                                   "it with its input size")
+        return batch, self.channels, self.input_size, self.input_size
 
     def replace(self, **changes) -> "ModelSpec":
         return dataclasses.replace(self, **changes)
@@ -67,10 +75,11 @@ class ModelSpec:
         return attach(apply_overrides(net, self.overrides), self)
 
 
-def new_model(arch: str, class_names: list[str], input_size: int, **kwargs) -> nn.Module:
-    """Build a registered model for `class_names`, spec attached (None-valued kwargs keep their defaults)."""
-    full = model_kwargs(arch, **kwargs, num_classes=len(class_names))
-    spec = ModelSpec(arch, full, list(class_names), input_size)
+def new_model(arch: str, class_names: list[str], input_size: int, channels: int = 3, **kwargs) -> nn.Module:
+    """Build a registered model for `class_names` and `channels`-channel images, spec attached (None-valued
+    kwargs keep their defaults)."""
+    full = model_kwargs(arch, **kwargs, num_classes=len(class_names), in_channels=channels)
+    spec = ModelSpec(arch, full, list(class_names), input_size, channels=channels)
     net = create_model(arch, **full)
     return attach(net, spec)
 

@@ -5,7 +5,9 @@ One module per verb family; importing them registers their commands on the share
 
 from __future__ import annotations
 
+import re
 import sys
+import warnings
 
 from ..errors import NetcompressError
 # importing the verb families registers their commands, listed in this order by --help
@@ -14,14 +16,19 @@ from . import compress, formats, measure, pipeline  # noqa: F401
 from .common import app
 
 
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def main() -> None:
     from ..runtime import tune_allocator
 
     tune_allocator()
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
     try:
         app()
     except NetcompressError as exc:
-        print(f"error: {exc}", file=sys.stderr)  # one unwrapped line: greppable, no traceback
+        message = str(exc) if sys.stderr.isatty() else ANSI_CODES.sub("", str(exc))
+        print(f"error: {message}", file=sys.stderr)  # one message, no traceback
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume where it stopped", file=sys.stderr)

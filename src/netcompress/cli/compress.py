@@ -19,35 +19,15 @@ from .. import (
     list_pruners,
     load,
     prune_iteratively,
-    spec_of,
 )
 from .. import quantize as quantize_model
 from ..compress.lowrank import format_layers
 from ..formats.onnx import OnnxModel
 from ..pipeline.report import plot_pruning
 from ..runtime import resolve_device, seed_everything
-from .common import (
-    BatchSizeOpt,
-    CacheOpt,
-    DataOpt,
-    DeviceOpt,
-    FinetuneAlphaOpt,
-    FinetuneTemperatureOpt,
-    JsonOpt,
-    ModelSizeOpt,
-    ProgressOpt,
-    SeedOpt,
-    SkipBadOpt,
-    TeacherOpt,
-    app,
-    console,
-    distill_config,
-    emit,
-    folder,
-    kv_table,
-    model_and_data,
-    rows_table,
-)
+from .common import (BatchSizeOpt, CacheOpt, DataOpt, DeviceOpt, FinetuneAlphaOpt, FinetuneTemperatureOpt, JsonOpt,
+                     LabelsOpt, ModelSizeOpt, ProgressOpt, SeedOpt, SkipBadOpt, TeacherOpt, ThreadsOpt, ValFractionOpt, app,
+                     console, data_for, distill_config, emit, kv_table, model_and_data, rows_table, set_threads)
 
 
 @app.command()
@@ -69,8 +49,11 @@ def prune(
     image_size: Optional[int] = ModelSizeOpt,
     batch_size: int = BatchSizeOpt,
     lr: float = typer.Option(1e-3, "--lr"),
+    labels: Optional[Path] = LabelsOpt,
+    val_fraction: float = ValFractionOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
     progress: bool = ProgressOpt,
@@ -88,8 +71,9 @@ def prune(
                       sparsity_epochs=sparsity_epochs)
     finetune = TrainConfig(epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed)
     kd = distill_config(teacher, temperature, alpha)
+    set_threads(threads)
     seed_everything(seed)
-    net, ds = model_and_data(model_file, data, image_size, cache_dir, skip_bad, progress)
+    net, ds = model_and_data(model_file, data, image_size, cache_dir, skip_bad, progress, labels, val_fraction)
     result = prune_iteratively(net, cfg, ds, finetune, teacher=teacher, distill=kd, run_dir=out,
                                device=resolve_device(device), progress=progress)
     shown = [{**r, "accuracy": f"{r['val_accuracy']:.4f}" + (f" ({r['val_accuracy_before_finetune']:.3f})"
@@ -121,8 +105,11 @@ def lowrank(
     image_size: Optional[int] = ModelSizeOpt,
     batch_size: int = BatchSizeOpt,
     lr: float = typer.Option(1e-3, "--lr"),
+    labels: Optional[Path] = LabelsOpt,
+    val_fraction: float = ValFractionOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
     progress: bool = ProgressOpt,
@@ -145,8 +132,9 @@ def lowrank(
         raise NetcompressError(f"--finetune-epochs {finetune_epochs} must be >= 0")
     finetune = TrainConfig(epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed) if finetune_epochs else None
     kd = distill_config(teacher, temperature, alpha)
+    set_threads(threads)
     seed_everything(seed)
-    net, ds = model_and_data(model_file, data, image_size, cache_dir, skip_bad, progress)
+    net, ds = model_and_data(model_file, data, image_size, cache_dir, skip_bad, progress, labels, val_fraction)
     settings = {"model_file": str(model_file), "teacher": str(teacher) if teacher else None}
     result = factorize_and_finetune(net, cfg, ds, finetune, teacher=teacher, distill=kd, run_dir=out,
                                     device=resolve_device(device), settings=settings, progress=progress)
@@ -192,6 +180,7 @@ def quantize(
     finetune_lr: float = typer.Option(3e-4, "--finetune-lr", help="AdamW learning rate for --finetune (cosine)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Also report validation accuracy, fp32 vs quantized."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
+    threads: Optional[int] = ThreadsOpt,
     cache_dir: Optional[Path] = CacheOpt,
     progress: bool = ProgressOpt,
     as_json: bool = JsonOpt,
@@ -210,11 +199,12 @@ def quantize(
         raise NetcompressError(f"--out {out}: quantized files end in .ncq (other tools pick the loader by suffix)")
     if cfg.needs_data and data is None:
         raise NetcompressError("--budget and --finetune need --data DIR: they use its training images")
+    set_threads(threads)
     net = load(model_file)
     if isinstance(net, OnnxModel):
         raise NetcompressError(f"{model_file} is an ONNX file; quantize a .safetensors model (or use `netcompress "
                                "export --int8` for an int8 ONNX model)")
-    ds = None if data is None else folder(data, image_size or spec_of(net).input_size, cache_dir, False, progress)
+    ds = None if data is None else data_for(net, model_file, data, image_size, cache_dir, False, progress)
     stored = quantize_model(net, cfg, ds, progress=progress)
     stored.save(out)
     used = stored.config

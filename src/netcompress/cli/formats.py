@@ -7,11 +7,15 @@ from typing import Optional
 
 import typer
 
+import json
+
 from .. import NetcompressError, evaluate, export_onnx, load, save, spec_of
 from ..data.folder import read_class_names
-from ..formats.course import export_course_state_dict, import_course_checkpoint, save_course_pkl
+from ..formats.course import export_course_state_dict, import_course_checkpoint, load_course_pkl, save_course_pkl
 from ..formats.onnx import OnnxModel
-from .common import CacheOpt, JsonOpt, app, console, emit, folder, kv_table
+from ..formats.state_dict import load_into_registered
+from ..spec import attach
+from .common import CacheOpt, JsonOpt, ThreadsOpt, app, console, data_for, emit, kv_table, set_threads
 
 
 @app.command()
@@ -23,6 +27,10 @@ def export(
     method: str = typer.Option("minmax", "--calibration-method", help="minmax, entropy or percentile."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: calibration images (training split) "
                                                              "and, when given, fp32 vs exported validation accuracy."),
+    dynamic_size: bool = typer.Option(False, "--dynamic-size", help="Height and width dynamic too (the batch always "
+                                      "is); the file records the size the model was trained at."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
+    threads: Optional[int] = ThreadsOpt,
     cache_dir: Optional[Path] = CacheOpt,
     as_json: bool = JsonOpt,
 ):
@@ -32,13 +40,17 @@ def export(
     """
     if int8 and data is None:
         raise NetcompressError("--int8 needs --data DIR: its training images calibrate the activation ranges")
+    set_threads(threads)
     net = load(model_file)
     if isinstance(net, OnnxModel):
         raise NetcompressError(f"{model_file} is already ONNX; export a .safetensors or .ncq model")
-    ds = None if data is None else folder(data, spec_of(net).input_size, cache_dir, False, True)
-    export_onnx(net, out, int8=int8, calibration=ds, calibration_images=calibration, calibration_method=method)
+    if image_size:
+        attach(net, spec_of(net).replace(input_size=image_size))
+    ds = None if data is None else data_for(net, model_file, data, image_size, cache_dir, False, True)
+    export_onnx(net, out, int8=int8, calibration=ds, calibration_images=calibration, calibration_method=method,
+                dynamic_size=dynamic_size)
     result = {"model": str(model_file), "out": str(out), "precision": "int8 (QDQ)" if int8 else "fp32",
-              "bytes": out.stat().st_size}
+              "input": "dynamic size" if dynamic_size else f"{spec_of(net).input_size}px", "bytes": out.stat().st_size}
     if ds is not None:
         result.update(val_accuracy_fp32=evaluate(net, ds, device="cpu")["accuracy"],
                       val_accuracy=evaluate(load(out), ds, device="cpu")["accuracy"])
@@ -65,21 +77,70 @@ def course_pkl(
 
 @app.command("import-course")
 def import_course(
-    checkpoint: Path = typer.Argument(..., help="The course's StudentNet state_dict, e.g. student_custom_small.bin."),
+    checkpoint: Path = typer.Argument(..., help="The course's StudentNet: a state_dict (.bin, .pt) or 8/16-bit pickle (.pkl)."),
     out: Path = typer.Option(..., "--out", help="Model file to write (.safetensors)."),
-    image_size: int = typer.Option(256, "--image-size", help="Input size the model expects (the course used 256)."),
+    image_size: int = typer.Option(..., "--image-size", help="Input size the model was trained at (the course: 256); "
+                                   "course files do not record it."),
     classes: Optional[Path] = typer.Option(None, "--classes", help="classes.txt with the class names."),
+    pool_after: Optional[str] = typer.Option(None, "--pool-after", help="Blocks followed by a MaxPool, e.g. 0,1,2,3 "
+                                             "[default: the course's for 8 blocks, the seed report's 0,1,2,5 for 9]."),
 ):
-    """Convert a course checkpoint into a netcompress model file (no pickle code runs).
+    """Convert a course checkpoint or pickle into a netcompress model file (no pickle code runs).
 
-    Example: netcompress import-course ../shared/data/hw7/student_custom_small.bin --out course.safetensors
+    Example: netcompress import-course ../shared/data/hw7/student_custom_small.bin --image-size 256 --out course.safetensors
     """
     if classes and classes.name != "classes.txt":
         raise NetcompressError(f"--classes {classes}: expected a file named classes.txt")
     names = read_class_names(classes.parent) if classes else None
-    net = import_course_checkpoint(checkpoint, class_names=names, input_size=image_size)
+    pools = _int_list(pool_after, "--pool-after") if pool_after else None
+    if checkpoint.suffix.lower() == ".pkl":
+        net = load_course_pkl(checkpoint, class_names=names, input_size=image_size, pool_after=pools)
+    else:
+        net = import_course_checkpoint(checkpoint, class_names=names, input_size=image_size, pool_after=pools)
     save(net, out)
-    console.print(f"wrote {out} ({out.stat().st_size:,} bytes): {spec_of(net).arch} widths {spec_of(net).kwargs['widths']}")
+    spec = spec_of(net)
+    note = f"; MaxPool positions {spec.info['pool_after']}" if "pool_after" in spec.info else ""
+    console.print(f"wrote {out} ({out.stat().st_size:,} bytes): {spec.arch} widths {spec.kwargs['widths']}{note}")
+
+
+@app.command("import-state-dict")
+def import_state_dict(
+    checkpoint: Path = typer.Argument(..., help="A torch state_dict file (legacy or zip format; .pt, .pth, .bin)."),
+    arch: str = typer.Option(..., "--arch", help="Registered architecture (netcompress models), e.g. groupcnn, resnet18."),
+    kwargs: str = typer.Option("{}", "--kwargs", help="Constructor arguments as JSON, e.g. '{\"groups\": 4}'; the "
+                               "class count, input channels and StudentNet/CNN widths are read from the file."),
+    out: Path = typer.Option(..., "--out", help="Model file to write (.safetensors)."),
+    image_size: int = typer.Option(..., "--image-size", help="Input size the model was trained at."),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="classes.txt with the class names."),
+):
+    """Load any state_dict checkpoint (weights only: no code runs) into a registered architecture.
+
+    Every tensor the checkpoint lacks, has in excess or has in another shape is listed with the
+    likely fix. The model file it writes works with every verb. Your own module class: use
+    nc.load_state_dict(path, MyNet()) from Python.
+
+    Example: netcompress import-state-dict groupcnn.pt --arch groupcnn --kwargs '{"pool_after": [0, 1, 2, 3]}' --image-size 64 --out gcnn.safetensors
+    """
+    try:
+        given = json.loads(kwargs)
+    except json.JSONDecodeError as exc:
+        raise NetcompressError(f"--kwargs {kwargs!r} is not JSON ({exc}); write e.g. '{{\"groups\": 4}}'") from exc
+    if not isinstance(given, dict):
+        raise NetcompressError(f"--kwargs {kwargs!r} must be a JSON object of constructor arguments")
+    if classes and classes.name != "classes.txt":
+        raise NetcompressError(f"--classes {classes}: expected a file named classes.txt")
+    names = read_class_names(classes.parent) if classes else None
+    net = load_into_registered(checkpoint, arch, given, class_names=names, input_size=image_size)
+    save(net, out)
+    console.print(f"wrote {out} ({out.stat().st_size:,} bytes): {arch} "
+                  + ", ".join(f"{k}={v}" for k, v in spec_of(net).kwargs.items() if k not in ("base", "multipliers")))
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise NetcompressError(f"{option} {text!r}: write block numbers separated by commas, e.g. 0,1,2,3") from exc
 
 
 @app.command("export-course")

@@ -19,7 +19,8 @@ from ..formats.onnx import OnnxModel
 from ..measure.cost import layer_table
 from ..measure.evaluate import plot_confusion, write_submission
 from ..runtime import resolve_device
-from .common import MODEL_FILES, CacheOpt, DataOpt, DeviceOpt, JsonOpt, SkipBadOpt, app, console, emit, folder, kv_table
+from .common import (MODEL_FILES, CacheOpt, DataOpt, DeviceOpt, JsonOpt, LabelsOpt, SkipBadOpt, ThreadsOpt, app, console,
+                     data_for, emit, input_size_of, kv_table, set_threads)
 
 
 @app.command()
@@ -39,7 +40,9 @@ def evaluate(
     split: str = typer.Option("validation", "--split", help="validation or testing (needs labeled files)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write metrics JSON and confusion.png here."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
+    labels: Optional[Path] = LabelsOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
     as_json: bool = JsonOpt,
@@ -48,8 +51,9 @@ def evaluate(
 
     Example: netcompress evaluate runs/student/best.safetensors --data ../shared/data/food101_10 --split validation
     """
+    set_threads(threads)
     net = load(model_file)
-    ds = folder(data, image_size or spec_of(net).input_size, cache_dir, skip_bad, True)
+    ds = data_for(net, model_file, data, image_size, cache_dir, skip_bad, True, labels)
     metrics = evaluate_model(net, ds, split, device=resolve_device(device))
     result = {"model": str(model_file), **metrics}
     names = ds.split(split).class_names
@@ -73,19 +77,27 @@ def predict(
     out: Path = typer.Option(Path("pred.csv"), "--out", help="CSV in the course's format: Id,label."),
     split: str = typer.Option("testing", "--split"),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
+    with_filenames: bool = typer.Option(False, "--with-filenames", help="Add a file column to the CSV."),
+    labels: Optional[Path] = LabelsOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
 ):
     """Write predictions for a split in the course's submission format (Id = sorted file order).
 
-    Example: netcompress predict model.safetensors --data ../shared/data/food101_10 --out pred.csv
+    With --skip-bad, an unreadable file keeps its Id and row, with an empty label.
+
+    Example: netcompress predict model.safetensors --data ../shared/data/food101_10 --out pred.csv --with-filenames
     """
+    set_threads(threads)
     net = load(model_file)
-    ds = folder(data, image_size or spec_of(net).input_size, cache_dir, skip_bad, True)
-    pred = predict_logits(net, ds, split, device=resolve_device(device)).argmax(1)
-    write_submission(pred, out)
-    console.print(f"wrote {len(pred)} predictions to {out}")
+    ds = data_for(net, model_file, data, image_size, cache_dir, skip_bad, True, labels)
+    images = ds.split(split)
+    pred = predict_logits(net, images, split, device=resolve_device(device)).argmax(1)
+    write_submission(pred, images, out, with_filenames)
+    console.print(f"wrote {len(pred) + len(images.skipped)} rows to {out}"
+                  + (f" ({len(images.skipped)} unreadable files with an empty label)" if images.skipped else ""))
 
 
 @app.command()
@@ -95,12 +107,14 @@ def summary(
     num_classes: int = typer.Option(11, "--num-classes", help="For a model name: its class count."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure fp32 latency at batch 1 and 64."),
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     as_json: bool = JsonOpt,
 ):
     """A torchsummary-style layer table and totals: parameters, MACs, bytes, latency.
 
-    Example: netcompress summary ../shared/data/hw7/student_custom_small.bin
+    Example: netcompress summary ../shared/data/hw7/student_custom_small.bin --image-size 256
     """
+    set_threads(threads)
     path = Path(model)
     if path.exists():
         net = load(path)
@@ -109,7 +123,7 @@ def summary(
     else:
         net = new_model(model, [str(i) for i in range(num_classes)], image_size or 96)
     spec = spec_of(net)
-    size = image_size or spec.input_size
+    size = image_size or input_size_of(spec, model)
     if isinstance(net, OnnxModel):  # no torch modules to walk; list its operators instead
         import onnx
 

@@ -13,25 +13,9 @@ from ..pipeline.recipe import load_recipe
 from ..pipeline.report import write_report
 from ..pipeline.stages import run_recipe
 from ..runtime import resolve_device
-from .common import (
-    BatchSizeOpt,
-    CacheOpt,
-    DataOpt,
-    DeviceOpt,
-    FinetuneAlphaOpt,
-    FinetuneTemperatureOpt,
-    JsonOpt,
-    ProgressOpt,
-    SeedOpt,
-    SkipBadOpt,
-    TeacherOpt,
-    app,
-    console,
-    distill_config,
-    emit,
-    folder,
-    rows_table,
-)
+from .common import (BatchSizeOpt, CacheOpt, ChannelsOpt, DataOpt, DeviceOpt, FinetuneAlphaOpt, FinetuneTemperatureOpt,
+                     JsonOpt, LabelsOpt, ProgressOpt, SeedOpt, SkipBadOpt, TeacherOpt, ThreadsOpt, ValFractionOpt, app,
+                     console, distill_config, emit, folder, rows_table, set_threads)
 
 
 @app.command("compare-arch")
@@ -48,8 +32,12 @@ def compare_arch_cmd(
     out: Path = typer.Option(Path("runs/compare-arch"), "--out", help="Run directory (resumable)."),
     batch_size: int = BatchSizeOpt,
     lr: float = typer.Option(1e-3, "--lr"),
+    channels: int = ChannelsOpt,
+    labels: Optional[Path] = LabelsOpt,
+    val_fraction: float = ValFractionOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
     progress: bool = ProgressOpt,
@@ -63,7 +51,9 @@ def compare_arch_cmd(
     Example: netcompress compare-arch --data ../shared/data/food101_10 --budget-params 250000 --epochs 20 --image-size 64 --out runs/arch
     """
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    ds = folder(data, image_size, cache_dir, skip_bad, progress)
+    set_threads(threads)
+    ds = folder(data, image_size, cache_dir, skip_bad, progress, channels=channels, labels=labels,
+                val_fraction=val_fraction)
     rows = compare(ds, cfg, out, device=resolve_device(device), params=budget_params, bytes_int8=budget_bytes,
                    groups=groups, teacher=teacher, distill=distill_config(teacher, temperature, alpha),
                    progress=progress)
@@ -83,6 +73,7 @@ def run_cmd(
     target_bytes: Optional[int] = typer.Option(None, "--target-bytes", help="Choose the best model with a file of at most N bytes."),
     target_params: Optional[int] = typer.Option(None, "--target-params", help="Choose the best model with at most N parameters."),
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     cache_dir: Optional[Path] = CacheOpt,
     progress: bool = ProgressOpt,
     as_json: bool = JsonOpt,
@@ -94,6 +85,7 @@ def run_cmd(
     Example: netcompress run recipes/demo.toml --out runs/demo --target-bytes 300000 --set student.epochs=5
     """
     parsed = load_recipe(recipe, overrides)
+    set_threads(threads)
     summary = run_recipe(parsed, out, resolve_device(device), target_bytes=target_bytes, target_params=target_params,
                          cache_dir=cache_dir, progress=progress)
     _, html = write_report(out)

@@ -11,23 +11,9 @@ from .. import AugmentConfig, DistillConfig, TrainConfig, fit, load, new_model, 
 from ..runtime import resolve_device, seed_everything
 from ..spec import attach
 from ..train.distributed import init_from_env
-from .common import (
-    BatchSizeOpt,
-    CacheOpt,
-    DataOpt,
-    DeviceOpt,
-    JsonOpt,
-    NprocOpt,
-    PrecisionOpt,
-    ProgressOpt,
-    SeedOpt,
-    SkipBadOpt,
-    app,
-    emit,
-    folder,
-    kv_table,
-    launch_if_asked,
-)
+from .common import (BatchSizeOpt, CacheOpt, ChannelsOpt, DataOpt, DeviceOpt, JsonOpt, LabelsOpt, NprocOpt, PrecisionOpt,
+                     ProgressOpt, SeedOpt, SkipBadOpt, ThreadsOpt, ValFractionOpt, app, emit, folder, input_size_of,
+                     kv_table, launch_if_asked, set_threads)
 
 
 @app.command()
@@ -44,8 +30,12 @@ def train(
     label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
     width_mult: Optional[float] = typer.Option(None, "--width-mult", help="StudentNet width multiplier."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="Start from ImageNet weights (teachers)."),
+    channels: int = ChannelsOpt,
+    labels: Optional[Path] = LabelsOpt,
+    val_fraction: float = ValFractionOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
     progress: bool = ProgressOpt,
@@ -56,17 +46,22 @@ def train(
     """Train a model from scratch (or from pretrained weights) with the course's augmentation.
 
     Keeps the best-validation model in OUT/best.safetensors; Ctrl-C, then the same command again,
-    resumes after the last finished epoch.
+    resumes after the last finished epoch. --data takes split folders (training|train,
+    validation|val|valid, testing|test) in the Food-11 (<label>_<k>.jpg) or ImageFolder
+    (<split>/<class>/*.jpg) layout, one folder per class with no split folders, or any of these
+    with --labels labels.csv; a missing validation split is carved from training (--val-fraction).
 
     Example: netcompress train --model studentnet --data ../shared/data/food101_10 --image-size 64 --epochs 10 --out runs/student
     """
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
                       label_smoothing=label_smoothing, seed=seed, precision=precision)
     launch_if_asked(nproc)
+    set_threads(threads)
     world, dev = init_from_env(resolve_device(device))
     seed_everything(seed)
-    ds = folder(data, image_size, cache_dir, skip_bad, progress and world.main)
-    net = new_model(model, _class_names(ds, world), image_size, width_mult=width_mult, pretrained=pretrained)
+    ds = folder(data, image_size, cache_dir, skip_bad, progress and world.main, channels=channels, labels=labels,
+                val_fraction=val_fraction)
+    net = new_model(model, _class_names(ds, world), image_size, channels, width_mult=width_mult, pretrained=pretrained)
     best = fit(net, ds, cfg, run_dir=out, device=dev, progress=progress, world=world)
     if world.main:
         _report(best, out, {"model": model}, as_json, f"train {model}")
@@ -93,8 +88,11 @@ def distill(
     weight_decay: float = typer.Option(1e-2, "--weight-decay"),
     schedule: str = typer.Option("cosine", "--schedule"),
     width_mult: Optional[float] = typer.Option(None, "--width-mult", help="StudentNet width multiplier."),
+    labels: Optional[Path] = LabelsOpt,
+    val_fraction: float = ValFractionOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     skip_bad: bool = SkipBadOpt,
     cache_dir: Optional[Path] = CacheOpt,
     progress: bool = ProgressOpt,
@@ -106,7 +104,8 @@ def distill(
 
     Teacher and student see the same augmented batch; the teacher runs in eval mode with no
     gradients. --method rkd adds relational KD (distances and angles between the samples'
-    penultimate features). Same run directory, resume and outputs as `train`.
+    penultimate features). Same run directory, resume, data layouts and outputs as `train`; the
+    student takes the teacher's channels.
 
     Example: netcompress distill --teacher runs/teacher/best.safetensors --student studentnet --data ../shared/data/food101_10 -T 4 --alpha 0.9 --out runs/kd
     """
@@ -115,15 +114,18 @@ def distill(
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
                       seed=seed, augment=AugmentConfig() if augment else None, precision=precision)
     launch_if_asked(nproc)
+    set_threads(threads)
     world, dev = init_from_env(resolve_device(device))
     seed_everything(seed)
-    size = image_size or spec_of(load(teacher)).input_size
-    ds = folder(data, size, cache_dir, skip_bad, progress and world.main)
+    teacher_spec = spec_of(load(teacher))
+    size = image_size or input_size_of(teacher_spec, teacher)
+    ds = folder(data, size, cache_dir, skip_bad, progress and world.main, channels=teacher_spec.channels,
+                labels=labels, val_fraction=val_fraction)
     if Path(student).suffix == ".safetensors":
         net = load(student)
         attach(net, spec_of(net).replace(input_size=size))
     else:
-        net = new_model(student, _class_names(ds, world), size, width_mult=width_mult)
+        net = new_model(student, _class_names(ds, world), size, teacher_spec.channels, width_mult=width_mult)
     best = fit(net, ds, cfg, teacher=teacher, distill=kd, run_dir=out, device=dev, progress=progress, world=world,
                settings={"student": student})
     if world.main:

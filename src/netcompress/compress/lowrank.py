@@ -390,7 +390,7 @@ def factorize_model(model: nn.Module, cfg: LowRankConfig, example_input: torch.T
     if example_input is None:
         if not spec.input_size:
             raise NetcompressError("pass example_input=torch.randn(1, 3, S, S): the model's input size is not known yet")
-        example_input = torch.zeros(1, 3, spec.input_size, spec.input_size)
+        example_input = torch.zeros(spec.input_shape())
     model = copy_model(model)
     before = count_parameters(model)
     plans = plan_layers(model, cfg, example_input)

@@ -85,7 +85,7 @@ def prune(model: nn.Module, config: PruneConfig | None = None, *, example_input:
     if example_input is None:
         if not spec.input_size:
             raise NetcompressError("pass example_input=torch.randn(1, 3, S, S): the model's input size is not known yet")
-        example_input = torch.rand(1, 3, spec.input_size, spec.input_size)
+        example_input = torch.rand(spec.input_shape())
     before = spec.info.get("pruned", {})
     step = before["step"] + 1 if (before.get("method"), before.get("rate")) == (cfg.method, cfg.rate) else 1
     original = copy_model(model).to(dev)

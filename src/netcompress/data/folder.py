@@ -322,8 +322,7 @@ class ImageFolderData:
         self.carved = ({"validation": val_fraction, "testing": test_fraction} if not folders
                        else {"validation": val_fraction} if "training" in folders and "validation" not in folders
                        else {})
-        self.provenance = {"layout": "split folders" if folders else "one folder, carved",
-                           **({"carved": self.carved, "carve_seed": seed} if self.carved else {})}
+        self.provenance = {"carved": self.carved, "carve_seed": seed} if self.carved else {}
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:

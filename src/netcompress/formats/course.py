@@ -17,6 +17,7 @@ everything else before it runs.
 from __future__ import annotations
 
 import pickle
+import types
 from pathlib import Path
 
 import numpy as np
@@ -27,51 +28,54 @@ from ..compress.codecs import minmax8_decode, minmax8_encode
 from ..errors import NetcompressError
 from ..files import atomic_write
 from ..models import model_kwargs
+from ..models.studentnet import StudentNet
 from ..spec import ModelSpec, spec_of
+from .state_dict import load_state_dict, read_torch_state
 
 FOOD11_CLASSES = ["Bread", "Dairy product", "Dessert", "Egg", "Fried food", "Meat", "Noodles/Pasta",
                   "Rice", "Seafood", "Soup", "Vegetable/Fruit"]
 
 
-def import_course_checkpoint(path: str | Path, *, class_names: list[str] | None = None,
-                             input_size: int = 256, pool_after: list[int] | None = None) -> nn.Module:
+def import_course_checkpoint(path: str | Path, *, class_names: list[str] | None = None, input_size: int = 0,
+                             pool_after: list[int] | None = None) -> nn.Module:
     """Load the course's StudentNet state_dict (legacy or zip torch format) without running pickle code.
 
-    Per-layer widths and the class count come from the tensor shapes; 8-block nets get the course's
-    MaxPools after blocks 0-3, 9-block nets the seed report's after 0, 1, 2 and 5.
+    Per-layer widths and the class count come from the tensor shapes. The file records neither the
+    input size (0: unknown until given) nor the MaxPool positions: give `pool_after`, or 8-block
+    nets get the course's (after blocks 0-3) and 9-block nets the seed report's (0, 1, 2, 5), noted
+    in the spec's info as a guess.
     """
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise NetcompressError(f"checkpoint {path} does not exist") from exc
-    except Exception as exc:  # torch raises many types for foreign or corrupt files
-        raise NetcompressError(f"{path}: not a readable torch state_dict ({exc})") from exc
-    return course_model_from_state(state, path, class_names=class_names, input_size=input_size, pool_after=pool_after)
+    return course_model_from_state(read_torch_state(path), Path(path), class_names=class_names, input_size=input_size,
+                                   pool_after=pool_after)
 
 
-def course_model_from_state(state: dict, path: Path, *, class_names: list[str] | None = None, input_size: int = 256,
+GUESSED_POOLS = {8: [0, 1, 2, 3], 9: [0, 1, 2, 5]}  # the course's StudentNet, the seed report's 9-block one
+
+
+def course_model_from_state(state: dict, path: Path, *, class_names: list[str] | None = None, input_size: int = 0,
                             pool_after: list[int] | None = None) -> nn.Module:
     """Rebuild a course StudentNet from its state_dict (from a .bin or a course .pkl); `path` names the source."""
     if not isinstance(state, dict) or "fc.0.weight" not in state or "cnn.0.0.weight" not in state:
-        raise NetcompressError(f"{path}: not a course StudentNet state_dict (needs keys cnn.0.0.weight and fc.0.weight)")
-    n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("cnn."))
-    widths = [state["cnn.0.0.weight"].shape[0]] + [state[f"cnn.{i}.3.weight"].shape[0] for i in range(1, n_blocks)]
-    num_classes = state["fc.0.weight"].shape[0]
+        raise NetcompressError(f"{path}: not a course StudentNet state_dict (needs keys cnn.0.0.weight and fc.0.weight); "
+                               "for other architectures use `netcompress import-state-dict CKPT --arch NAME` or "
+                               "nc.load_state_dict(path, model)")
+    found = StudentNet.kwargs_from_state(state)
+    widths, num_classes = found["widths"], found["num_classes"]
     if class_names is None:
         class_names = FOOD11_CLASSES if num_classes == 11 else [str(i) for i in range(num_classes)]
     if len(class_names) != num_classes:
         raise NetcompressError(f"{path} has {num_classes} outputs but {len(class_names)} class names were given")
-    arch = "studentnet9" if n_blocks == 9 else "studentnet"
-    kwargs = model_kwargs(arch, num_classes=num_classes, widths=widths)
-    if pool_after is not None:
-        kwargs["pool_after"] = pool_after
-    model = ModelSpec(arch, kwargs, list(class_names), input_size, info={"imported_from": path.name}).build()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise NetcompressError(f"{path}: tensors do not fit a StudentNet with widths {widths}: {exc}") from exc
-    return model.eval()
+    info = {"imported_from": path.name}
+    if pool_after is None:
+        if len(widths) not in GUESSED_POOLS:
+            raise NetcompressError(f"{path}: a {len(widths)}-block StudentNet; its MaxPool positions are not in the file: "
+                                   "give them (--pool-after 0,1,2,3 or pool_after=[...])")
+        pool_after = GUESSED_POOLS[len(widths)]
+        info["pool_after"] = f"guessed from the block count ({len(widths)}): {pool_after}"
+    arch = "studentnet9" if len(widths) == 9 else "studentnet"
+    kwargs = model_kwargs(arch, **found, pool_after=pool_after)
+    spec = ModelSpec(arch, kwargs, list(class_names), input_size, info=info, channels=found["in_channels"])
+    return load_state_dict(state, spec.build(), class_names=list(class_names), input_size=input_size).eval()
 
 
 def check_course_model(model: nn.Module, source) -> None:
@@ -137,23 +141,50 @@ def save_course_pkl(model: nn.Module, path: str | Path, bits: int = 8, protocol:
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            pickle.dump(obj, f, protocol=protocol)
+            CoursePickler(f, protocol).dump(obj)
 
     return atomic_write(Path(path), write)
 
 
-def _allowed_globals() -> dict[tuple[str, str], object]:
+def _numpy_reconstructors() -> dict[tuple[str, str], object]:
+    """numpy's array, scalar and buffer reconstructors under the names numpy 1.x gives them."""
     try:
         from numpy._core import multiarray, numeric
     except ImportError:  # numpy 1.x
         from numpy.core import multiarray, numeric
-    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for pkg in ("numpy.core", "numpy._core"):  # files from numpy 1.x and 2.x
-        allowed[(f"{pkg}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{pkg}.multiarray", "scalar")] = multiarray.scalar
-        allowed[(f"{pkg}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
+    return {("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
+            ("numpy.core.multiarray", "scalar"): multiarray.scalar,
+            ("numpy.core.numeric", "_frombuffer"): numeric._frombuffer}  # protocol 5
+
+
+class CoursePickler(pickle._Pickler):
+    """pickle's own Python pickler, writing numpy's reconstructors as numpy.core.* (numpy 2 writes
+    numpy._core.*, a module numpy < 1.26 lacks): the course's environments can read the file."""
+
+    LEGACY = {id(fn): name for name, fn in _numpy_reconstructors().items()}
+
+    def save_global(self, obj, name=None):
+        legacy = self.LEGACY.get(id(obj))
+        if legacy is None:
+            return super().save_global(obj, name)
+        module, qualname = legacy
+        if self.proto >= 4:
+            self.save(module)
+            self.save(qualname)
+            self.write(pickle.STACK_GLOBAL)
+        else:
+            self.write(pickle.GLOBAL + f"{module}\n{qualname}\n".encode())
+        self.memoize(obj)
+
+    dispatch = {**pickle._Pickler.dispatch, types.FunctionType: save_global}  # Python functions come here directly
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
     import codecs
 
+    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for (module, name), fn in _numpy_reconstructors().items():  # files from numpy 1.x and 2.x
+        allowed[(module, name)] = allowed[(module.replace("numpy.core", "numpy._core"), name)] = fn
     allowed[("_codecs", "encode")] = codecs.encode  # protocol 2 writes bytes through it
     return allowed
 
@@ -191,6 +222,9 @@ def read_course_pkl(path: str | Path) -> dict[str, torch.Tensor]:
     return course_decode(obj, str(path))
 
 
-def load_course_pkl(path: str | Path, *, class_names: list[str] | None = None, input_size: int = 256) -> nn.Module:
-    """A course .pkl -> StudentNet rebuilt from the tensor shapes (as `import_course_checkpoint`)."""
-    return course_model_from_state(read_course_pkl(path), Path(path), class_names=class_names, input_size=input_size)
+def load_course_pkl(path: str | Path, *, class_names: list[str] | None = None, input_size: int = 0,
+                    pool_after: list[int] | None = None) -> nn.Module:
+    """A course .pkl -> StudentNet rebuilt from the tensor shapes (as `import_course_checkpoint`); the file records
+    no input size (0: unknown until given)."""
+    return course_model_from_state(read_course_pkl(path), Path(path), class_names=class_names, input_size=input_size,
+                                   pool_after=pool_after)

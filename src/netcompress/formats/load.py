@@ -24,13 +24,14 @@ LOADERS = {
 }
 
 
-def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+def load(path: str | Path, model: nn.Module | None = None, *, input_size: int | None = None) -> nn.Module:
     """Any model file as a module with its spec attached, in eval mode.
 
     .safetensors (netcompress model file), .ncq (quantized; decoded to fp32), .onnx (run by ONNX
     Runtime), .bin/.pt/.pth (the course's StudentNet state_dict, read with weights_only) and .pkl
     (the course's 8/16-bit pickle, read without running code). `model`: a fresh instance of your
-    own module class, for files made from a module that is not registered; it is not changed.
+    own module class, for files made from a module that is not registered; it is not changed. The
+    course's files record no input size: give `input_size` (any other state_dict: `load_state_dict`).
     """
     path = Path(path)
     loader = LOADERS.get(path.suffix.lower())
@@ -38,8 +39,10 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         raise NetcompressError(f"{path}: unknown model file type {path.suffix!r}; netcompress reads "
                                f"{', '.join(LOADERS)}")
     if model is not None and path.suffix.lower() not in (".safetensors", ".ncq"):
-        raise NetcompressError(f"{path}: model= applies to .safetensors and .ncq files only")
-    return loader(path, model)
+        raise NetcompressError(f"{path}: model= applies to .safetensors and .ncq files; for a state_dict use "
+                               "nc.load_state_dict(path, model)")
+    net = loader(path, model)
+    return net if input_size is None else attach(net, spec_of(net).replace(input_size=input_size))
 
 
 def save(model: nn.Module, path: str | Path, *, class_names: list[str] | None = None, input_size: int | None = None,

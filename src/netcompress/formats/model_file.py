@@ -32,7 +32,8 @@ def spec_from_dict(meta: dict, source: str) -> ModelSpec:
     """A ModelSpec from the JSON a file stored (older files lack some optional fields)."""
     try:
         return ModelSpec(meta["arch"], meta["kwargs"], meta["class_names"], meta["input_size"],
-                         meta.get("preprocessing", {}), meta.get("info", {}), meta.get("overrides", {}))
+                         meta.get("preprocessing", {}), meta.get("info", {}), meta.get("overrides", {}),
+                         meta.get("channels", 3))
     except (KeyError, TypeError) as exc:
         raise NetcompressError(f"{source}: its model spec lacks {exc}; re-create the file with netcompress") from exc
 

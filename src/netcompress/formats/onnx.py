@@ -26,41 +26,47 @@ META_KEY = "netcompress"
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, int8: bool = False, calibration=None,
-                calibration_images: int = 256, calibration_method: str = "minmax", opset: int = 20) -> Path:
-    """Write `model` as .onnx with a dynamic batch dimension (input "input" [N, 3, S, S] in 0..1, output "logits").
+                calibration_images: int = 256, calibration_method: str = "minmax", dynamic_size: bool = False,
+                opset: int = 20) -> Path:
+    """Write `model` as .onnx: input "input" [N, C, S, S] in 0..1 with a dynamic batch, output "logits".
 
-    int8=True: static int8 (QDQ) for ONNX Runtime, activation ranges calibrated on
-    `calibration_images` training images of `calibration` (a dataset folder, Split or torch Dataset).
+    dynamic_size=True makes height and width dynamic too (for nets that pool globally); the file's
+    spec records the size the model was trained at. int8=True: static int8 (QDQ) for ONNX Runtime,
+    activation ranges calibrated on `calibration_images` training images of `calibration` (a dataset
+    folder, Split or torch Dataset).
     """
     path = Path(path)
     if path.suffix != ".onnx":
         raise NetcompressError(f"{path}: ONNX files end in .onnx")
     if not int8:
-        return _export_fp32(model, path, opset)
+        return _export_fp32(model, path, opset, dynamic_size)
     if calibration is None:
         raise NetcompressError("int8 export needs calibration data: its training images set the activation ranges")
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = _export_fp32(model, Path(tmp) / "fp32.onnx", opset)
+        fp32 = _export_fp32(model, Path(tmp) / "fp32.onnx", opset, dynamic_size)
         return quantize_onnx_int8(fp32, path, split_of(calibration, "training"), calibration_images,
                                   method=calibration_method)
 
 
-def _export_fp32(model: nn.Module, path: Path, opset: int) -> Path:
+def _export_fp32(model: nn.Module, path: Path, opset: int, dynamic_size: bool) -> Path:
     import onnx
 
     spec = spec_of(model)
     if not spec.input_size:
         raise NetcompressError("the model's input size is unknown: fit it on data first, or save it with input_size=")
     model = copy_model(model).eval().cpu()
-    example = torch.rand(2, 3, spec.input_size, spec.input_size)
+    example = torch.rand(spec.input_shape(2))
+    dims = {0: torch.export.Dim("batch")}
+    if dynamic_size:
+        dims.update({2: torch.export.Dim("height", min=8), 3: torch.export.Dim("width", min=8)})
     try:
         program = torch.onnx.export(model, (example,), input_names=["input"], output_names=["logits"],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset,
+                                    dynamic_shapes=(dims,), opset_version=opset,
                                     dynamo=True, external_data=False, verbose=False)
     except Exception as exc:  # the exporter raises many types for unsupported graphs
         raise NetcompressError(f"could not export {spec.arch or spec.info.get('module')} to ONNX ({type(exc).__name__}: {exc})") from exc
     proto = program.model_proto
-    _set_spec(proto, spec)
+    _set_spec(proto, spec.with_info(onnx={"input_size": spec.input_size, "dynamic_size": dynamic_size}))
     return atomic_write(Path(path), lambda tmp: onnx.save_model(proto, str(tmp)))
 
 

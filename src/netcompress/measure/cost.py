@@ -22,7 +22,7 @@ def layer_table(model: nn.Module, input_size: int, device: torch.device | str = 
     """torchinfo's per-layer table (layer, output shape, parameters, MACs) at batch 1."""
     from torchinfo import summary
 
-    return summary(model, input_size=(1, 3, input_size, input_size), device=device, verbose=0,
+    return summary(model, input_size=(1, spec_of(model).channels, input_size, input_size), device=device, verbose=0,
                    col_names=("output_size", "num_params", "mult_adds"), row_settings=("var_names",))
 
 
@@ -48,7 +48,7 @@ def count_macs(model: nn.Module, input_size: int) -> int:
     was_training = model.training
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, input_size, input_size, device=device))
+            model.eval()(torch.zeros(1, spec_of(model).channels, input_size, input_size, device=device))
     finally:
         model.train(was_training)
         for h in hooks:
@@ -62,7 +62,7 @@ def latency_ms(model: nn.Module, input_size: int, batch_size: int = 1, *, device
     device = torch.device(device)
     was_training = model.training
     model = model.eval().to(device)
-    x = torch.rand(batch_size, 3, input_size, input_size, device=device)
+    x = torch.rand(batch_size, spec_of(model).channels, input_size, input_size, device=device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)

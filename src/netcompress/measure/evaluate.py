@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import torch
@@ -92,7 +94,15 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: str
     return Path(path)
 
 
-def write_submission(pred: torch.Tensor, path: str | Path) -> Path:
-    """The course's format: header Id,label; Id = index of the test file in sorted order."""
-    lines = ["Id,label"] + [f"{i},{y}" for i, y in enumerate(pred.tolist())]
-    return atomic_write_text(path, "\n".join(lines) + "\n")
+def write_submission(pred: torch.Tensor, split: Split, path: str | Path, with_filenames: bool = False) -> Path:
+    """The course's format: header Id,label; Id = the file's place in the split's sorted listing. Files left
+    out as unreadable keep their Id with an empty label; with_filenames adds a file column."""
+    skipped = dict(split.skipped)
+    kept = iter(zip(split.files, pred.tolist()))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["Id", "label"] + (["file"] if with_filenames else []))
+    for i in range(len(split) + len(skipped)):
+        name, label = (skipped[i], "") if i in skipped else next(kept)
+        writer.writerow([i, label] + ([name] if with_filenames else []))
+    return atomic_write_text(path, out.getvalue())

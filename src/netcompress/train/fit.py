@@ -160,10 +160,16 @@ def fit(
     if spec.class_names and spec.num_classes != train.num_classes:
         raise NetcompressError(f"the model has {spec.num_classes} classes but the data has {train.num_classes}; "
                                "build the model for the data's classes")
-    spec = spec.replace(class_names=list(train.class_names), input_size=train.image_size)
+    if spec.arch is not None and spec.channels != train.channels:
+        raise NetcompressError(f"the model takes {spec.channels}-channel images but the data has {train.channels}: "
+                               f"build it for the data (channels={train.channels}, --channels {train.channels})")
+    spec = spec.replace(class_names=list(train.class_names), input_size=train.image_size, channels=train.channels)
+    settings = dict(settings or {})
+    if getattr(data, "provenance", None):  # how the splits were made (a carved validation split, say)
+        settings["data"] = data.provenance
+        spec = spec.with_info(data=data.provenance)
     net = attach(copy_model(model), spec).to(dev)
     _check_outputs(net, train, dev)
-    settings = dict(settings or {})
     loss_fn = cross_entropy_loss(cfg.label_smoothing)
     if teacher is not None:
         distill = distill or DistillConfig()
@@ -198,8 +204,13 @@ def _teacher_module(teacher, train: Split) -> nn.Module:
 @torch.no_grad()
 def _check_outputs(net: nn.Module, train: Split, device: torch.device, what: str = "the model") -> None:
     was_training = net.training
-    out = net.eval()(next(iterate_batches(train, 2, device=device, channels_last=False)).images)
-    net.train(was_training)
+    try:
+        out = net.eval()(next(iterate_batches(train, 2, device=device, channels_last=False)).images)
+    except RuntimeError as exc:
+        raise NetcompressError(f"{what} cannot run on the data's {train.channels}-channel {train.image_size}px images "
+                               f"({exc})") from exc
+    finally:
+        net.train(was_training)
     if out.dim() != 2 or out.shape[1] != train.num_classes:
         raise NetcompressError(f"{what} outputs shape {list(out.shape)} but the data has {train.num_classes} "
                                "classes: give it a classifier with that many outputs")
