@@ -46,6 +46,8 @@ def test_cli_on_a_train_test_folder_and_on_grayscale_images(tmp_path):
                 "--epochs", 1, "--batch-size", 4, "--threads", 1, "--out", run, "--no-progress", cache=tmp_path / "c")
     model = nc.load(run / "best.safetensors")
     assert nc.spec_of(model).channels == 1 and model.cnn[0][0].in_channels == 1
+    for method in ("slim", "l2"):  # pruning keeps the single input channel
+        assert nc.prune(model, method=method, rate=0.5).cnn[0][0].in_channels == 1
     result = json.loads(netcompress("evaluate", run / "best.safetensors", "--data", folder, "--split", "testing",
                                     "--json", cache=tmp_path / "c").stdout)
     assert result["images"] == 18

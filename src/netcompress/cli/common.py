@@ -48,8 +48,8 @@ ValFractionOpt = typer.Option(0.1, "--val-fraction", help="Where --data has no v
 ChannelsOpt = typer.Option(3, "--channels", help="3: RGB (grayscale, palette and CMYK images are converted); "
                            "1: grayscale images and a 1-channel model.")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch and ONNX Runtime [default: one per core]. "
-                          "Give each of several jobs on one machine its own: two 2-thread jobs on 2 cores ran "
-                          "training 20-30x slower than two 1-thread jobs.")
+                          "Give each of several jobs on one machine its own cores: on 2 cores, two jobs of 2 "
+                          "threads trained 2.9x slower than two jobs of 1 thread (benchmarks/threads.py).")
 MODEL_FILES = "Model file: .safetensors, quantized .ncq, .onnx, course checkpoint .bin or course .pkl."
 
 

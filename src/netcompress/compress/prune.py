@@ -104,7 +104,8 @@ def _respec(before: nn.Module, after: nn.Module, spec: ModelSpec) -> tuple[nn.Mo
     """The pruned architecture in the spec: a StudentNet as its per-layer widths, anything else as replaced layers."""
     if isinstance(after, StudentNet):
         widths = [after.cnn[0][0].out_channels] + [b[3].out_channels for b in after.cnn[1:-1]]
-        clean = StudentNet(num_classes=after.fc[0].out_features, widths=widths, pool_after=after.pool_after)
+        clean = StudentNet(num_classes=after.fc[0].out_features, widths=widths, pool_after=after.pool_after,
+                           in_channels=after.cnn[0][0].in_channels)
         clean.load_state_dict(after.state_dict())
         kwargs = {**spec.kwargs, "widths": widths} if spec.arch else spec.kwargs
         overrides = spec.overrides if spec.arch else record_changes(spec.overrides, before, clean)

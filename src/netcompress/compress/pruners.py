@@ -171,7 +171,8 @@ def slim_selection(model: StudentNet, new_widths: list[int]) -> list[torch.Tenso
 def slim_studentnet(model: StudentNet, new_widths: list[int]) -> StudentNet:
     """A new StudentNet of `new_widths` holding the surviving slices of `model`'s weights."""
     keep = slim_selection(model, new_widths)
-    new = StudentNet(num_classes=model.fc[0].out_features, widths=list(new_widths), pool_after=model.pool_after)
+    new = StudentNet(num_classes=model.fc[0].out_features, widths=list(new_widths), pool_after=model.pool_after,
+                     in_channels=model.cnn[0][0].in_channels)
     new.to(model_device(model))
     old_state, new_state = model.state_dict(), {}
     for name, target in new.state_dict().items():
