@@ -50,6 +50,10 @@ ChannelsOpt = typer.Option(3, "--channels", help="3: RGB (grayscale, palette and
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch and ONNX Runtime [default: one per core]. "
                           "Give each of several jobs on one machine its own cores: on 2 cores, two jobs of 2 "
                           "threads trained 2.9x slower than two jobs of 1 thread (benchmarks/threads.py).")
+MixupOpt = typer.Option(0.0, "--mixup", help="Mixup: Beta(a, a) weight of blending two images (0: off; 0.2-0.8 "
+                        "typical). A teacher sees the same mixed images.")
+CutmixOpt = typer.Option(0.0, "--cutmix", help="CutMix: Beta(a, a) area kept when pasting a patch of another image "
+                         "(0: off; 1.0 typical). With --mixup: either, half the batches each.")
 MODEL_FILES = "Model file: .safetensors, quantized .ncq, .onnx, course checkpoint .bin or course .pkl."
 
 

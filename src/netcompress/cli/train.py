@@ -11,9 +11,9 @@ from .. import AugmentConfig, DistillConfig, TrainConfig, fit, load, new_model, 
 from ..runtime import resolve_device, seed_everything
 from ..spec import attach
 from ..train.distributed import init_from_env
-from .common import (BatchSizeOpt, CacheOpt, ChannelsOpt, DataOpt, DeviceOpt, JsonOpt, LabelsOpt, NprocOpt, PrecisionOpt,
-                     ProgressOpt, SeedOpt, SkipBadOpt, ThreadsOpt, ValFractionOpt, app, emit, folder, input_size_of,
-                     kv_table, launch_if_asked, set_threads)
+from .common import (BatchSizeOpt, CacheOpt, ChannelsOpt, CutmixOpt, DataOpt, DeviceOpt, JsonOpt, LabelsOpt, MixupOpt,
+                     NprocOpt, PrecisionOpt, ProgressOpt, SeedOpt, SkipBadOpt, ThreadsOpt, ValFractionOpt, app, emit,
+                     folder, input_size_of, kv_table, launch_if_asked, set_threads)
 
 
 @app.command()
@@ -28,6 +28,8 @@ def train(
     weight_decay: float = typer.Option(1e-2, "--weight-decay"),
     schedule: str = typer.Option("cosine", "--schedule", help="cosine or constant learning rate."),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
+    mixup: float = MixupOpt,
+    cutmix: float = CutmixOpt,
     width_mult: Optional[float] = typer.Option(None, "--width-mult", help="StudentNet width multiplier."),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="Start from ImageNet weights (teachers)."),
     channels: int = ChannelsOpt,
@@ -54,7 +56,8 @@ def train(
     Example: netcompress train --model studentnet --data ../shared/data/food101_10 --image-size 64 --epochs 10 --out runs/student
     """
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
-                      label_smoothing=label_smoothing, seed=seed, precision=precision)
+                      label_smoothing=label_smoothing, seed=seed, precision=precision,
+                      augment=AugmentConfig(mixup=mixup, cutmix=cutmix))
     launch_if_asked(nproc)
     set_threads(threads)
     world, dev = init_from_env(resolve_device(device))
@@ -81,7 +84,11 @@ def distill(
                                           help="auto (bf16 where the hardware has it natively), fp32 or bf16."),
     augment: bool = typer.Option(True, "--augment/--no-augment",
                                  help="The course's augmentation; without it the teacher runs once per image."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the teacher's input size."),
+    mixup: float = MixupOpt,
+    cutmix: float = CutmixOpt,
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="The student's input size [default: the "
+                                             "teacher's]. Smaller than the teacher's: the teacher sees each augmented "
+                                             "image at its own size, the student the same image shrunk."),
     epochs: int = typer.Option(30, "--epochs"),
     batch_size: int = BatchSizeOpt,
     lr: float = typer.Option(1e-3, "--lr"),
@@ -112,15 +119,16 @@ def distill(
     kd = DistillConfig(temperature=temperature, alpha=alpha, method=method, rkd_weight=rkd_weight,
                        teacher_precision=teacher_precision)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
-                      seed=seed, augment=AugmentConfig() if augment else None, precision=precision)
+                      seed=seed, augment=AugmentConfig(mixup=mixup, cutmix=cutmix) if augment else None,
+                      precision=precision, input_size=image_size)
     launch_if_asked(nproc)
     set_threads(threads)
     world, dev = init_from_env(resolve_device(device))
     seed_everything(seed)
     teacher_spec = spec_of(load(teacher))
     size = image_size or input_size_of(teacher_spec, teacher)
-    ds = folder(data, size, cache_dir, skip_bad, progress and world.main, channels=teacher_spec.channels,
-                labels=labels, val_fraction=val_fraction)
+    ds = folder(data, max(size, teacher_spec.input_size), cache_dir, skip_bad, progress and world.main,
+                channels=teacher_spec.channels, labels=labels, val_fraction=val_fraction)
     if Path(student).suffix == ".safetensors":
         net = load(student)
         attach(net, spec_of(net).replace(input_size=size))

@@ -38,8 +38,9 @@ def finetune_quantized(model: nn.Module, cfg: QuantConfig, train: Split, batch_s
     cpu = torch.device("cpu")
     bar = tqdm(total=steps, desc="quantization-aware fine-tuning", unit="step", disable=bars_off(progress), leave=False)
     for _ in range(epochs):
-        for x, y, _ in iterate_batches(train, batch_size, device=cpu, shuffle=True, augment=AugmentConfig(),
-                                    generator=gen):
+        for batch in iterate_batches(train, batch_size, device=cpu, shuffle=True, augment=AugmentConfig(),
+                                     generator=gen):
+            x, y = batch.images, batch.labels
             with torch.no_grad():
                 target = teacher(x)
                 floats = {n: params[n].data.clone() for n in quantized}

@@ -1,7 +1,10 @@
-"""The course's augmentation, applied to whole batches of tensors, and the batch iterator.
+"""The course's augmentation, applied to whole batches of tensors, mixing, and the batch iterator.
 
 Random crop with symmetric padding, horizontal flip and rotation are one affine warp per image;
 `grid_sample` with reflection padding does all of them for a batch in one call, on the CPU or GPU.
+Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) blend each image with another of the batch
+and give soft labels; a teacher sees the very same mixed images, which keeps distillation
+consistent (Beyer et al. 2022, "a good teacher is patient and consistent").
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,11 +26,16 @@ class AugmentConfig:
     crop_pad: int | None = None  # pixels of symmetric padding before the random crop; None: size // 12
     flip: bool = True
     rotate: float = 15.0  # degrees, uniform in [-rotate, rotate]
+    mixup: float = 0.0  # Beta(a, a) of the mixing weight; 0: no mixup
+    cutmix: float = 0.0  # Beta(a, a) of the kept area; 0: no CutMix (with mixup too: either, half the batches each)
 
     def __post_init__(self):
         if (self.crop_pad is not None and self.crop_pad < 0) or not 0 <= self.rotate <= 180:
             raise NetcompressError(f"augment: crop_pad = {self.crop_pad} must be >= 0 and rotate = {self.rotate} "
                                    "degrees within 0..180")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise NetcompressError(f"augment: mixup = {self.mixup} and cutmix = {self.cutmix} must be >= 0 "
+                                   "(Beta parameters; 0 turns them off)")
 
     def pad_for(self, size: int) -> int:
         return size // 12 if self.crop_pad is None else self.crop_pad
@@ -56,10 +65,49 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def resize_batch(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """A batch at `size` x `size` (antialiased bilinear, the way the decode cache shrinks images); as is when it
+    already has that size or size is None."""
+    if size is None or x.shape[-1] == size:
+        return x
+    out = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) \
+        else out
+
+
 class Batch(NamedTuple):
-    images: torch.Tensor  # float [B, 3, H, W] in [0, 1], on the device
-    labels: torch.Tensor  # int64 [B], on the device
+    images: torch.Tensor  # float [B, C, H, W] in [0, 1], on the device
+    labels: torch.Tensor  # int64 [B], on the device (mixed batches: each image's own label)
     index: torch.Tensor  # int64 [B]: positions in the split (to look up per-image caches)
+    soft_labels: torch.Tensor | None = None  # float [B, classes] of a mixed batch, else None
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """What cross-entropy compares with: the soft labels of a mixed batch, else the labels."""
+        return self.labels if self.soft_labels is None else self.soft_labels
+
+
+def mix_batch(x: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: AugmentConfig,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or CutMix of a batch with a shuffled copy of itself -> (images, soft labels [B, classes])."""
+    b, _, h, w = x.shape
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    rng = np.random.default_rng(seed)
+    use_cutmix = cfg.cutmix > 0 and (cfg.mixup == 0 or rng.random() < 0.5)
+    lam = float(rng.beta(cfg.cutmix, cfg.cutmix) if use_cutmix else rng.beta(cfg.mixup, cfg.mixup))
+    perm = torch.from_numpy(rng.permutation(b)).to(x.device)
+    if use_cutmix:  # paste a box of the partner covering 1 - lam of the image; lam is then the exact kept area
+        cut_h, cut_w = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+        left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+        x = x.clone()
+        x[:, :, top:bottom, left:right] = x[perm][:, :, top:bottom, left:right]
+        lam = 1 - (bottom - top) * (right - left) / (h * w)
+    else:
+        x = lam * x + (1 - lam) * x[perm]
+    onehot = F.one_hot(labels, num_classes).to(x.dtype)
+    return x, lam * onehot + (1 - lam) * onehot[perm]
 
 
 def iterate_batches(
@@ -88,8 +136,11 @@ def iterate_batches(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         x = to_float(split.images[idx].to(device, non_blocking=True))
+        labels, soft = split.labels[idx].to(device, non_blocking=True), None
         if augment is not None:
             x = augment_batch(x, augment, generator)
+            if augment.mixup > 0 or augment.cutmix > 0:
+                x, soft = mix_batch(x, labels, split.num_classes, augment, generator)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        yield Batch(x, split.labels[idx].to(device, non_blocking=True), idx)
+        yield Batch(x, labels, idx, soft)

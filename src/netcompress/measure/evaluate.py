@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..data.augment import iterate_batches
+from ..data.augment import iterate_batches, resize_batch
 from ..data.split import Split, split_of
 from ..errors import NetcompressError
 from ..files import atomic_write, atomic_write_text
@@ -19,11 +19,12 @@ from ..spec import copy_model, spec_of
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, split: Split, device: torch.device, batch_size: int = 256,
-                   channels_last: bool = True) -> torch.Tensor:
-    """Logits [N, C] for a whole split, in file order (center crop: the cached image as is); `model` on `device`."""
+                   channels_last: bool = True, input_size: int | None = None) -> torch.Tensor:
+    """Logits [N, C] for a whole split, in file order (center crop: the cached image as is, resized to
+    `input_size` when given); `model` on `device`."""
     was_training = model.training
     model.eval()
-    outs = [model(b.images).float().cpu()
+    outs = [model(resize_batch(b.images, input_size)).float().cpu()
             for b in iterate_batches(split, batch_size, device=device, channels_last=channels_last)]
     model.train(was_training)
     return torch.cat(outs)

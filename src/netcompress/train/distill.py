@@ -26,7 +26,9 @@ METHODS = ("logits", "rkd")
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
             temperature: float = 20.0, alpha: float = 0.5) -> torch.Tensor:
-    """The course's loss: (1 - a)·CE(s, y) + a·T²·KL(softmax(t/T) || softmax(s/T)), batch-mean KL."""
+    """The course's loss: (1 - a)·CE(s, y) + a·T²·KL(softmax(t/T) || softmax(s/T)), batch-mean KL.
+
+    labels: class indices, or soft labels [B, classes] (mixed batches)."""
     hard = F.cross_entropy(student_logits, labels)
     if alpha == 0:
         return hard
@@ -136,7 +138,7 @@ class DistillLoss:
             teacher_emb = None if self.cached[1] is None else self.cached[1][index].to(logits.device)
         else:
             teacher_logits, teacher_emb = self._teacher(batch.images)
-        loss = kd_loss(logits, teacher_logits, batch.labels, self.cfg.temperature, self.cfg.alpha)
+        loss = kd_loss(logits, teacher_logits, batch.targets, self.cfg.temperature, self.cfg.alpha)
         if self.student_emb is not None:
             loss = loss + self.cfg.rkd_weight * rkd_loss(self.student_emb.value, teacher_emb)
         return loss

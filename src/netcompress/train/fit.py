@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data.augment import AugmentConfig, Batch, iterate_batches
+from ..data.augment import AugmentConfig, Batch, iterate_batches, resize_batch
 from ..data.split import Split, split_of
 from ..errors import NetcompressError
 from ..files import atomic_write, atomic_write_text
@@ -57,6 +57,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast forward passes; weights and optimizer stay fp32)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
     eval_batch_size: int = 256
+    input_size: int | None = None  # the model's input; None: the data's size. A teacher sees the data's size.
 
     def __post_init__(self):
         problems = []
@@ -76,12 +77,14 @@ class TrainConfig:
             problems.append(f"label_smoothing = {self.label_smoothing} (must be in [0, 1))")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             problems.append(f"seed = {self.seed!r} (must be an integer)")
+        if self.input_size is not None and not 8 <= self.input_size <= 4096:
+            problems.append(f"input_size = {self.input_size} (8..4096, or None for the data's size)")
         if problems:
             raise NetcompressError("bad training settings: " + "; ".join(problems))
 
 
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
-    return lambda logits, batch: F.cross_entropy(logits, batch.labels, label_smoothing=label_smoothing)
+    return lambda logits, batch: F.cross_entropy(logits, batch.targets, label_smoothing=label_smoothing)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps: int):
@@ -163,13 +166,14 @@ def fit(
     if spec.arch is not None and spec.channels != train.channels:
         raise NetcompressError(f"the model takes {spec.channels}-channel images but the data has {train.channels}: "
                                f"build it for the data (channels={train.channels}, --channels {train.channels})")
-    spec = spec.replace(class_names=list(train.class_names), input_size=train.image_size, channels=train.channels)
+    spec = spec.replace(class_names=list(train.class_names), input_size=cfg.input_size or train.image_size,
+                        channels=train.channels)
     settings = dict(settings or {})
     if getattr(data, "provenance", None):  # how the splits were made (a carved validation split, say)
         settings["data"] = data.provenance
         spec = spec.with_info(data=data.provenance)
     net = attach(copy_model(model), spec).to(dev)
-    _check_outputs(net, train, dev)
+    _check_outputs(net, train, dev, input_size=spec.input_size)
     loss_fn = cross_entropy_loss(cfg.label_smoothing)
     if teacher is not None:
         distill = distill or DistillConfig()
@@ -202,13 +206,15 @@ def _teacher_module(teacher, train: Split) -> nn.Module:
 
 
 @torch.no_grad()
-def _check_outputs(net: nn.Module, train: Split, device: torch.device, what: str = "the model") -> None:
+def _check_outputs(net: nn.Module, train: Split, device: torch.device, what: str = "the model",
+                   input_size: int | None = None) -> None:
     was_training = net.training
     try:
-        out = net.eval()(next(iterate_batches(train, 2, device=device, channels_last=False)).images)
+        out = net.eval()(resize_batch(next(iterate_batches(train, 2, device=device, channels_last=False)).images,
+                                      input_size))
     except RuntimeError as exc:
-        raise NetcompressError(f"{what} cannot run on the data's {train.channels}-channel {train.image_size}px images "
-                               f"({exc})") from exc
+        raise NetcompressError(f"{what} cannot run on the data's {train.channels}-channel "
+                               f"{input_size or train.image_size}px images ({exc})") from exc
     finally:
         net.train(was_training)
     if out.dim() != 2 or out.shape[1] != train.num_classes:
@@ -298,7 +304,7 @@ class _Loop:
                    leave=False)
         for step, batch in enumerate(bar):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                logits = ddp(batch.images)
+                logits = ddp(resize_batch(batch.images, cfg.input_size))  # the loss's teacher sees the full size
                 loss = self.loss_fn(logits.float(), batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -319,7 +325,8 @@ class _Loop:
                "train_seconds": round(train_seconds, 3), "images_per_second": round(seen / train_seconds, 1)}
         if self.val is not None:
             metrics = classification_metrics(predict_logits(self.net, self.val, device, cfg.eval_batch_size,
-                                                            cfg.channels_last), self.val.labels, self.val.num_classes)
+                                                            cfg.channels_last, cfg.input_size),
+                                             self.val.labels, self.val.num_classes)
             row.update(val_loss=round(metrics["loss"], 5), val_accuracy=round(metrics["accuracy"], 5),
                        eval_seconds=round(time.perf_counter() - t0 - train_seconds, 3))
         return row
