@@ -41,28 +41,39 @@ class AugmentConfig:
         return size // 12 if self.crop_pad is None else self.crop_pad
 
 
-def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random crop (symmetric padding), horizontal flip and rotation of a float batch [B, 3, H, W]."""
-    b, _, h, w = x.shape
-    pad = cfg.pad_for(h)
-    if pad == 0 and not cfg.flip and cfg.rotate == 0:
-        return x
+def warp_params(b: int, size: int, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random warps of `b` images of `size` pixels: [b, 4] = rotation (radians), flip (-1 or 1), x and y shift
+    (whole pixels in [-pad, pad])."""
+    pad = cfg.pad_for(size)
     gen_device = generator.device if generator is not None else torch.device("cpu")
 
     def uniform(low: float, high: float) -> torch.Tensor:
-        return (torch.rand(b, generator=generator, device=gen_device) * (high - low) + low).to(x.device)
+        return torch.rand(b, generator=generator, device=gen_device).cpu() * (high - low) + low
 
     angle = uniform(-cfg.rotate, cfg.rotate) * (math.pi / 180)
-    flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(b, device=x.device)
-    # integer pixel shifts in [-pad, pad] make the crop exact; grid units span 2 per image side
-    dx = torch.floor(uniform(-pad, pad + 1)).clamp(max=pad) * (2 / w)
-    dy = torch.floor(uniform(-pad, pad + 1)).clamp(max=pad) * (2 / h)
+    flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(b)
+    dx = torch.floor(uniform(-pad, pad + 1)).clamp(max=pad)
+    dy = torch.floor(uniform(-pad, pad + 1)).clamp(max=pad)
+    return torch.stack([angle, flip, dx, dy], 1)
+
+
+def warp(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Apply `warp_params` to a float batch [B, C, H, W] in one grid_sample (reflection at the borders)."""
+    _, _, h, w = x.shape
+    angle, flip, dx, dy = params.to(x.device, x.dtype).unbind(1)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack(
-        [torch.stack([cos * flip, -sin, dx], 1), torch.stack([sin * flip, cos, dy], 1)], 1
-    ).to(x.dtype)
+    # integer pixel shifts make the crop exact; grid units span 2 per image side
+    theta = torch.stack([torch.stack([cos * flip, -sin, dx * (2 / w)], 1),
+                         torch.stack([sin * flip, cos, dy * (2 / h)], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop (symmetric padding), horizontal flip and rotation of a float batch [B, C, H, W]."""
+    if cfg.pad_for(x.shape[-2]) == 0 and not cfg.flip and cfg.rotate == 0:
+        return x
+    return warp(x, warp_params(len(x), x.shape[-2], cfg, generator))
 
 
 def resize_batch(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -80,6 +91,7 @@ class Batch(NamedTuple):
     labels: torch.Tensor  # int64 [B], on the device (mixed batches: each image's own label)
     index: torch.Tensor  # int64 [B]: positions in the split (to look up per-image caches)
     soft_labels: torch.Tensor | None = None  # float [B, classes] of a mixed batch, else None
+    teacher_logits: torch.Tensor | None = None  # float [B, classes] when a teacher's outputs were cached
 
     @property
     def targets(self) -> torch.Tensor:

@@ -16,46 +16,101 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_pruning(run_dirs: list[Path], out: Path, title: str = "Pruning: parameters vs validation accuracy") -> Path:
-    """Parameter count (x) against validation accuracy (y), one line per pruning run (the seed's question 3)."""
+def standard_error(accuracy: float, images: int) -> float:
+    """One standard error of an accuracy measured on `images` images (binomial): the noise a difference must beat."""
+    return (accuracy * (1 - accuracy) / max(images, 1)) ** 0.5
+
+
+def _accuracy_axis(ax, accuracies: list[float], images: int) -> None:
+    """Y limits wide enough to tell noise from a trend: 3 standard errors beyond the data, at least 0.1 tall."""
+    noise = standard_error(sum(accuracies) / len(accuracies), images)
+    low, high = min(accuracies) - 3 * noise, max(accuracies) + 3 * noise
+    middle, half = (low + high) / 2, max(high - low, 0.1) / 2
+    ax.set_ylim(max(0.0, middle - half), min(1.0, middle + half))
+    ax.set_ylabel("validation accuracy")
+    ax.text(0.01, 0.01, f"bars: ±1 standard error = ±{100 * noise:.1f} points on {images:,} images",
+            transform=ax.transAxes, fontsize=8, color="dimgrey")
+
+
+def _pyplot():
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, out: Path) -> Path:
+    fig.tight_layout()
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    _pyplot().close(fig)
+    return Path(out)
+
+
+def plot_pruning(run_dirs: list[Path], out: Path, title: str = "Pruning: parameters vs validation accuracy",
+                 val_images: int = 750) -> Path:
+    """Parameter count (x) against validation accuracy (y), one line per pruning run (the seed's question 3)."""
+    import matplotlib.ticker
+
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    accuracies = []
     for run in run_dirs:
         rows = read_jsonl(Path(run) / "pruning.jsonl")
         steps = len(rows) - 1
         label = f"rate {rows[0]['rate']} ({rows[0]['method']}, {steps} step{'s' if steps != 1 else ''})"
-        ax.plot([r["params"] for r in rows], [r["val_accuracy"] for r in rows], marker="o", label=label)
+        acc = [r["val_accuracy"] for r in rows]
+        ax.errorbar([r["params"] for r in rows], acc, yerr=[standard_error(a, val_images) for a in acc], marker="o",
+                    capsize=3, label=label)
+        accuracies += acc
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.set_xlabel("parameters")
-    ax.set_ylabel("validation accuracy")
+    _accuracy_axis(ax, accuracies, val_images)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return Path(out)
+    return _save(fig, out)
 
 
-def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 300_000) -> Path:
-    """Every artifact's bytes on disk (log x) against validation accuracy, with the course's byte limit."""
-    import matplotlib
+def pareto_front(artifacts: list[dict]) -> list[dict]:
+    """The candidates no smaller file beats: each is more accurate than every candidate of fewer bytes."""
+    front, best = [], -1.0
+    for a in sorted((a for a in artifacts if a.get("candidate", True)), key=lambda a: (a["file_bytes"],
+                                                                                       -a["val_accuracy"])):
+        if a["val_accuracy"] > best:
+            front.append(a)
+            best = a["val_accuracy"]
+    return front
+
+
+def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 300_000, chosen: str | None = None,
+                          val_images: int = 750) -> Path:
+    """Every artifact's bytes on disk (log x) against validation accuracy: the Pareto frontier, the budget's
+    choice, the course's byte limit; models that are no candidates (before fine-tuning) drawn hollow."""
     import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    stages = sorted({a["stage"] for a in artifacts})
-    for stage in stages:
-        group = [a for a in artifacts if a["stage"] == stage]
-        ax.scatter([a["file_bytes"] for a in group], [a["val_accuracy"] for a in group], label=stage, s=28)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for stage in sorted({a["stage"] for a in artifacts}):
+        group = [a for a in artifacts if a["stage"] == stage and a.get("candidate", True)]
+        if group:
+            ax.errorbar([a["file_bytes"] for a in group], [a["val_accuracy"] for a in group],
+                        yerr=[standard_error(a["val_accuracy"], val_images) for a in group], fmt="o", ms=5, capsize=2,
+                        label=stage)
+    others = [a for a in artifacts if not a.get("candidate", True)]
+    if others:
+        ax.scatter([a["file_bytes"] for a in others], [a["val_accuracy"] for a in others], facecolors="none",
+                   edgecolors="grey", s=36, label="not a candidate (before fine-tuning)")
+    front = pareto_front(artifacts)
+    ax.step([a["file_bytes"] for a in front], [a["val_accuracy"] for a in front], where="post", color="black",
+            linewidth=1, alpha=0.6, label="Pareto frontier")
+    for a in artifacts:
+        if a["name"] == chosen:
+            ax.scatter([a["file_bytes"]], [a["val_accuracy"]], marker="*", s=260, color="gold", edgecolors="black",
+                       zorder=5, label=f"budget's choice: {a['name']}")
     ax.axvline(limit_bytes, color="crimson", linestyle="--", linewidth=1)
+    _accuracy_axis(ax, [a["val_accuracy"] for a in artifacts if a.get("candidate", True)] or [0.5], val_images)
     ax.text(limit_bytes, ax.get_ylim()[0], f" {limit_bytes:,} bytes", color="crimson", va="bottom", fontsize=8)
     ax.set_xscale("log")
     sizes = [a["file_bytes"] for a in artifacts] + [limit_bytes]
@@ -64,14 +119,10 @@ def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 3
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("bytes on disk (log scale)")
-    ax.set_ylabel("validation accuracy")
     ax.set_title("Size against accuracy of every model")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return Path(out)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, out)
 
 
 def environment() -> dict:
@@ -108,6 +159,8 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         raise NetcompressError(f"{run_dir} has no summary.json: run `netcompress run RECIPE --out {run_dir}` first")
     summary = json.loads(summary_path.read_text())
     artifacts, test = summary["artifacts"], summary.get("test", {})
+    images = summary.get("val_images", 750)
+    budget = summary.get("budget")
     blocks: list[tuple] = [("h1", f"netcompress report: {run_dir.name}")]
 
     header = ["model", "format", "bytes", "params", "MACs", "val acc", "test acc", "ms @1", "ms @64"]
@@ -120,9 +173,10 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
                ("table", header, rows)]
     prune_dirs = sorted(p.parent for p in run_dir.glob("prune-*/pruning.jsonl"))
     if prune_dirs:
-        curve = plot_pruning(prune_dirs, run_dir / "pruning.png")
+        curve = plot_pruning(prune_dirs, run_dir / "pruning.png", val_images=images)
         blocks += [("h2", "Pruning"), ("p", "Parameters against validation accuracy after each prune-and-fine-tune "
-                                            "step, one line per pruning rate."), ("img", curve)]
+                                            "step, one line per pruning rate; bars are one standard error, the "
+                                            "noise of measuring on this many images."), ("img", curve)]
         for d in prune_dirs:
             prows = read_jsonl(d / "pruning.jsonl")
             blocks += [("h3", d.name), ("table", ["step", "kept", "params", "bytes", "val acc before fine-tune",
@@ -141,10 +195,15 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
                     [[r["architecture"], " ".join(map(str, r["widths"])), r["params"], r["file_bytes"], r["int8_bytes"],
                       r["macs"], r["latency_ms_batch1"], r["latency_ms_batch64"], r["val_accuracy"]] for r in crows]),
                    ("img", compare.parent / "compare.png")]
-    scatter = plot_size_vs_accuracy(artifacts, run_dir / "size_vs_accuracy.png")
-    blocks += [("h2", "Size against accuracy"), ("p", "The dashed line is the course's 300,000-byte limit."),
-               ("img", scatter)]
-    budget = summary.get("budget")
+    scatter = plot_size_vs_accuracy(artifacts, run_dir / "size_vs_accuracy.png",
+                                    chosen=budget["chosen"] if budget else None, val_images=images)
+    front = pareto_front(artifacts)
+    blocks += [("h2", "Size against accuracy"),
+               ("p", "The black steps are the Pareto frontier: each model on it is more accurate than every smaller "
+                     "one. The dashed line is the course's 300,000-byte limit; the star is the budget's choice."),
+               ("img", scatter),
+               ("table", ["on the frontier", "bytes", "val acc"],
+                [[a["name"], a["file_bytes"], a["val_accuracy"]] for a in front])]
     if budget:
         limits = ", ".join(f"{k.removeprefix('target_')} <= {v:,}" for k, v in budget.items()
                            if k.startswith("target_") and v is not None)

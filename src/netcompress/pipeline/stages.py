@@ -234,6 +234,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, device: torch.device, *, tar
     if target_bytes is not None or target_params is not None:
         budget = choose([a for a in artifacts if a["stage"] != "teacher"], target_bytes, target_params)
     test = _evaluate(run, artifacts, [budget["chosen"]] if budget else []) if recipe.evaluate.test else {}
-    summary = {"artifacts": artifacts, "budget": budget, "test": test}
+    summary = {"artifacts": artifacts, "budget": budget, "test": test,
+               "val_images": len(run.data.split("validation"))}
     atomic_write_text(run.dir / "summary.json", json.dumps(summary, indent=2))
     return summary

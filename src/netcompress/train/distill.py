@@ -1,4 +1,6 @@
-"""Knowledge distillation losses: the course's logit matching (Hinton et al.) and relational KD.
+"""Knowledge distillation losses, in a registry: the course's logit matching (Hinton et al. 2015), DKD
+(Zhao et al. 2022: target and non-target classes matched apart), DIST (Huang et al. 2022: Pearson
+correlation of the class distributions, within and across samples) and relational KD.
 
 The teacher runs in eval mode without gradients on the very batch the student sees (augmentation
 included). Its forward pass dominates the cost of distillation, so where the hardware computes
@@ -11,6 +13,7 @@ less than the noise of augmentation. Without augmentation the teacher's outputs 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -21,7 +24,27 @@ from ..data.split import Split
 from ..errors import NetcompressError
 from ..runtime import model_device
 
-METHODS = ("logits", "rkd")
+_KD_LOSSES: dict[str, Callable] = {}
+
+
+def register_kd_loss(name: str):
+    """Decorator: loss(student_logits, teacher_logits, targets, cfg) -> scalar, selectable as DistillConfig.method."""
+
+    def wrap(fn: Callable) -> Callable:
+        _KD_LOSSES[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_kd_loss(name: str) -> Callable:
+    if name not in _KD_LOSSES:
+        raise NetcompressError(f"method = {name!r}: choose one of {', '.join(list_kd_losses())}")
+    return _KD_LOSSES[name]
+
+
+def list_kd_losses() -> list[str]:
+    return list(_KD_LOSSES)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -35,6 +58,59 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.softmax(teacher_logits / temperature, dim=1),
                     reduction="batchmean")
     return (1 - alpha) * hard + alpha * temperature**2 * soft
+
+
+def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+             temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0) -> torch.Tensor:
+    """Decoupled KD: alpha·TCKD (target vs the rest, a binary distribution) + beta·NCKD (the distribution over
+    the non-target classes), both T²-scaled batch-mean KL; `target` are class indices."""
+    gt = F.one_hot(target, student_logits.shape[1]).bool()
+    p_s, p_t = F.softmax(student_logits / temperature, 1), F.softmax(teacher_logits / temperature, 1)
+    binary_s = torch.stack([p_s[gt], p_s.masked_fill(gt, 0).sum(1)], 1).clamp_min(1e-12)
+    binary_t = torch.stack([p_t[gt], p_t.masked_fill(gt, 0).sum(1)], 1)
+    tckd = F.kl_div(binary_s.log(), binary_t, reduction="batchmean")
+    # 1000 drops the target class from both softmaxes, as the paper's code does
+    nckd = F.kl_div(F.log_softmax(student_logits / temperature - 1000.0 * gt, 1),
+                    F.softmax(teacher_logits / temperature - 1000.0 * gt, 1), reduction="batchmean")
+    return temperature**2 * (alpha * tckd + beta * nckd)
+
+
+def _pearson_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - Pearson correlation of the rows of a and b, averaged."""
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return 1 - F.cosine_similarity(a, b, dim=1, eps=1e-8).mean()
+
+
+def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+              beta: float = 1.0, gamma: float = 1.0) -> torch.Tensor:
+    """DIST: beta·inter-class relation (per sample, across classes) + gamma·intra-class relation (per class,
+    across the batch), each 1 - Pearson correlation of the tempered softmaxes, T²-scaled."""
+    p_s, p_t = F.softmax(student_logits / temperature, 1), F.softmax(teacher_logits / temperature, 1)
+    return temperature**2 * (beta * _pearson_distance(p_s, p_t) + gamma * _pearson_distance(p_s.T, p_t.T))
+
+
+def _hard_term(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(student_logits, targets)
+
+
+@register_kd_loss("logits")
+def _logit_matching(s, t, targets, cfg) -> torch.Tensor:
+    return kd_loss(s, t, targets, cfg.temperature, cfg.alpha)
+
+
+register_kd_loss("rkd")(_logit_matching)  # + the relational term, added by DistillLoss
+
+
+@register_kd_loss("dkd")
+def _decoupled(s, t, targets, cfg) -> torch.Tensor:
+    classes = targets.argmax(1) if targets.dim() == 2 else targets  # a mixed image counts as its larger part
+    return (1 - cfg.alpha) * _hard_term(s, targets) + cfg.alpha * dkd_loss(s, t, classes, cfg.temperature,
+                                                                          beta=cfg.dkd_beta)
+
+
+@register_kd_loss("dist")
+def _correlation(s, t, targets, cfg) -> torch.Tensor:
+    return (1 - cfg.alpha) * _hard_term(s, targets) + cfg.alpha * dist_loss(s, t, cfg.temperature)
 
 
 def _pairwise_distances(e: torch.Tensor) -> torch.Tensor:
@@ -81,13 +157,13 @@ class DistillConfig:
 
     temperature: float = 20.0
     alpha: float = 0.5  # weight of the teacher's term; 0 = plain cross-entropy
-    method: str = "logits"  # logits | rkd (logits + relational terms)
+    method: str = "logits"  # a registered loss: logits | rkd (logits + relational terms) | dkd | dist
     rkd_weight: float = 1.0
+    dkd_beta: float = 8.0  # DKD's weight of the non-target term (the paper: 8 on CIFAR-100)
     teacher_precision: str = "auto"  # auto (bf16 where the hardware has it natively) | fp32 | bf16
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise NetcompressError(f"method = {self.method!r}: choose one of {', '.join(METHODS)}")
+        get_kd_loss(self.method)
         if not 0 < self.temperature < float("inf"):
             raise NetcompressError(f"temperature = {self.temperature} must be a finite number > 0")
         if not 0 <= self.alpha <= 1:
@@ -104,17 +180,22 @@ def native_bf16(device: torch.device) -> bool:
 
 
 class DistillLoss:
-    """loss_fn(student_logits, batch) for `train.fit`, with the teacher inside."""
+    """loss_fn(student_logits, batch) for `fit`, with the teacher inside, or with its outputs cached in the batches
+    (`teacher` None: `TeacherViews`)."""
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: DistillConfig, channels_last: bool = True):
+    def __init__(self, teacher: nn.Module | None, student: nn.Module, cfg: DistillConfig, channels_last: bool = True):
         self.cfg = cfg
-        self.device = model_device(teacher)
-        self.bf16 = cfg.teacher_precision == "bf16" or (cfg.teacher_precision == "auto" and native_bf16(self.device))
-        self.teacher = teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        if channels_last:
-            self.teacher.to(memory_format=torch.channels_last)
+        self.teacher = teacher
+        if teacher is not None:
+            self.device = model_device(teacher)
+            self.bf16 = cfg.teacher_precision == "bf16" or (cfg.teacher_precision == "auto" and native_bf16(self.device))
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            if channels_last:
+                teacher.to(memory_format=torch.channels_last)
+        elif cfg.method == "rkd":
+            raise NetcompressError("method rkd needs the live teacher's features; cached teacher views hold logits only")
         self.student_emb = Embedding(student) if cfg.method == "rkd" else None
         self.teacher_emb = Embedding(teacher) if cfg.method == "rkd" else None
         self.cached: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -132,13 +213,16 @@ class DistillLoss:
         self.cached = (logits, None if self.teacher_emb is None else torch.cat([o[1] for o in outs]))
 
     def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        if self.cached is not None:
+        teacher_emb = None
+        if batch.teacher_logits is not None:
+            teacher_logits = batch.teacher_logits.to(logits.device)
+        elif self.cached is not None:
             index = batch.index.to(self.cached[0].device)
             teacher_logits = self.cached[0][index].to(logits.device)
             teacher_emb = None if self.cached[1] is None else self.cached[1][index].to(logits.device)
         else:
             teacher_logits, teacher_emb = self._teacher(batch.images)
-        loss = kd_loss(logits, teacher_logits, batch.targets, self.cfg.temperature, self.cfg.alpha)
+        loss = get_kd_loss(self.cfg.method)(logits, teacher_logits, batch.targets, self.cfg)
         if self.student_emb is not None:
             loss = loss + self.cfg.rkd_weight * rkd_loss(self.student_emb.value, teacher_emb)
         return loss

@@ -37,6 +37,7 @@ from ..runtime import bars_off, log, model_device, resolve_device
 from ..spec import attach, copy_model, spec_of
 from .distill import DistillConfig, DistillLoss, check_teacher
 from .distributed import World
+from .views import TeacherViews
 
 # loss_fn(student logits, batch) -> scalar loss
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
@@ -124,7 +125,7 @@ def fit(
     config: TrainConfig | None = None,
     *,
     val=None,
-    teacher: nn.Module | str | Path | None = None,
+    teacher: nn.Module | str | Path | TeacherViews | None = None,
     distill: DistillConfig | None = None,
     run_dir: str | Path | None = None,
     device: str | torch.device = "auto",
@@ -141,7 +142,8 @@ def fit(
     training data (Split, torch Dataset of (image, label), DataLoader) with `val` the same kind
     (without `val`, the last epoch's model is returned). Keyword overrides replace config fields:
     fit(model, data, epochs=3). With `teacher` (a module or a model file), the loss is the
-    distillation loss of `distill` (default DistillConfig(): the course's T=20, alpha=0.5).
+    distillation loss of `distill` (default DistillConfig(): the course's T=20, alpha=0.5); with
+    `TeacherViews` the batches are its cached views and the loss reads the teacher's cached logits.
     `penalty(model)` is added to every step's loss; `after_step(model)` runs after every
     optimizer step. A model whose spec says it is sparse (magnitude pruning) keeps its zeros.
     `settings`: extra facts that define the run and must match on resume. Under torchrun
@@ -175,7 +177,14 @@ def fit(
     net = attach(copy_model(model), spec).to(dev)
     _check_outputs(net, train, dev, input_size=spec.input_size)
     loss_fn = cross_entropy_loss(cfg.label_smoothing)
-    if teacher is not None:
+    views = teacher if isinstance(teacher, TeacherViews) else None
+    if views is not None:
+        views.check(train)
+        distill = distill or DistillConfig()
+        loss_fn = DistillLoss(None, net, distill)
+        settings.update(distill=asdict(distill), teacher={"views": views.meta})
+        attach(net, spec.with_info(distilled_from={"views": views.meta["config"]}))
+    elif teacher is not None:
         distill = distill or DistillConfig()
         teacher_net = _teacher_module(teacher, train)
         loss_fn = DistillLoss(teacher_net.to(dev), net, distill, cfg.channels_last)
@@ -183,14 +192,14 @@ def fit(
             loss_fn.precompute(train)
         settings.update(distill=asdict(distill), teacher=str(teacher) if isinstance(teacher, (str, Path)) else
                         spec_of(teacher).arch or spec_of(teacher).info.get("module"))
-        spec = spec.with_info(distilled_from=settings["teacher"])
-        attach(net, spec)
+        attach(net, spec.with_info(distilled_from=settings["teacher"]))
+    spec = spec_of(net)
     if penalty is not None:
         base_loss = loss_fn
         loss_fn = lambda logits, batch: base_loss(logits, batch) + penalty(net)  # noqa: E731
     if spec.info.get("sparse"):
         after_step = _keep_zeros(net, after_step)
-    loop = _Loop(net, train, val_split, cfg, loss_fn, dev, world, progress, after_step)
+    loop = _Loop(net, train, val_split, cfg, loss_fn, dev, world, progress, after_step, views)
     return loop.run(None if run_dir is None else Path(run_dir), {
         "config": asdict(cfg), "arch": spec.arch, "kwargs": spec.kwargs, "train_images": len(train), **settings})
 
@@ -240,9 +249,9 @@ def _keep_zeros(net: nn.Module, then: Callable | None) -> Callable[[nn.Module], 
 class _Loop:
     """The epochs of one fit: train, validate, keep the best model, checkpoint to run_dir (if any)."""
 
-    def __init__(self, net, train, val, cfg, loss_fn, device, world, progress, after_step):
+    def __init__(self, net, train, val, cfg, loss_fn, device, world, progress, after_step, views):
         self.net, self.train, self.val, self.cfg, self.loss_fn = net, train, val, cfg, loss_fn
-        self.device, self.world, self.after_step = device, world, after_step
+        self.device, self.world, self.after_step, self.views = device, world, after_step, views
         self.progress = progress and world.main
 
     def run(self, run_dir: Path | None, run_info: dict) -> nn.Module:
@@ -298,8 +307,12 @@ class _Loop:
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        batches = iterate_batches(self.train, local_batch, device=device, shuffle=True, augment=cfg.augment,
-                                  generator=gen, channels_last=cfg.channels_last, shard=(world.rank, world.size))
+        if self.views is not None:  # cached teacher outputs: the views' own warps and mixing
+            batches = self.views.batches(self.train, local_batch, device=device, generator=gen,
+                                         shard=(world.rank, world.size), channels_last=cfg.channels_last)
+        else:
+            batches = iterate_batches(self.train, local_batch, device=device, shuffle=True, augment=cfg.augment,
+                                      generator=gen, channels_last=cfg.channels_last, shard=(world.rank, world.size))
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=bars_off(self.progress),
                    leave=False)
         for step, batch in enumerate(bar):
