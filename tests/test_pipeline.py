@@ -160,3 +160,45 @@ def test_a_killed_run_resumes_without_redoing_finished_stages(jpeg_dataset, tmp_
     assert [r["epoch"] for r in rows] == list(range(1, 41))
     assert metrics.read_text().splitlines()[: len(first_rows) - 1] == first_rows[:-1]  # kept, not redone
     assert (out / "student" / "done.json").exists() and (out / "report.html").exists()
+
+
+def test_a_larger_teacher_and_cached_views(jpeg_dataset, tmp_path):
+    """The teacher trains at 48 px, the student at 32 px from 2 cached mixed views of every image."""
+    recipe = tmp_path / "views.toml"
+    recipe.write_text(f"""
+[data]
+root = "{jpeg_dataset}"
+image_size = 32
+[teacher]
+model = "studentnet"
+image_size = 48
+epochs = 1
+batch_size = 4
+[student]
+model = "studentnet"
+epochs = 2
+batch_size = 4
+temperature = 1.0
+alpha = 1.0
+views = 2
+mixup = 0.5
+cutmix = 1.0
+[[prune]]
+method = "l2"
+rate = 0.5
+steps = 1
+finetune_epochs = 1
+""")
+    out = tmp_path / "run"
+    proc = run_cli("run", recipe, "--out", out, "--no-progress", "--json", cache=tmp_path / "cache")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    artifacts = {a["stage"]: a for a in json.loads(stdout)["artifacts"]}
+    import netcompress as nc
+
+    assert nc.spec_of(nc.load(out / "teacher" / "best.safetensors")).input_size == 48
+    student = nc.load(out / "student" / "best.safetensors")
+    assert nc.spec_of(student).input_size == 32 and nc.spec_of(student).info["distilled_from"]["views"]["views"] == 2
+    views = nc.TeacherViews.load(out / "student" / "teacher_views.safetensors")
+    assert views.logits.shape == (12, 2, 3) and views.meta["image_size"] == 48
+    assert artifacts["teacher"]["val_accuracy"] >= 0 and "prune-l2-0.5-1steps-ft1" in artifacts

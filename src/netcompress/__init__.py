@@ -36,6 +36,7 @@ from .models import create_model, list_models, register_model
 from .spec import ModelSpec, new_model, spec_of
 from .train.distill import DistillConfig
 from .train.fit import TrainConfig, fit
+from .train.views import TeacherViews, ViewConfig
 from .version import __version__
 
 __all__ = [
@@ -44,7 +45,7 @@ __all__ = [
     # models
     "create_model", "new_model", "list_models", "register_model", "ModelSpec", "spec_of",
     # training and distillation
-    "fit", "TrainConfig", "DistillConfig",
+    "fit", "TrainConfig", "DistillConfig", "TeacherViews", "ViewConfig",
     # compression
     "prune", "prune_iteratively", "PruneConfig", "Pruner", "register_pruner", "list_pruners",
     "factorize", "factorize_and_finetune", "LowRankConfig",

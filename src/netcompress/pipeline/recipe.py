@@ -1,8 +1,8 @@
 """Recipes: a whole experiment as one TOML file, checked field by field before anything runs.
 
     [data]        root, image_size, channels, labels, val_fraction, skip_bad
-    [teacher]     model + epochs (train or fine-tune), or file (an existing model file)
-    [student]     distillation: model, epochs, lr, batch_size, temperature, alpha, method
+    [teacher]     model + epochs (train or fine-tune), or file (an existing model file); image_size, mixup, cutmix
+    [student]     distillation: model, epochs, lr, batch_size, temperature, alpha, method, mixup, cutmix, views
     [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, distill
     [[lowrank]]   one table per factorization of the student: LowRankConfig's fields + finetune_epochs, distill
     [[quantize]]  one table per storage codec (QuantConfig's fields), applied to the student and every
@@ -28,6 +28,7 @@ from ..compress.codecs import get_codec
 from ..compress.lowrank import LowRankConfig
 from ..compress.prune import PruneConfig
 from ..compress.quant_config import QuantConfig
+from ..data.augment import AugmentConfig
 from ..errors import NetcompressError
 from ..train.distill import DistillConfig
 from ..train.fit import TrainConfig
@@ -60,12 +61,18 @@ class DataSection:
 class TeacherSection:
     model: str = "efficientnet_lite0"
     file: str = ""  # an existing teacher model file: no training
+    image_size: int = 0  # the teacher's input; 0: the data's (a larger one: the student sees its views shrunk)
     epochs: int = 10
     lr: float = 5e-4
     batch_size: int = 64
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     def configs(self, seed: int) -> tuple[TrainConfig]:
-        return (TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed),)
+        if self.image_size and not 8 <= self.image_size <= 4096:
+            raise NetcompressError(f"image_size = {self.image_size} must lie in 8..4096 (0: the data's)")
+        return (TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed,
+                            augment=AugmentConfig(mixup=self.mixup, cutmix=self.cutmix)),)
 
 
 @dataclass(frozen=True)
@@ -77,16 +84,21 @@ class StudentSection:
     temperature: float = 4.0
     alpha: float = 0.9
     method: str = "logits"
+    mixup: float = 0.0  # the teacher sees the same mixed images
+    cutmix: float = 0.0
+    views: int = 0  # > 0: the teacher's outputs cached for this many fixed views of every image (TeacherViews)
 
     def configs(self, seed: int) -> tuple[TrainConfig, DistillConfig]:
-        return (TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed),
+        if not 0 <= self.views <= 1024:
+            raise NetcompressError(f"views = {self.views} must lie in 0..1024 (0: the teacher runs live)")
+        return (TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed,
+                            augment=AugmentConfig(mixup=self.mixup, cutmix=self.cutmix)),
                 DistillConfig(temperature=self.temperature, alpha=self.alpha, method=self.method))
 
     def finetune(self, epochs: int, seed: int) -> tuple[TrainConfig | None, DistillConfig]:
-        """Fine-tuning after pruning or factorization (None for 0 epochs): the student's optimizer and
-        logit distillation settings."""
-        train, _ = self.configs(seed)
-        return (dataclasses.replace(train, epochs=epochs) if epochs else None,
+        """Fine-tuning after pruning or factorization (None for 0 epochs): the student's optimizer, the course's
+        augmentation and logit distillation."""
+        return (TrainConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size, seed=seed) if epochs else None,
                 DistillConfig(self.temperature, self.alpha))
 
 

@@ -11,25 +11,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from .. import (
-    ImageFolderData,
-    NetcompressError,
-    evaluate,
-    factorize_and_finetune,
-    fit,
-    load,
-    new_model,
-    prune_iteratively,
-    quantize,
-)
+from .. import (AugmentConfig, ImageFolderData, NetcompressError, evaluate, factorize_and_finetune, fit, load,
+               new_model, prune_iteratively, quantize, spec_of)
 from ..files import atomic_write_text
 from ..measure.cost import measure_model
 from ..runtime import log, seed_everything
+from ..train.views import TeacherViews, ViewConfig
 from .compare_arch import compare
 from .recipe import Recipe
 
@@ -40,10 +32,22 @@ class Run:
     def __init__(self, recipe: Recipe, run_dir: str | Path, device: torch.device, *, cache_dir=None,
                  progress: bool = True):
         self.recipe, self.dir, self.device, self.progress = recipe, Path(run_dir), device, progress
-        d = recipe.data
-        self.data = ImageFolderData(d.root, d.image_size, channels=d.channels, labels_csv=d.labels or None,
-                                    val_fraction=d.val_fraction, seed=recipe.seed, cache_dir=cache_dir,
-                                    skip_bad=d.skip_bad, progress=progress)
+        self.cache_dir = cache_dir
+        self._data: dict[int, ImageFolderData] = {}
+        self.data = self.data_at(recipe.data.image_size)
+
+    def data_at(self, size: int) -> ImageFolderData:
+        """The recipe's dataset folder at one image size (the student's, or a larger teacher's)."""
+        if size not in self._data:
+            d = self.recipe.data
+            self._data[size] = ImageFolderData(d.root, size, channels=d.channels, labels_csv=d.labels or None,
+                                               val_fraction=d.val_fraction, seed=self.recipe.seed,
+                                               cache_dir=self.cache_dir, skip_bad=d.skip_bad, progress=self.progress)
+        return self._data[size]
+
+    def teacher_data(self, teacher_file: str) -> ImageFolderData:
+        """Training images at the teacher's size where it is larger: it sees them as they are, the student shrunk."""
+        return self.data_at(max(spec_of(load(teacher_file)).input_size, self.recipe.data.image_size))
 
     def stage(self, name: str, work) -> dict:
         done = self.dir / name / "done.json"
@@ -62,7 +66,9 @@ class Run:
     def artifact(self, name: str, path: Path, stage: str) -> dict:
         """One row for the model file at `path`: what it costs and its validation accuracy."""
         path = Path(path).resolve()
-        row = measure_model(load(path), self.data.split("validation"), self.device, path.stat().st_size)
+        model = load(path)
+        val = self.data_at(spec_of(model).input_size).split("validation")
+        row = measure_model(model, val, self.device, path.stat().st_size)
         inside = path.is_relative_to(self.dir.resolve())
         return {"name": name, "stage": stage, "file": str(path.relative_to(self.dir.resolve()) if inside else path),
                 "format": "safetensors fp32", **row}
@@ -79,9 +85,10 @@ def _teacher_stage(run: Run):
             return {"model_file": str(path.resolve()), "trained": False,
                     "artifacts": [run.artifact(f"teacher ({path.name})", path, "teacher")]}
         seed_everything(run.recipe.seed)
-        net = new_model(t.model, run.data.class_names, run.recipe.data.image_size, run.recipe.data.channels)
+        size = t.image_size or run.recipe.data.image_size
+        net = new_model(t.model, run.data.class_names, size, run.recipe.data.channels)
         (train_cfg,) = t.configs(run.recipe.seed)
-        fit(net, run.data, train_cfg, run_dir=out, device=run.device, progress=run.progress)
+        fit(net, run.data_at(size), train_cfg, run_dir=out, device=run.device, progress=run.progress)
         return {"model_file": str(out / "best.safetensors"), "trained": True,
                 "artifacts": [run.artifact(f"teacher ({t.model})", out / "best.safetensors", "teacher")]}
 
@@ -93,14 +100,38 @@ def _student_stage(run: Run, teacher_file: str):
 
     def work(out: Path) -> dict:
         seed_everything(run.recipe.seed)
-        net = new_model(s.model, run.data.class_names, run.recipe.data.image_size, run.recipe.data.channels)
+        size = run.recipe.data.image_size
+        net = new_model(s.model, run.data.class_names, size, run.recipe.data.channels)
         train_cfg, kd = s.configs(run.recipe.seed)
-        fit(net, run.data, train_cfg, teacher=teacher_file, distill=kd, run_dir=out, device=run.device,
-            progress=run.progress)
+        train = run.teacher_data(teacher_file)
+        teacher = teacher_file if not s.views else _teacher_views(run, teacher_file, train.split("training"),
+                                                                  out / "teacher_views.safetensors")
+        fit(net, train, replace(train_cfg, input_size=size), val=run.data.split("validation"), teacher=teacher,
+            distill=kd, run_dir=out, device=run.device, progress=run.progress)
         return {"model_file": str(out / "best.safetensors"),
                 "artifacts": [run.artifact(f"student ({s.model}, distilled)", out / "best.safetensors", "student")]}
 
     return run.stage("student", work)
+
+
+def _teacher_views(run: Run, teacher_file: str, train, path: Path) -> TeacherViews:
+    """The teacher's outputs for the student section's views: computed once, kept in the stage's folder."""
+    s = run.recipe.student
+    cfg = ViewConfig(views=s.views, augment=AugmentConfig(mixup=s.mixup, cutmix=s.cutmix), seed=run.recipe.seed)
+    if path.exists():
+        views = TeacherViews.load(path)
+        if views.meta.get("config") == json.loads(json.dumps(asdict(cfg))):
+            views.check(train)
+            return views
+    views = TeacherViews.compute(load(teacher_file).to(run.device), train, cfg, progress=run.progress)
+    views.save(path)
+    return views
+
+
+def _finetune_data(run: Run, teacher_file: str | None, finetune):
+    """Fine-tuning images at the teacher's size (the student's input stays), and the validation split."""
+    train = run.teacher_data(teacher_file) if teacher_file else run.data
+    return train, replace(finetune, input_size=run.recipe.data.image_size) if finetune else None
 
 
 def _prune_stage(run: Run, p, student_file: str, teacher_file: str):
@@ -109,8 +140,10 @@ def _prune_stage(run: Run, p, student_file: str, teacher_file: str):
     def work(out: Path) -> dict:
         cfg, _ = p.configs(run.recipe.seed)
         finetune, kd = run.recipe.student.finetune(p.finetune_epochs, run.recipe.seed)
-        result = prune_iteratively(load(student_file), cfg, run.data, finetune, teacher=teacher_file if p.distill
-                                   else None, distill=kd, run_dir=out, device=run.device, progress=run.progress)
+        teacher = teacher_file if p.distill else None
+        train, finetune = _finetune_data(run, teacher, finetune)
+        result = prune_iteratively(load(student_file), cfg, train, finetune, val=run.data.split("validation"),
+                                   teacher=teacher, distill=kd, run_dir=out, device=run.device, progress=run.progress)
         artifacts = [{"name": f"{name}, step {r['step']}", "stage": name, "file": f"{name}/{r['model_file']}",
                       "format": "safetensors fp32", **r} for r in result.rows[1:]]
         return {"rows": result.rows, "artifacts": artifacts}
@@ -124,9 +157,11 @@ def _lowrank_stage(run: Run, lr, student_file: str, teacher_file: str):
     def work(out: Path) -> dict:
         cfg, _ = lr.configs(run.recipe.seed)
         finetune, kd = run.recipe.student.finetune(lr.finetune_epochs, run.recipe.seed)
-        result = factorize_and_finetune(load(student_file), cfg, run.data, finetune,
-                                        teacher=teacher_file if lr.distill else None, distill=kd, run_dir=out,
-                                        device=run.device, progress=run.progress)
+        teacher = teacher_file if lr.distill else None
+        train, finetune = _finetune_data(run, teacher, finetune)
+        result = factorize_and_finetune(load(student_file), cfg, train, finetune, val=run.data.split("validation"),
+                                        teacher=teacher, distill=kd, run_dir=out, device=run.device,
+                                        progress=run.progress)
         artifacts = [{**r, "name": f"{name}, {r['stage']}", "stage": name, "file": f"{name}/{r['model_file']}",
                       "format": "safetensors fp32", "candidate": r["stage"] != "factorized" or not lr.finetune_epochs}
                      for r in result.log["rows"] if r["stage"] != "original"]
@@ -206,7 +241,8 @@ def _evaluate(run: Run, artifacts: list[dict], chosen: list[str]) -> dict:
         if not run.data.split("testing").labeled:
             return {}
         for a in wanted:
-            metrics = evaluate(load(run.dir / a["file"]), run.data, "testing", device=run.device)
+            model = load(run.dir / a["file"])
+            metrics = evaluate(model, run.data_at(spec_of(model).input_size), "testing", device=run.device)
             results[a["name"]] = round(metrics["accuracy"], 5)
         atomic_write_text(path, json.dumps(results, indent=2))
     return results
