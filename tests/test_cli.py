@@ -147,3 +147,18 @@ def test_prune_writes_progress_to_stderr_and_json_to_stdout(jpeg_dataset, tmp_pa
                        "--batch-size", 4, "--out", tmp_path / "p", "--json", cache=tmp_path / "c")
     assert [r["step"] for r in json.loads(proc.stdout)["rows"]] == [0, 1]  # stdout is JSON only
     assert "step 1:" in proc.stderr
+
+
+def test_distill_from_cached_views_at_a_larger_teacher_size(jpeg_dataset, tmp_path):
+    cache = tmp_path / "c"
+    netcompress("train", "--model", "studentnet", "--data", jpeg_dataset, "--image-size", 40, "--epochs", 1,
+                "--batch-size", 4, "--out", tmp_path / "t", "--no-progress", cache=cache)
+    out = json.loads(netcompress("distill", "--teacher", tmp_path / "t" / "best.safetensors", "--data", jpeg_dataset,
+                                 "--image-size", 32, "--views", 3, "--mixup", 0.4, "--cutmix", 1.0, "-T", 1,
+                                 "--alpha", 1, "--epochs", 2, "--batch-size", 4, "--out", tmp_path / "s", "--json",
+                                 "--no-progress", cache=cache).stdout)
+    import netcompress as nc
+
+    views = nc.TeacherViews.load(tmp_path / "s" / "teacher_views.safetensors")
+    assert views.logits.shape == (12, 3, 3) and views.meta["image_size"] == 40
+    assert nc.spec_of(nc.load(out["model_file"])).input_size == 32

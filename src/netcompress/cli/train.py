@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .. import AugmentConfig, DistillConfig, TrainConfig, fit, load, new_model, spec_of
+from .. import AugmentConfig, DistillConfig, TeacherViews, TrainConfig, ViewConfig, fit, load, new_model, spec_of
 from ..runtime import resolve_device, seed_everything
 from ..spec import attach
 from ..train.distributed import init_from_env
@@ -86,6 +86,9 @@ def distill(
                                  help="The course's augmentation; without it the teacher runs once per image."),
     mixup: float = MixupOpt,
     cutmix: float = CutmixOpt,
+    views: int = typer.Option(0, "--views", help="Cache the teacher's outputs for this many fixed views of every "
+                              "image (their own warps, --mixup and --cutmix; kept in OUT/teacher_views.safetensors): "
+                              "long schedules at the student's cost. 0: the teacher runs at every step."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="The student's input size [default: the "
                                              "teacher's]. Smaller than the teacher's: the teacher sees each augmented "
                                              "image at its own size, the student the same image shrunk."),
@@ -134,7 +137,12 @@ def distill(
         attach(net, spec_of(net).replace(input_size=size))
     else:
         net = new_model(student, _class_names(ds, world), size, teacher_spec.channels, width_mult=width_mult)
-    best = fit(net, ds, cfg, teacher=teacher, distill=kd, run_dir=out, device=dev, progress=progress, world=world,
+    teaching = teacher
+    if views:
+        plan = ViewConfig(views=views, augment=AugmentConfig(mixup=mixup, cutmix=cutmix), seed=seed)
+        teaching = TeacherViews.cached(load(teacher).to(dev), ds.split("training"), plan,
+                                       out / "teacher_views.safetensors", progress=progress and world.main)
+    best = fit(net, ds, cfg, teacher=teaching, distill=kd, run_dir=out, device=dev, progress=progress, world=world,
                settings={"student": student})
     if world.main:
         _report(best, out, {"student": student, "teacher": str(teacher)}, as_json, "distill")

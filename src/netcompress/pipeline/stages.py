@@ -118,14 +118,7 @@ def _teacher_views(run: Run, teacher_file: str, train, path: Path) -> TeacherVie
     """The teacher's outputs for the student section's views: computed once, kept in the stage's folder."""
     s = run.recipe.student
     cfg = ViewConfig(views=s.views, augment=AugmentConfig(mixup=s.mixup, cutmix=s.cutmix), seed=run.recipe.seed)
-    if path.exists():
-        views = TeacherViews.load(path)
-        if views.meta.get("config") == json.loads(json.dumps(asdict(cfg))):
-            views.check(train)
-            return views
-    views = TeacherViews.compute(load(teacher_file).to(run.device), train, cfg, progress=run.progress)
-    views.save(path)
-    return views
+    return TeacherViews.cached(load(teacher_file).to(run.device), train, cfg, path, progress=run.progress)
 
 
 def _finetune_data(run: Run, teacher_file: str | None, finetune):

@@ -141,6 +141,25 @@ class TeacherViews:
                 "image_size": split.image_size, "precision": "bf16" if bf16 else "fp32"}
         return cls({"logits": torch.stack(logits, 1), **plan}, meta)
 
+    @classmethod
+    def cached(cls, teacher: nn.Module | str | Path, split: Split, cfg: ViewConfig, path: str | Path,
+               progress: bool = True) -> "TeacherViews":
+        """The views kept at `path` when they were made with `cfg` for these images, else computed and saved there;
+        `teacher`: a module (on its device) or a model file."""
+        path = Path(path)
+        if path.exists():
+            views = cls.load(path)
+            if views.meta.get("config") == json.loads(json.dumps(asdict(cfg))) and \
+                    views.meta.get("split") == _split_digest(split) and views.meta.get("image_size") == split.image_size:
+                return views
+        if isinstance(teacher, (str, Path)):
+            from ..formats.load import load
+
+            teacher = load(teacher)
+        views = cls.compute(teacher, split, cfg, progress=progress)
+        views.save(path)
+        return views
+
     def check(self, split: Split) -> None:
         if self.meta.get("split") != _split_digest(split) or self.meta.get("image_size") != split.image_size:
             raise NetcompressError("these teacher views were computed for other images (another split, image size "
