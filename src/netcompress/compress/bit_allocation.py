@@ -87,6 +87,10 @@ def allocate_bits(model, cfg: QuantConfig, images: torch.Tensor, budget: int,
     """
     cfg = replace(cfg, min_elements=0, budget=None)
     widths = [b for b in WIDTHS if b <= cfg.bits]
+    smallest = len(encode_model(model, replace(cfg, bits=min(widths), tensor_bits=None)))
+    if smallest > budget:  # known before the (slow) sensitivity measurement
+        raise NetcompressError(f"budget = {budget:,} bytes is below the smallest this codec reaches "
+                               f"({smallest:,} bytes at {min(widths)} bits); raise the budget or prune the model first")
     table = table or sensitivity(model, cfg, images, widths, progress)
     base = replace(cfg, tensor_bits={n: cfg.bits for n in table}, entropy=False)
     fixed = len(encode_model(model, base)) - sum(t[cfg.bits][1] for t in table.values())

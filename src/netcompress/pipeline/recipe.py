@@ -8,7 +8,7 @@
     [[quantize]]  one table per storage codec (QuantConfig's fields), applied to the student and every
                   pruned or factorized model
     [compare_arch] run = true: plain vs depthwise-pointwise vs group convolution at budget_params
-    [evaluate]    test: report the test split once, for the chosen model
+    [evaluate]    test: report the test split once, for the chosen models; budgets: byte budgets to choose for
 
 Each section maps onto the library's configs (TrainConfig, DistillConfig, PruneConfig,
 LowRankConfig, QuantConfig), which validate their own fields: a bad value is reported with the
@@ -183,8 +183,11 @@ class CompareArchSection:
 @dataclass(frozen=True)
 class EvaluateSection:
     test: bool = True
+    budgets: list[int] = field(default_factory=list)  # file sizes in bytes: the best model within each is chosen
 
     def configs(self, seed: int) -> tuple:
+        if any(b < 1 for b in self.budgets):
+            raise NetcompressError(f"budgets = {self.budgets}: file sizes in bytes must be positive")
         return ()
 
 
@@ -209,6 +212,10 @@ LISTS = ("prune", "lowrank", "quantize")  # [[prune]], [[lowrank]], [[quantize]]
 
 def _check_type(value, hint, where: str):
     """`value` converted to the field's type (int -> float where a float is expected), or a clear error."""
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise NetcompressError(f"{where} = {value!r} must be a list")
+        return [_check_type(v, typing.get_args(hint)[0], f"{where}[{i}]") for i, v in enumerate(value)]
     allowed = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
     for expected in allowed:
         if expected is float and isinstance(value, int) and not isinstance(value, bool):

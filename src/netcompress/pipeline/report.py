@@ -84,10 +84,10 @@ def pareto_front(artifacts: list[dict]) -> list[dict]:
     return front
 
 
-def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 300_000, chosen: str | None = None,
+def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 300_000, chosen: tuple[str, ...] = (),
                           val_images: int = 750) -> Path:
-    """Every artifact's bytes on disk (log x) against validation accuracy: the Pareto frontier, the budget's
-    choice, the course's byte limit; models that are no candidates (before fine-tuning) drawn hollow."""
+    """Every artifact's bytes on disk (log x) against validation accuracy: the Pareto frontier, the budgets'
+    choices, the course's byte limit; models that are no candidates (before fine-tuning) drawn hollow."""
     import matplotlib.ticker
 
     plt = _pyplot()
@@ -105,10 +105,10 @@ def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 3
     front = pareto_front(artifacts)
     ax.step([a["file_bytes"] for a in front], [a["val_accuracy"] for a in front], where="post", color="black",
             linewidth=1, alpha=0.6, label="Pareto frontier")
-    for a in artifacts:
-        if a["name"] == chosen:
-            ax.scatter([a["file_bytes"]], [a["val_accuracy"]], marker="*", s=260, color="gold", edgecolors="black",
-                       zorder=5, label=f"budget's choice: {a['name']}")
+    picks = [a for a in artifacts if a["name"] in chosen]
+    if picks:
+        ax.scatter([a["file_bytes"] for a in picks], [a["val_accuracy"] for a in picks], marker="*", s=260,
+                   color="gold", edgecolors="black", zorder=5, label="a budget's choice")
     ax.axvline(limit_bytes, color="crimson", linestyle="--", linewidth=1)
     _accuracy_axis(ax, [a["val_accuracy"] for a in artifacts if a.get("candidate", True)] or [0.5], val_images)
     ax.text(limit_bytes, ax.get_ylim()[0], f" {limit_bytes:,} bytes", color="crimson", va="bottom", fontsize=8)
@@ -195,15 +195,25 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
                     [[r["architecture"], " ".join(map(str, r["widths"])), r["params"], r["file_bytes"], r["int8_bytes"],
                       r["macs"], r["latency_ms_batch1"], r["latency_ms_batch64"], r["val_accuracy"]] for r in crows]),
                    ("img", compare.parent / "compare.png")]
+    choices = ([budget] if budget else []) + summary.get("budgets", [])
     scatter = plot_size_vs_accuracy(artifacts, run_dir / "size_vs_accuracy.png",
-                                    chosen=budget["chosen"] if budget else None, val_images=images)
+                                    chosen=tuple(c["chosen"] for c in choices), val_images=images)
     front = pareto_front(artifacts)
     blocks += [("h2", "Size against accuracy"),
                ("p", "The black steps are the Pareto frontier: each model on it is more accurate than every smaller "
-                     "one. The dashed line is the course's 300,000-byte limit; the star is the budget's choice."),
+                     "one. The dashed line is the course's 300,000-byte limit; stars are the budgets' choices."),
                ("img", scatter),
                ("table", ["on the frontier", "bytes", "val acc"],
                 [[a["name"], a["file_bytes"], a["val_accuracy"]] for a in front])]
+    if summary.get("budgets"):
+        sizes = {a["name"]: a["file_bytes"] for a in artifacts}
+        blocks += [("h2", "Budgets"),
+                   ("p", "The most accurate model on validation within each file size; the test split is measured "
+                         "once, for these choices."),
+                   ("table", ["budget (bytes)", "chosen", "bytes", "val acc", "test acc"],
+                    [[c["target_bytes"], c["chosen"], sizes[c["chosen"]],
+                      next(t["val_accuracy"] for t in c["tried"] if t["name"] == c["chosen"]), test.get(c["chosen"])]
+                     for c in summary["budgets"]])]
     if budget:
         limits = ", ".join(f"{k.removeprefix('target_')} <= {v:,}" for k, v in budget.items()
                            if k.startswith("target_") and v is not None)

@@ -170,16 +170,22 @@ def _quantize_stage(run: Run, q, sources: list[dict]):
     label = name.removeprefix("quantize-")
 
     def work(out: Path) -> dict:
-        artifacts = []
+        artifacts, skipped = [], []
         for i, src in enumerate(sources):
-            stored = quantize(load(run.dir / src["file"]), cfg, run.data if cfg.needs_data else None,
-                              progress=run.progress)
+            try:
+                stored = quantize(load(run.dir / src["file"]), cfg, run.data if cfg.needs_data else None,
+                                  progress=run.progress)
+            except NetcompressError as exc:
+                if cfg.budget is None:
+                    raise
+                skipped.append({"source": src["name"], "why": str(exc)})  # this model cannot get that small
+                continue
             path = stored.save(out / f"{i:02d}-{Path(src['file']).stem}.ncq")
             acc = evaluate(stored.decode(), run.data, "validation", device=run.device)["accuracy"]
             artifacts.append({**src, "name": f"{src['name']}, {label}", "stage": name,
                               "file": str(path.relative_to(run.dir)), "format": f"ncq {label}",
                               "file_bytes": stored.nbytes, "val_accuracy": round(acc, 5)})
-        return {"artifacts": artifacts}
+        return {"artifacts": artifacts, "skipped": skipped}
 
     return run.stage(name, work)
 
@@ -259,11 +265,15 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, device: torch.device, *, tar
     sources = [a for a in artifacts if a["stage"] not in ("teacher", "compare-arch") and a.get("candidate", True)]
     for q in recipe.quantize:
         artifacts += _quantize_stage(run, q, sources)["artifacts"]
+    candidates = [a for a in artifacts if a["stage"] != "teacher"]
     budget = None
     if target_bytes is not None or target_params is not None:
-        budget = choose([a for a in artifacts if a["stage"] != "teacher"], target_bytes, target_params)
-    test = _evaluate(run, artifacts, [budget["chosen"]] if budget else []) if recipe.evaluate.test else {}
-    summary = {"artifacts": artifacts, "budget": budget, "test": test,
+        budget = choose(candidates, target_bytes, target_params)
+    budgets = [choose(candidates, b) for b in recipe.evaluate.budgets
+               if any(a["file_bytes"] <= b for a in candidates if a.get("candidate", True))]
+    chosen = [c["chosen"] for c in ([budget] if budget else []) + budgets]
+    test = _evaluate(run, artifacts, chosen) if recipe.evaluate.test else {}
+    summary = {"artifacts": artifacts, "budget": budget, "budgets": budgets, "test": test,
                "val_images": len(run.data.split("validation"))}
     atomic_write_text(run.dir / "summary.json", json.dumps(summary, indent=2))
     return summary
