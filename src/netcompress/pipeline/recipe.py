@@ -95,11 +95,11 @@ class StudentSection:
                             augment=AugmentConfig(mixup=self.mixup, cutmix=self.cutmix)),
                 DistillConfig(temperature=self.temperature, alpha=self.alpha, method=self.method))
 
-    def finetune(self, epochs: int, seed: int) -> tuple[TrainConfig | None, DistillConfig]:
-        """Fine-tuning after pruning or factorization (None for 0 epochs): the student's optimizer, the course's
-        augmentation and logit distillation."""
-        return (TrainConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size, seed=seed) if epochs else None,
-                DistillConfig(self.temperature, self.alpha))
+    def finetune(self, epochs: int, seed: int, lr: float = 0.0) -> tuple[TrainConfig | None, DistillConfig]:
+        """Fine-tuning after pruning or factorization (None for 0 epochs): the student's optimizer (at `lr` when
+        given), the course's augmentation and the student's distillation."""
+        return (TrainConfig(epochs=epochs, lr=lr or self.lr, batch_size=self.batch_size, seed=seed) if epochs
+                else None, DistillConfig(self.temperature, self.alpha, self.method))
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ class PruneSection:
     steps: int = 5
     global_ranking: bool = False
     finetune_epochs: int = 5
-    distill: bool = True  # fine-tune with the teacher
+    lr: float = 0.0  # the fine-tuning's learning rate; 0: the student's
+    distill: bool = True  # fine-tune with the teacher (its cached views, where the student had them)
 
     def configs(self, seed: int) -> tuple[PruneConfig, TrainConfig]:
         return (PruneConfig(method=self.method, rate=self.rate, steps=self.steps, global_ranking=self.global_ranking),
@@ -128,6 +129,7 @@ class LowRankSection:
     target_params: int = 0
     min_saving: float = 0.1
     finetune_epochs: int = 3
+    lr: float = 0.0  # the fine-tuning's learning rate; 0: the student's
     distill: bool = True
 
     def configs(self, seed: int) -> tuple[LowRankConfig, TrainConfig | None]:

@@ -121,10 +121,16 @@ def _teacher_views(run: Run, teacher_file: str, train, path: Path) -> TeacherVie
     return TeacherViews.cached(load(teacher_file).to(run.device), train, cfg, path, progress=run.progress)
 
 
-def _finetune_data(run: Run, teacher_file: str | None, finetune):
-    """Fine-tuning images at the teacher's size (the student's input stays), and the validation split."""
-    train = run.teacher_data(teacher_file) if teacher_file else run.data
-    return train, replace(finetune, input_size=run.recipe.data.image_size) if finetune else None
+def _finetune_setup(run: Run, teacher_file: str, distill: bool, finetune):
+    """Fine-tuning after pruning or factorization: images at the teacher's size (the student's input stays), and
+    the student's teaching: its cached teacher views when it had them, else the live teacher (or none)."""
+    if finetune is not None:
+        finetune = replace(finetune, input_size=run.recipe.data.image_size)
+    if not distill:
+        return run.data, finetune, None
+    train = run.teacher_data(teacher_file)
+    views = run.dir / "student" / "teacher_views.safetensors"
+    return train, finetune, TeacherViews.load(views) if run.recipe.student.views and views.exists() else teacher_file
 
 
 def _prune_stage(run: Run, p, student_file: str, teacher_file: str):
@@ -132,9 +138,8 @@ def _prune_stage(run: Run, p, student_file: str, teacher_file: str):
 
     def work(out: Path) -> dict:
         cfg, _ = p.configs(run.recipe.seed)
-        finetune, kd = run.recipe.student.finetune(p.finetune_epochs, run.recipe.seed)
-        teacher = teacher_file if p.distill else None
-        train, finetune = _finetune_data(run, teacher, finetune)
+        finetune, kd = run.recipe.student.finetune(p.finetune_epochs, run.recipe.seed, p.lr)
+        train, finetune, teacher = _finetune_setup(run, teacher_file, p.distill, finetune)
         result = prune_iteratively(load(student_file), cfg, train, finetune, val=run.data.split("validation"),
                                    teacher=teacher, distill=kd, run_dir=out, device=run.device, progress=run.progress)
         artifacts = [{"name": f"{name}, step {r['step']}", "stage": name, "file": f"{name}/{r['model_file']}",
@@ -149,9 +154,8 @@ def _lowrank_stage(run: Run, lr, student_file: str, teacher_file: str):
 
     def work(out: Path) -> dict:
         cfg, _ = lr.configs(run.recipe.seed)
-        finetune, kd = run.recipe.student.finetune(lr.finetune_epochs, run.recipe.seed)
-        teacher = teacher_file if lr.distill else None
-        train, finetune = _finetune_data(run, teacher, finetune)
+        finetune, kd = run.recipe.student.finetune(lr.finetune_epochs, run.recipe.seed, lr.lr)
+        train, finetune, teacher = _finetune_setup(run, teacher_file, lr.distill, finetune)
         result = factorize_and_finetune(load(student_file), cfg, train, finetune, val=run.data.split("validation"),
                                         teacher=teacher, distill=kd, run_dir=out, device=run.device,
                                         progress=run.progress)
