@@ -18,13 +18,22 @@ from ..train.distributed import launch, strip_nproc
 
 app = typer.Typer(
     help="Compress image classifiers: train, distill, prune, quantize, measure and report.\n\n"
-    "Data folders use the Food-11 layout (training/, validation/, testing/ with <label>_<k>.jpg) "
-    "or torchvision's ImageFolder layout (<split>/<class>/*.jpg).",
+    "Data folders hold training|train, validation|val, testing|test folders in the Food-11 layout "
+    "(<label>_<k>.jpg) or the ImageFolder layout (<split>/<class>/*.jpg), or one folder per class; "
+    "--labels adds labels from a CSV. A missing validation split is carved from training.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 console = Console(width=None if sys.stdout.isatty() else 160)  # no truncated tables in logs
+
+
+@app.callback()
+def options(no_verify: bool = typer.Option(False, "--no-verify", help="Load netcompress model files without checking "
+                                           "their checksums and that their weights are finite.")) -> None:
+    """Options for every verb, given before it: netcompress --no-verify evaluate ..."""
+    if no_verify:
+        os.environ["NETCOMPRESS_NO_VERIFY"] = "1"
 
 DataOpt = typer.Option(..., "--data", help="Dataset folder (Food-11 or ImageFolder layout).")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")

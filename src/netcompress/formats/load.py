@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch.nn as nn
@@ -14,17 +15,18 @@ from .ncq import load_ncq
 from .onnx import load_onnx
 
 LOADERS = {
-    ".safetensors": load_model,
-    ".ncq": load_ncq,
-    ".onnx": lambda path, base: load_onnx(path),
-    ".bin": lambda path, base: import_course_checkpoint(path),
-    ".pt": lambda path, base: import_course_checkpoint(path),
-    ".pth": lambda path, base: import_course_checkpoint(path),
-    ".pkl": lambda path, base: load_course_pkl(path),
+    ".safetensors": lambda path, base, verify: load_model(path, base, verify=verify),
+    ".ncq": lambda path, base, verify: load_ncq(path, base, verify=verify),
+    ".onnx": lambda path, base, verify: load_onnx(path, verify=verify),
+    ".bin": lambda path, base, verify: import_course_checkpoint(path),  # the course's files carry no checksum
+    ".pt": lambda path, base, verify: import_course_checkpoint(path),
+    ".pth": lambda path, base, verify: import_course_checkpoint(path),
+    ".pkl": lambda path, base, verify: load_course_pkl(path),
 }
 
 
-def load(path: str | Path, model: nn.Module | None = None, *, input_size: int | None = None) -> nn.Module:
+def load(path: str | Path, model: nn.Module | None = None, *, input_size: int | None = None,
+         verify: bool | None = None) -> nn.Module:
     """Any model file as a module with its spec attached, in eval mode.
 
     .safetensors (netcompress model file), .ncq (quantized; decoded to fp32), .onnx (run by ONNX
@@ -32,6 +34,8 @@ def load(path: str | Path, model: nn.Module | None = None, *, input_size: int | 
     (the course's 8/16-bit pickle, read without running code). `model`: a fresh instance of your
     own module class, for files made from a module that is not registered; it is not changed. The
     course's files record no input size: give `input_size` (any other state_dict: `load_state_dict`).
+    verify: check a netcompress file's checksum and that its weights are finite (default: yes, unless
+    the environment sets NETCOMPRESS_NO_VERIFY=1); the course's files carry no checksum to check.
     """
     path = Path(path)
     loader = LOADERS.get(path.suffix.lower())
@@ -41,7 +45,9 @@ def load(path: str | Path, model: nn.Module | None = None, *, input_size: int | 
     if model is not None and path.suffix.lower() not in (".safetensors", ".ncq"):
         raise NetcompressError(f"{path}: model= applies to .safetensors and .ncq files; for a state_dict use "
                                "nc.load_state_dict(path, model)")
-    net = loader(path, model)
+    if verify is None:
+        verify = os.environ.get("NETCOMPRESS_NO_VERIFY") != "1"
+    net = loader(path, model, verify)
     return net if input_size is None else attach(net, spec_of(net).replace(input_size=input_size))
 
 

@@ -20,6 +20,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..errors import NetcompressError
 from ..files import atomic_write
+from .integrity import check_digest, check_size, digest, validate_spec_fields
 from ..spec import ModelSpec, spec_of
 from ..version import __version__
 
@@ -29,7 +30,8 @@ SPARSE_MASK = ".__nonzero_bits"
 
 
 def spec_from_dict(meta: dict, source: str) -> ModelSpec:
-    """A ModelSpec from the JSON a file stored (older files lack some optional fields)."""
+    """A ModelSpec from the JSON a file stored (older files lack some optional fields), checked field by field."""
+    validate_spec_fields(meta, source)
     try:
         return ModelSpec(meta["arch"], meta["kwargs"], meta["class_names"], meta["input_size"],
                          meta.get("preprocessing", {}), meta.get("info", {}), meta.get("overrides", {}),
@@ -51,6 +53,7 @@ def encode(model: nn.Module, *, sparse: bool = False) -> bytes:
                 tensors[name + SPARSE_MASK] = torch.from_numpy(np.packbits(nonzero.flatten().numpy()))
                 tensors[name] = t[nonzero].contiguous()
                 meta["sparse"][name] = list(t.shape)
+    meta["checksum"] = digest(meta, tensors)
     return safetensors_bytes(tensors, metadata={"netcompress": json.dumps(meta)})
 
 
@@ -64,11 +67,18 @@ def save_model(model: nn.Module, path: str | Path, *, sparse: bool = False) -> P
     return atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(blob))
 
 
-def _densify(tensors: dict[str, torch.Tensor], sparse: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+def _densify(tensors: dict[str, torch.Tensor], sparse: dict, like: dict[str, torch.Tensor], source) -> dict:
+    """Sparse tensors (bitmask + nonzero values) back to dense ones of the model's shapes."""
     for name, shape in sparse.items():
-        values = tensors.pop(name)
-        n = int(np.prod(shape))
-        mask = torch.from_numpy(np.unpackbits(tensors.pop(name + SPARSE_MASK).numpy(), count=n).astype(bool))
+        if name not in like or list(like[name].shape) != shape or name + SPARSE_MASK not in tensors:
+            raise NetcompressError(f"{source}: sparse tensor {name} of shape {shape} does not fit the architecture; "
+                                   "the file is damaged or was edited")
+        values, bits = tensors.pop(name), tensors.pop(name + SPARSE_MASK)
+        n = like[name].numel()
+        mask = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool))
+        if bits.numel() != (n + 7) // 8 or int(mask.sum()) != values.numel():
+            raise NetcompressError(f"{source}: sparse tensor {name} holds {values.numel():,} values for "
+                                   f"{int(mask.sum()):,} nonzeros; the file is damaged or was edited")
         dense = torch.zeros(n, dtype=values.dtype)
         dense[mask] = values
         tensors[name] = dense.view(shape)
@@ -76,7 +86,7 @@ def _densify(tensors: dict[str, torch.Tensor], sparse: dict[str, list[int]]) -> 
 
 
 def _read_meta(path: Path) -> dict:
-    if not path.exists():
+    if not path.is_file():
         raise NetcompressError(f"model file {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -86,10 +96,14 @@ def _read_meta(path: Path) -> dict:
     if raw is None:
         raise NetcompressError(f"{path} is safetensors but has no netcompress spec: load its tensors into your module "
                                "with load_state_dict, then save it with netcompress")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
-        raise NetcompressError(f"{path}: format {meta.get('format')} v{meta.get('format_version')} is not "
-                               f"readable by this netcompress ({__version__}); upgrade netcompress")
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise NetcompressError(f"{path}: its spec is not readable JSON ({type(exc).__name__}); the file is damaged, "
+                               "re-create it") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+        raise NetcompressError(f"{path}: not a netcompress model file of a format this netcompress ({__version__}) "
+                               "reads; re-create it, or upgrade netcompress")
     return meta
 
 
@@ -98,16 +112,39 @@ def read_spec(path: str | Path) -> ModelSpec:
     return spec_from_dict(_read_meta(Path(path)), str(path))
 
 
-def load_model(path: str | Path, base: nn.Module | None = None) -> nn.Module:
-    """Rebuild a model from its file: architecture from the spec (on `base` for a user's own module), weights from the tensors."""
+def load_model(path: str | Path, base: nn.Module | None = None, *, verify: bool = True) -> nn.Module:
+    """Rebuild a model from its file: architecture from the spec (on `base` for a user's own module), weights from
+    the tensors. verify: check the file's checksum and that its weights are finite."""
     path = Path(path)
     meta = _read_meta(path)
-    model = spec_from_dict(meta, str(path)).build(base)
-    with safe_open(str(path), framework="pt") as f:
-        state = _densify({k: f.get_tensor(k) for k in f.keys()}, meta.get("sparse", {}))
+    spec = spec_from_dict(meta, str(path))
+    if base is None:
+        check_size(lambda: spec.build(), path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise NetcompressError(f"{path}: its tensors are not readable ({exc}); the file is damaged, re-create it") \
+            from None
+    if verify:
+        check_digest(meta, state, path)
+    model = spec.build(base)
+    state = _densify(state, meta.get("sparse", {}), model.state_dict(), path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise NetcompressError(f"{path}: tensors do not match the architecture"
-                               f"{' of the base module given' if base is not None else ''}: {exc}") from exc
+                               f"{' of the base module given' if base is not None else ''}: "
+                               f"{str(exc).splitlines()[-1].strip()}") from None
+    if verify:
+        check_finite(model, path)
     return model.eval()
+
+
+def check_finite(model: nn.Module, source) -> None:
+    """A model whose weights hold NaN or infinity computes nothing useful: refuse it by name."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise NetcompressError(f"{source}: tensor {bad[0]} holds NaN or infinite values"
+                               + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+                               + "; the training diverged or the file was edited")

@@ -25,7 +25,8 @@ import torch.nn as nn
 
 from ..compress.codecs import Reader, decode_tensor
 from ..errors import NetcompressError
-from .model_file import spec_from_dict
+from .integrity import MAX_MODEL_BYTES, implied_bytes
+from .model_file import check_finite, spec_from_dict
 
 MAGIC = b"\x89NCQ"
 VERSION = 1
@@ -51,8 +52,12 @@ def pack(meta: dict, records: list[bytes], entropy: bool) -> bytes:
     return HEADER.pack(MAGIC, VERSION, flags, len(body), zlib.crc32(body)) + body
 
 
-def unpack(blob: bytes, source: str) -> tuple[dict, Reader]:
-    """Check the header and checksum; returns the JSON meta and a reader at the first record."""
+def unpack(blob: bytes, source: str, base: nn.Module | None = None) -> tuple[dict, Reader]:
+    """Check the header and checksum; returns the JSON meta (spec checked) and a reader at the first record.
+
+    A compressed body is decompressed only as far as its spec's architecture can need: a file that
+    would expand further (a decompression bomb) is refused.
+    """
     if len(blob) < HEADER.size or blob[:4] != MAGIC:
         raise NetcompressError(f"{source} is not a netcompress quantized file (.ncq); make one with "
                                "`netcompress quantize MODEL --out FILE.ncq`")
@@ -67,30 +72,71 @@ def unpack(blob: bytes, source: str) -> tuple[dict, Reader]:
     if zlib.crc32(body) != crc:
         raise NetcompressError(f"{source}: checksum mismatch, the file is corrupted; re-create it with "
                                "`netcompress quantize`")
-    if flags & FLAG_LZMA:
-        body = lzma.decompress(body, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
-    r = Reader(body, source)
-    meta = json.loads(r.take(struct.unpack("<I", r.take(4))[0]))
-    return meta, r
+    read = _stream(body, flags & FLAG_LZMA, source)
+    head = read(4)
+    meta_bytes = read(struct.unpack("<I", head)[0] if len(head) == 4 else 0)
+    try:
+        meta = json.loads(meta_bytes)
+        spec = spec_from_dict(meta["spec"], source)
+    except (ValueError, RecursionError, KeyError, TypeError) as exc:
+        raise NetcompressError(f"{source}: its header is not a readable spec ({type(exc).__name__}); the file is "
+                               "damaged, re-create it") from None
+    if spec.arch is None and base is None:
+        spec.build()  # says: a user's own module needs its base (model=...)
+    records_limit = 4096 + implied_bytes(lambda: spec.build(base))
+    if records_limit > MAX_MODEL_BYTES:
+        raise NetcompressError(f"{source}: its spec asks for {records_limit:,} bytes of weights, above the "
+                               f"{MAX_MODEL_BYTES:,}-byte limit; the file is damaged or was edited")
+    records = read(records_limit + 1)
+    if len(records) > records_limit:
+        raise NetcompressError(f"{source}: its records expand beyond what the spec's architecture can hold "
+                               f"({records_limit:,} bytes); the file is damaged or crafted")
+    return meta, Reader(records, source)
 
 
-def decode_model(blob: bytes, source: str = "<bytes>", base: nn.Module | None = None) -> nn.Module:
+def _stream(body: bytes, compressed: bool, source: str):
+    """read(n): the next n bytes of the (decompressed) body, never decompressing more than asked."""
+    if not compressed:
+        position = [0]
+
+        def read_plain(n: int) -> bytes:
+            out = body[position[0]:position[0] + n]
+            position[0] += len(out)
+            return out
+
+        return read_plain
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
+    pending = [body]
+
+    def read_lzma(n: int) -> bytes:
+        try:
+            out = decompressor.decompress(pending[0], max_length=n)
+        except lzma.LZMAError as exc:
+            raise NetcompressError(f"{source}: its compressed body is damaged ({exc}); re-create it") from None
+        pending[0] = b""
+        return out
+
+    return read_lzma
+
+
+def decode_model(blob: bytes, source: str = "<bytes>", base: nn.Module | None = None, *, verify: bool = True) -> nn.Module:
     """The fp32 model a .ncq file holds, spec attached (its info records the quantization under "quantized")."""
-    meta, r = unpack(blob, source)
-    spec = spec_from_dict(meta["spec"], source)
-    spec = spec.with_info(quantized=meta["quant"])
+    meta, r = unpack(blob, source, base)
+    spec = spec_from_dict(meta["spec"], source).with_info(quantized=meta["quant"])
     model = spec.build(base)
     state = {name: decode_tensor(r, like, name) for name, like in model.state_dict().items()}
     if r.pos != len(r.buf):
         raise NetcompressError(f"{source}: {len(r.buf) - r.pos} bytes left over after the last tensor: the file "
                                "does not match its spec's architecture")
     model.load_state_dict(state, strict=True)
+    if verify:
+        check_finite(model, source)
     return model.eval()
 
 
-def load_ncq(path: str | Path, base: nn.Module | None = None) -> nn.Module:
+def load_ncq(path: str | Path, base: nn.Module | None = None, *, verify: bool = True) -> nn.Module:
     """Decode a .ncq file into an ordinary fp32 model (on `base` for a user's own module)."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise NetcompressError(f"quantized model file {path} does not exist")
-    return decode_model(path.read_bytes(), str(path), base)
+    return decode_model(path.read_bytes(), str(path), base, verify=verify)

@@ -8,6 +8,7 @@ path is an .onnx file. Every exported file carries the model's JSON spec in its 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from dataclasses import asdict
@@ -23,6 +24,7 @@ from ..spec import ModelSpec, attach, copy_model, spec_of
 from .model_file import spec_from_dict
 
 META_KEY = "netcompress"
+CHECKSUM_KEY = "netcompress_checksum"
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, int8: bool = False, calibration=None,
@@ -112,7 +114,7 @@ class OnnxModel(nn.Module):
     """An ONNX Runtime session behind the nn.Module call interface, so `predict_logits` and
     `latency_ms` run it like any model (tensors in, tensors out, on the CPU)."""
 
-    def __init__(self, path: str | Path, threads: int = 0):
+    def __init__(self, path: str | Path, threads: int = 0):  # 0: ONNX Runtime's default (every core)
         super().__init__()
         import onnxruntime as ort
 
@@ -140,16 +142,29 @@ def read_onnx_spec(path: str | Path) -> ModelSpec | None:
     return spec_from_dict(json.loads(raw), str(path)) if raw else None
 
 
-def load_onnx(path: str | Path, threads: int = 0) -> OnnxModel:
+def load_onnx(path: str | Path, threads: int | None = None, *, verify: bool = True) -> OnnxModel:
     """An ONNX Runtime-backed module with its spec; a file from elsewhere gets one guessed from its input and
-    output shapes."""
+    output shapes. verify: check the checksum of a netcompress export. threads: ONNX Runtime's intra-op
+    threads (default: as many as torch uses)."""
+    import onnx
+
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise NetcompressError(f"ONNX file {path} does not exist")
-    model = OnnxModel(path, threads)
-    raw = model.session.get_modelmeta().custom_metadata_map.get(META_KEY)
+    model = OnnxModel(path, torch.get_num_threads() if threads is None else threads)
+    props = model.session.get_modelmeta().custom_metadata_map
+    raw = props.get(META_KEY)
     if raw:
-        return attach(model, spec_from_dict(json.loads(raw), str(path)))
+        try:
+            spec = spec_from_dict(json.loads(raw), str(path))
+        except (ValueError, RecursionError) as exc:
+            raise NetcompressError(f"{path}: its netcompress metadata is not readable JSON ({type(exc).__name__}); "
+                                   "re-export it") from None
+        if verify and CHECKSUM_KEY in props and _checksum(raw, onnx.load(str(path), load_external_data=False)) != \
+                props[CHECKSUM_KEY]:
+            raise NetcompressError(f"{path}: checksum mismatch: the file is damaged or was edited; re-export it, or "
+                                   "load it anyway with --no-verify (verify=False)")
+        return attach(model, spec)
     shape_in, shape_out = model.session.get_inputs()[0].shape, model.session.get_outputs()[0].shape
     if not (len(shape_in) == 4 and isinstance(shape_in[2], int) and isinstance(shape_out[-1], int)):
         raise NetcompressError(f"{path}: not a netcompress export and its input {shape_in} / output {shape_out} "
@@ -158,9 +173,16 @@ def load_onnx(path: str | Path, threads: int = 0) -> OnnxModel:
                                    info={"imported_from": path.name, "module": "onnx"}))
 
 
+def _checksum(spec_json: str, proto) -> str:
+    """SHA-256 of the spec and the graph (nodes and weights): what a netcompress export vouches for."""
+    return hashlib.sha256(spec_json.encode() + proto.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
 def _set_spec(proto, spec: ModelSpec) -> None:
     for p in list(proto.metadata_props):
-        if p.key == META_KEY:
+        if p.key in (META_KEY, CHECKSUM_KEY):
             proto.metadata_props.remove(p)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(asdict(spec))
+    spec_json = json.dumps(asdict(spec))
+    for key, value in ((META_KEY, spec_json), (CHECKSUM_KEY, _checksum(spec_json, proto))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
