@@ -223,15 +223,32 @@ def decode_files(name: str, files: list[Path], labels: list[int], class_names: l
     unless skip_bad, which leaves them out (they keep their place in `Split.skipped`)."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_file = cache / f"{name}-{image_size}px-{_cache_key(files, image_size, channels, skip_bad)}.npz"
-    if cache_file.exists():
-        with np.load(cache_file) as z:
-            images, kept = z["images"], z["kept"].tolist()
+    cached = _read_cache(cache_file, image_size, channels)
+    if cached is not None:
+        images, kept = cached
     else:
         images, kept = _decode(name, files, image_size, channels, skip_bad, progress)
         _atomic_savez(cache_file, images=images, kept=np.asarray(kept, dtype=np.int64))
     skipped = sorted(set(range(len(files))) - set(kept))
     return Split(name, torch.from_numpy(images), torch.tensor([labels[i] for i in kept], dtype=torch.int64),
                  [files[i].name for i in kept], list(class_names), tuple((i, files[i].name) for i in skipped))
+
+
+def _read_cache(path: Path, size: int, channels: int) -> tuple[np.ndarray, list[int]] | None:
+    """A decode cache file's images and kept positions; a damaged one is deleted (and the images decoded again)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, kept = z["images"], z["kept"].tolist()
+        if images.shape[1:] != (channels, size, size) or len(kept) != len(images):
+            raise ValueError(f"shape {images.shape}")
+        return images, kept
+    except Exception as exc:  # numpy and zipfile raise many types for damaged files
+        warnings.warn(f"decode cache {path} is damaged ({type(exc).__name__}); decoding the images again",
+                      stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _decode(name: str, files: list[Path], size: int, channels: int, skip_bad: bool,

@@ -59,7 +59,11 @@ def course_model_from_state(state: dict, path: Path, *, class_names: list[str] |
         raise NetcompressError(f"{path}: not a course StudentNet state_dict (needs keys cnn.0.0.weight and fc.0.weight); "
                                "for other architectures use `netcompress import-state-dict CKPT --arch NAME` or "
                                "nc.load_state_dict(path, model)")
-    found = StudentNet.kwargs_from_state(state)
+    try:
+        found = StudentNet.kwargs_from_state(state)
+    except (KeyError, ValueError, IndexError, AttributeError) as exc:
+        raise NetcompressError(f"{path}: not a course StudentNet state_dict (its keys do not follow cnn.<block>.<layer>: "
+                               f"{exc}); for other architectures use `netcompress import-state-dict`") from None
     widths, num_classes = found["widths"], found["num_classes"]
     if class_names is None:
         class_names = FOOD11_CLASSES if num_classes == 11 else [str(i) for i in range(num_classes)]

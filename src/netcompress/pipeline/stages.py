@@ -18,7 +18,7 @@ import torch
 
 from .. import (AugmentConfig, ImageFolderData, NetcompressError, evaluate, factorize_and_finetune, fit, load,
                new_model, prune_iteratively, quantize, spec_of)
-from ..files import atomic_write_text
+from ..files import RunLock, atomic_write_text
 from ..measure.cost import measure_model
 from ..runtime import log, seed_everything
 from ..train.views import TeacherViews, ViewConfig
@@ -255,7 +255,13 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, device: torch.device, *, tar
                target_params: int | None = None, cache_dir=None, progress: bool = True) -> dict:
     """Run every stage of `recipe` (skipping finished ones); returns the run's summary (also RUN/summary.json)."""
     run = Run(recipe, run_dir, device, cache_dir=cache_dir, progress=progress)
-    run.dir.mkdir(parents=True, exist_ok=True)
+    if run.dir.exists() and not run.dir.is_dir():
+        raise NetcompressError(f"{run.dir} is a file; a run needs a folder there: choose another --out")
+    with RunLock(run.dir):
+        return _run_stages(run, recipe, target_bytes, target_params)
+
+
+def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_params: int | None) -> dict:
     atomic_write_text(run.dir / "recipe.json", json.dumps(asdict(recipe), indent=2))
     teacher = _teacher_stage(run)
     student = _student_stage(run, teacher["model_file"])

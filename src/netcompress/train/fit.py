@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ..data.augment import AugmentConfig, Batch, iterate_batches, resize_batch
 from ..data.split import Split, split_of
 from ..errors import NetcompressError
-from ..files import atomic_write, atomic_write_text
+from ..files import RunLock, atomic_write, atomic_write_text, remove_stale_temporaries
 from ..formats.load import load
 from ..formats.model_file import save_model
 from ..measure.evaluate import classification_metrics, predict_logits
@@ -200,8 +200,17 @@ def fit(
     if spec.info.get("sparse"):
         after_step = _keep_zeros(net, after_step)
     loop = _Loop(net, train, val_split, cfg, loss_fn, dev, world, progress, after_step, views)
-    return loop.run(None if run_dir is None else Path(run_dir), {
-        "config": asdict(cfg), "arch": spec.arch, "kwargs": spec.kwargs, "train_images": len(train), **settings})
+    run_info = {"config": asdict(cfg), "arch": spec.arch, "kwargs": spec.kwargs, "train_images": len(train),
+                **settings}
+    if run_dir is None:
+        return loop.run(None, run_info)
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NetcompressError(f"{run_dir} is a file; the run needs a folder there: choose another output folder")
+    if not world.main:
+        return loop.run(run_dir, run_info)
+    with RunLock(run_dir):
+        return loop.run(run_dir, run_info)
 
 
 def _teacher_module(teacher, train: Split) -> nn.Module:
@@ -346,19 +355,29 @@ class _Loop:
 
 
 def _checkpoint(run_dir: Path, model, opt, sched, epoch, best_acc, best_epoch, history) -> None:
-    """Write state.pt, then metrics.jsonl: on resume both agree on the last finished epoch."""
+    """Commit a finished epoch: state.pt holds the weights, the optimizer and the whole history, so a kill at any
+    instant loses no finished epoch; metrics.jsonl is rewritten from it (and again on resume if a kill came first)."""
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "epoch": epoch, "best_accuracy": best_acc, "best_epoch": best_epoch}
+             "epoch": epoch, "best_accuracy": best_acc, "best_epoch": best_epoch, "history": history}
     atomic_write(run_dir / "state.pt", lambda tmp: torch.save(state, tmp))
+    _write_metrics(run_dir, history)
+
+
+def _write_metrics(run_dir: Path, history: list[dict]) -> None:
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
 
 def _resume(run_dir: Path, run_info: dict, model, opt, sched, device) -> tuple[int, float, int, list[dict]]:
     """Load state.pt if the run directory holds an interrupted run with the same settings."""
     state_path = run_dir / "state.pt"
+    remove_stale_temporaries(run_dir)
     if not state_path.exists():
         return 1, -1.0, 0, []
-    old = json.loads((run_dir / "run.json").read_text())
+    try:
+        old = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise NetcompressError(f"{run_dir} holds state.pt but no readable run.json ({type(exc).__name__}): it was not "
+                               "made by netcompress or is damaged; choose another output folder") from None
     old_cfg, new_cfg = old.get("config", {}), json.loads(json.dumps(run_info["config"]))
     differ = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
     new = json.loads(json.dumps(run_info))
@@ -366,12 +385,30 @@ def _resume(run_dir: Path, run_info: dict, model, opt, sched, device) -> tuple[i
     if differ:
         raise NetcompressError(f"{run_dir} holds a run with other settings ({', '.join(differ)} differ); "
                                "rerun with the same settings to resume, or choose another output folder")
-    state = torch.load(state_path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    history = []
-    if (run_dir / "metrics.jsonl").exists():
-        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    history = [r for r in history if r["epoch"] <= state["epoch"]]
-    return state["epoch"] + 1, state["best_accuracy"], state["best_epoch"], history
+    try:
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        epoch, best_acc, best_epoch = int(state["epoch"]), float(state["best_accuracy"]), int(state["best_epoch"])
+    except Exception as exc:  # torch raises many types for damaged files
+        raise NetcompressError(f"{state_path} is damaged ({type(exc).__name__}); delete it to start the run over, "
+                               "or choose another output folder") from None
+    history = [r for r in state.get("history", _read_metrics(run_dir)) if r["epoch"] <= epoch]
+    _write_metrics(run_dir, history)  # a kill between state.pt and metrics.jsonl lost no row: write it again
+    return epoch + 1, best_acc, best_epoch, history
+
+
+def _read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl of a run from before state.pt held the history; unreadable lines are refused by name."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            if line.strip():
+                rows.append(json.loads(line))
+        except ValueError:
+            raise NetcompressError(f"{path}: line {number} is not JSON; delete the file to rebuild it") from None
+    return rows
