@@ -137,6 +137,7 @@ def iterate_batches(
 
     shard=(rank, ranks): this rank's share of the order all ranks draw from the same generator,
     padded by wrapping around so that every rank gets as many images (and steps) as the others.
+    A shuffled (training) epoch leaves out a last batch of a single image.
     """
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -147,6 +148,8 @@ def iterate_batches(
             generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)) + rank)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
+        if shuffle and len(idx) == 1 and start > 0:
+            break  # a training batch of one image breaks BatchNorm; it is drawn again next epoch
         x = to_float(split.images[idx].to(device, non_blocking=True))
         labels, soft = split.labels[idx].to(device, non_blocking=True), None
         if augment is not None:

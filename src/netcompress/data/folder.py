@@ -111,10 +111,17 @@ def _visible(folder: Path) -> list[Path]:
 
 
 def _images(folder: Path, recursive: bool = False) -> list[Path]:
-    """Regular image files (FIFOs, devices and dangling links are left out), in name order."""
+    """Regular image files in name order; FIFOs, devices and dangling or looping links are left out with a note
+    (never opened: reading a FIFO would block forever)."""
     entries = sorted(folder.rglob("*")) if recursive else _visible(folder)
-    return [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    named = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS
+             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    files = [p for p in named if p.is_file()]
+    others = [p.name for p in named if not p.is_file() and not p.is_dir()]
+    if others:
+        warnings.warn(f"{folder}: left out {len(others)} entr{'y that is' if len(others) == 1 else 'ies that are'} not "
+                      f"a regular file (FIFO, device, dangling link): {', '.join(others[:5])}", stacklevel=4)
+    return files
 
 
 def find_split_folders(root: Path) -> dict[str, Path]:

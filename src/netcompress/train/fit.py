@@ -394,7 +394,7 @@ def _resume(run_dir: Path, run_info: dict, model, opt, sched, device) -> tuple[i
     except Exception as exc:  # torch raises many types for damaged files
         raise NetcompressError(f"{state_path} is damaged ({type(exc).__name__}); delete it to start the run over, "
                                "or choose another output folder") from None
-    history = [r for r in state.get("history", _read_metrics(run_dir)) if r["epoch"] <= epoch]
+    history = [r for r in (state["history"] if "history" in state else _read_metrics(run_dir)) if r["epoch"] <= epoch]
     _write_metrics(run_dir, history)  # a kill between state.pt and metrics.jsonl lost no row: write it again
     return epoch + 1, best_acc, best_epoch, history
 

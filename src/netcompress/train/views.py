@@ -199,6 +199,8 @@ class TeacherViews:
             order = torch.cat([order, order[: (-n) % ranks]])[rank::ranks]
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
+            if len(index) == 1 and start > 0:
+                break  # a training batch of one image breaks BatchNorm
             images, soft = self.render(split, index, view[index], device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
