@@ -124,15 +124,18 @@ def course_decode(obj: dict, source: str) -> dict[str, torch.Tensor]:
         raise NetcompressError(f"{source}: not a course weight pickle (expected a dict of tensor names)")
     state = {}
     for name, value in obj.items():
-        if isinstance(value, tuple) and len(value) == 3 and isinstance(value[2], np.ndarray):
-            lo, hi, q = value
-            value = minmax8_decode(float(lo), float(hi), q)
-        if isinstance(value, np.ndarray) and value.dtype.hasobject:
-            raise NetcompressError(f"{source}: entry {name} is an object array; course files hold numbers only")
-        if not isinstance(value, (np.ndarray, np.generic, int, float)):
-            raise NetcompressError(f"{source}: entry {name} is a {type(value).__name__}; expected an array, "
-                                   "a number or a (min, max, uint8 array) tuple")
-        state[name] = torch.as_tensor(np.asarray(value))
+        try:
+            if isinstance(value, tuple) and len(value) == 3 and isinstance(value[2], np.ndarray):
+                lo, hi, q = value
+                value = minmax8_decode(float(lo), float(hi), q)
+            if isinstance(value, np.ndarray) and value.dtype.hasobject:
+                raise NetcompressError(f"{source}: entry {name} is an object array; course files hold numbers only")
+            if not isinstance(value, (np.ndarray, np.generic, int, float)):
+                raise NetcompressError(f"{source}: entry {name} is a {type(value).__name__}; expected an array, "
+                                       "a number or a (min, max, uint8 array) tuple")
+            state[name] = torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise NetcompressError(f"{source}: entry {name} holds no usable numbers ({exc})") from None
     return state
 
 

@@ -94,9 +94,13 @@ def validate_spec_fields(meta: dict, source) -> None:
         raise bad("input_size", f"= {size!r} must be an integer in 0..{MAX_INPUT_SIZE}")
     if meta.get("channels", 3) not in (1, 3):
         raise bad("channels", f"= {meta.get('channels')!r} must be 1 or 3")
-    for field in ("preprocessing", "info", "overrides"):
+    for field in ("preprocessing", "info", "overrides", "sparse"):
         if not isinstance(meta.get(field, {}), dict):
             raise bad(field, "is not an object")
+    for name, shape in meta.get("sparse", {}).items():
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise bad(f"sparse.{name}", "is not a tensor shape")
     for name, desc in meta.get("overrides", {}).items():
         _validate_layer(desc, f"overrides.{name}", bad)
 

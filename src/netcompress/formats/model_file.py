@@ -101,7 +101,9 @@ def _read_meta(path: Path) -> dict:
     except (ValueError, RecursionError) as exc:
         raise NetcompressError(f"{path}: its spec is not readable JSON ({type(exc).__name__}); the file is damaged, "
                                "re-create it") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(version, int) or \
+            version > FORMAT_VERSION:
         raise NetcompressError(f"{path}: not a netcompress model file of a format this netcompress ({__version__}) "
                                "reads; re-create it, or upgrade netcompress")
     return meta

@@ -146,22 +146,20 @@ def load_onnx(path: str | Path, threads: int | None = None, *, verify: bool = Tr
     """An ONNX Runtime-backed module with its spec; a file from elsewhere gets one guessed from its input and
     output shapes. verify: check the checksum of a netcompress export. threads: ONNX Runtime's intra-op
     threads (default: as many as torch uses)."""
-    import onnx
-
     path = Path(path)
     if not path.is_file():
         raise NetcompressError(f"ONNX file {path} does not exist")
     model = OnnxModel(path, torch.get_num_threads() if threads is None else threads)
-    props = model.session.get_modelmeta().custom_metadata_map
-    raw = props.get(META_KEY)
-    if raw:
-        try:
-            spec = spec_from_dict(json.loads(raw), str(path))
-        except (ValueError, RecursionError) as exc:
-            raise NetcompressError(f"{path}: its netcompress metadata is not readable JSON ({type(exc).__name__}); "
-                                   "re-export it") from None
-        if verify and CHECKSUM_KEY in props and _checksum(raw, onnx.load(str(path), load_external_data=False)) != \
-                props[CHECKSUM_KEY]:
+    try:
+        props = dict(model.session.get_modelmeta().custom_metadata_map)
+        raw = props.get(META_KEY)
+        meta = json.loads(raw) if raw else None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
+        raise NetcompressError(f"{path}: its netcompress metadata is not readable ({type(exc).__name__}); the file is "
+                               "damaged, re-export it") from None
+    if meta is not None:
+        spec = spec_from_dict(meta, str(path))
+        if verify and CHECKSUM_KEY in props and _checksum(raw, _graph(path)) != props[CHECKSUM_KEY]:
             raise NetcompressError(f"{path}: checksum mismatch: the file is damaged or was edited; re-export it, or "
                                    "load it anyway with --no-verify (verify=False)")
         return attach(model, spec)
@@ -171,6 +169,15 @@ def load_onnx(path: str | Path, threads: int | None = None, *, verify: bool = Tr
                                "are not a fixed-size image classifier's; pass a file from `netcompress export`")
     return attach(model, ModelSpec(None, {}, [str(i) for i in range(shape_out[-1])], shape_in[2],
                                    info={"imported_from": path.name, "module": "onnx"}))
+
+
+def _graph(path: Path):
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own types for damaged files
+        raise NetcompressError(f"{path}: not a readable ONNX file ({type(exc).__name__}); re-export it") from None
 
 
 def _checksum(spec_json: str, proto) -> str:
