@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import netcompress as nc
+from netcompress.measure.cost import ms as nc_ms
 
 
 def main() -> None:
@@ -49,22 +50,22 @@ def main() -> None:
                 latency[name][1].append(nc.latency_ms(model, size, 1, repeats=20, warmup=5))
                 latency[name][64].append(nc.latency_ms(model, size, 64, repeats=3, warmup=1))
 
-    def ms(name: str, batch: int, logged: float) -> str:
+    def ms(name: str, batch: int, row: dict) -> str:
         values = latency[name][batch]
-        return f"{statistics.median(values):.2f}" if values else f"{logged:.2f}"
+        return f"{statistics.median(values):.2f}" if values else nc_ms(row["latency_ms"].get(f"torch@{batch}"))
 
     print("| setting | parameters | bytes | MACs | ms @1 | ms @64 | val acc before fine-tuning | val acc after |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     first = runs[0][2]["original"]
     print(f"| original | {first['params']:,} | {first['file_bytes']:,} | {first['macs']:,} | "
-          f"{ms('original', 1, first['latency_ms_batch1'])} | {ms('original', 64, first['latency_ms_batch64'])} | "
+          f"{ms('original', 1, first)} | {ms('original', 64, first)} | "
           f"{first['val_accuracy']:.4f} | — |")
     for label, _, rows in runs:
         before, after = rows["factorized"], rows.get("finetuned")
         last = after or before
         tuned = f"{after['val_accuracy']:.4f}" if after else "—"
         print(f"| {label} | {last['params']:,} | {last['file_bytes']:,} | {last['macs']:,} | "
-              f"{ms(label, 1, last['latency_ms_batch1'])} | {ms(label, 64, last['latency_ms_batch64'])} | "
+              f"{ms(label, 1, last)} | {ms(label, 64, last)} | "
               f"{before['val_accuracy']:.4f} | {tuned} |")
 
 

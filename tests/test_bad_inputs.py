@@ -11,7 +11,6 @@ import io
 import json
 import lzma
 import os
-import signal
 import struct
 import subprocess
 import sys

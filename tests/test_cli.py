@@ -24,7 +24,7 @@ def test_every_verb_has_help_with_an_example():
     from netcompress.cli import app
 
     verbs = sorted(get_command(app).commands)
-    assert len(verbs) == 18
+    assert len(verbs) == 19
     runner = CliRunner()
     for verb in verbs:
         result = runner.invoke(app, [verb, "--help"])
@@ -92,6 +92,22 @@ def test_summary_of_the_course_checkpoint(course_ckpt):
 def test_summary_table_lists_layers():
     out = netcompress("summary", "studentnet9", "--image-size", 64, "--no-latency").stdout
     assert "224,011" in out and "Conv2d" in out
+
+
+def test_latency_of_two_files_side_by_side(course_ckpt, tmp_path):
+    import netcompress as nc
+
+    small = nc.new_model("studentnet", ["a", "b"], 32, widths=[8, 16, 16, 32, 32, 32, 32, 32])
+    nc.save(small, tmp_path / "small.safetensors")
+    nc.export_onnx(small, tmp_path / "small.onnx")
+    out = json.loads(netcompress("latency", tmp_path / "small.safetensors", tmp_path / "small.onnx", "--rounds", 3,
+                                 "--seconds", 0.05, "--max-spread", 100, "--json").stdout)
+    assert [r["model"] for r in out["rows"]] == [str(tmp_path / "small.safetensors"), str(tmp_path / "small.onnx")]
+    assert all(r["runtime"] == "ort" and r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] for r in out["rows"])
+    missing = netcompress("latency", course_ckpt, check=False)  # the file records no input size
+    assert missing.returncode == 2 and "--image-size" in missing.stderr
+    wrong = netcompress("latency", tmp_path / "small.onnx", "--runtime", "torch", check=False)
+    assert wrong.returncode == 2 and "ort or openvino" in wrong.stderr
 
 
 def test_predict_with_the_course_checkpoint(course_ckpt, food_root, cache_dir, tmp_path):

@@ -228,7 +228,7 @@ def test_lowrank_cli_factorizes_fine_tunes_and_logs(jpeg_dataset, tmp_path):
     original, factorized, tuned = log["rows"]
     assert factorized["params"] < original["params"] and factorized["macs"] < original["macs"]
     assert factorized["file_bytes"] < original["file_bytes"] and tuned["params"] == factorized["params"]
-    assert all(k in tuned for k in ("latency_ms_batch1", "latency_ms_batch64", "val_accuracy"))
+    assert "val_accuracy" in tuned and set(tuned["latency_ms"]) == {"ort@1", "torch@1", "torch@64"}
     assert json.loads((run / "lowrank.json").read_text())["rows"] == log["rows"]
     assert any(r["skipped"] and r["skipped"].startswith("depthwise") for r in log["layers"])
     loaded = nc.load(run / "finetuned.safetensors")

@@ -1,6 +1,12 @@
+import importlib.util
+import time
+
+import pytest
 import torch.nn as nn
 
+from netcompress.errors import NetcompressError
 from netcompress.measure.cost import count_macs, count_parameters
+from netcompress.measure.latency import Latency, LatencyConfig, Runtime, consistent
 from netcompress.models import create_model
 
 
@@ -14,3 +20,78 @@ def test_macs_of_a_small_net_by_hand():
 def test_macs_count_convs_with_their_own_forward():
     # EfficientNet-Lite's same-padding convs call F.conv2d themselves; they must still count
     assert count_macs(create_model("efficientnet_lite0", num_classes=10, pretrained=False), 64) > 30_000_000
+
+
+def _tiny_student():
+    import netcompress as nc
+
+    return nc.new_model("studentnet", ["a", "b", "c"], 32, widths=[8, 16, 16, 32, 32, 32, 32, 32])
+
+
+@pytest.mark.parametrize("runtime", ["torch", "ort"])
+def test_latency_measures_several_models_in_interleaved_rounds(runtime):
+    import netcompress as nc
+
+    small = _tiny_student()
+    big = nc.new_model("studentnet", ["a", "b", "c"], 32)
+    found = nc.latency({"small": small, "big": big}, runtime=runtime, rounds=3, seconds=0.05, max_spread=100)
+    assert set(found) == {"small", "big"}
+    for result in found.values():
+        assert result.trusted and result.runtime == runtime and result.batch == 1 and result.threads == 1
+        assert 0 < result.median_ms <= result.p90_ms and result.calls >= 3
+    assert found["small"].median_ms < found["big"].median_ms
+
+
+class _Sleeper(Runtime):
+    """Calls that sleep 2 ms, and every fourth call 20 ms: a machine busy a quarter of the time."""
+
+    name = "sleeper"
+
+    def prepare(self, model, x, threads, workdir):
+        calls = iter(range(10**9))
+        return lambda: time.sleep(0.02 if next(calls) % 4 == 3 else 0.002)
+
+
+def test_a_disturbed_measurement_gives_no_figure_but_a_reason():
+    import netcompress as nc
+
+    nc.register_runtime(_Sleeper)
+    result = nc.latency(_tiny_student(), runtime="sleeper", rounds=3, seconds=0.05, warmup=0)
+    assert not result.trusted and result.median_ms is None and result.spread > 1
+    assert "too busy to measure" in str(result) and "idle machine" in result.note
+
+
+def test_batch_one_slower_than_a_batch_of_64_is_not_reported():
+    one = Latency("torch", 1, 1, 5.0, 5.5, 0.1, 100)
+    many = Latency("torch", 64, 1, 2.0, 2.1, 0.05, 10)
+    a, b = consistent(one, many)
+    assert not a.trusted and not b.trusted and "batch 64" in a.note
+    fine = Latency("torch", 1, 1, 0.5, 0.55, 0.1, 100)
+    assert consistent(fine, many) == (fine, many)
+
+
+def test_latency_config_rejects_unknown_runtimes_and_bad_counts():
+    with pytest.raises(NetcompressError, match="choose one of.*ort"):
+        LatencyConfig(runtime="tensorrt")
+    with pytest.raises(NetcompressError, match="rounds >= 3"):
+        LatencyConfig(rounds=1)
+    with pytest.raises(NetcompressError, match="must be positive"):
+        LatencyConfig(batch=0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is not None, reason="openvino is installed")
+def test_a_runtime_that_is_not_installed_says_how_to_install_it():
+    import netcompress as nc
+
+    with pytest.raises(NetcompressError, match=r"pip install 'netcompress\[openvino\]'"):
+        nc.latency(_tiny_student(), runtime="openvino")
+
+
+def test_measure_model_reports_every_runtime():
+    from netcompress.measure.cost import LATENCIES, latency_texts, measure_latencies
+
+    found = measure_latencies(_tiny_student(), rounds=3)
+    assert set(found) == set(LATENCIES)
+    texts = latency_texts({"latency_ms": found})
+    assert all(t == "busy" or float(t) > 0 for t in texts.values())
+    assert latency_texts({"latency_ms": "decoded to fp32"})["ort@1"] == "decoded to fp32"

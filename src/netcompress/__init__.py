@@ -32,6 +32,7 @@ from .formats.onnx import export_onnx
 from .formats.state_dict import load_state_dict
 from .measure.cost import count_macs, count_parameters, latency_ms
 from .measure.evaluate import evaluate, predict
+from .measure.latency import LatencyConfig, latency, list_runtimes, register_runtime
 from .models import create_model, list_models, register_model
 from .spec import ModelSpec, new_model, spec_of
 from .train.distill import DistillConfig
@@ -53,6 +54,7 @@ __all__ = [
     # files
     "save", "load", "load_state_dict", "export_onnx",
     # measurement
-    "evaluate", "predict", "count_parameters", "count_macs", "latency_ms",
+    "evaluate", "predict", "count_parameters", "count_macs", "latency", "LatencyConfig", "list_runtimes",
+    "register_runtime", "latency_ms",
     "NetcompressError", "__version__",
 ]

@@ -10,11 +10,16 @@ import sys
 import warnings
 
 from ..errors import NetcompressError
-# importing the verb families registers their commands, listed in this order by --help
-from . import train  # noqa: F401, I001
-from . import compress, formats, measure, pipeline  # noqa: F401
-from .common import app
 
+# importing the verb families registers their commands, listed in this order by --help
+from . import (  # noqa: F401
+    compress,
+    formats,
+    measure,
+    pipeline,
+    train,  # noqa: F401, I001
+)
+from .common import app
 
 ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import DistillConfig, ImageFolderData, NetcompressError, load, spec_of
+from ..measure.cost import LATENCY_HEADINGS, latency_texts
 from ..spec import attach
 from ..train.distributed import launch, strip_nproc
 
@@ -80,6 +81,14 @@ def kv_table(title: str, rows: dict) -> Table:
         table.add_row(k, ("yes" if v else "no") if isinstance(v, bool) else f"{v:,}" if isinstance(v, int)
                       else f"{v:.4f}" if isinstance(v, float) else str(v))
     return table
+
+
+LATENCY_COLUMNS = {heading: key for key, heading in LATENCY_HEADINGS.items()}
+
+
+def with_latencies(rows: list[dict]) -> list[dict]:
+    """Rows with their latencies flattened into LATENCY_COLUMNS' keys, as text ('busy' where not measured)."""
+    return [{**r, **latency_texts(r)} for r in rows]
 
 
 def rows_table(title: str, columns: dict[str, str], rows: list[dict]) -> Table:

@@ -25,9 +25,34 @@ from ..compress.lowrank import format_layers
 from ..formats.onnx import OnnxModel
 from ..pipeline.report import plot_pruning
 from ..runtime import resolve_device, seed_everything
-from .common import (BatchSizeOpt, CacheOpt, DataOpt, DeviceOpt, FinetuneAlphaOpt, FinetuneTemperatureOpt, JsonOpt,
-                     LabelsOpt, ModelSizeOpt, ProgressOpt, SeedOpt, SkipBadOpt, TeacherOpt, ThreadsOpt, ValFractionOpt, app,
-                     console, data_for, distill_config, emit, kv_table, model_and_data, rows_table, set_threads)
+from .common import (
+    LATENCY_COLUMNS,
+    BatchSizeOpt,
+    CacheOpt,
+    DataOpt,
+    DeviceOpt,
+    FinetuneAlphaOpt,
+    FinetuneTemperatureOpt,
+    JsonOpt,
+    LabelsOpt,
+    ModelSizeOpt,
+    ProgressOpt,
+    SeedOpt,
+    SkipBadOpt,
+    TeacherOpt,
+    ThreadsOpt,
+    ValFractionOpt,
+    app,
+    console,
+    data_for,
+    distill_config,
+    emit,
+    kv_table,
+    model_and_data,
+    rows_table,
+    set_threads,
+    with_latencies,
+)
 
 
 @app.command()
@@ -81,7 +106,7 @@ def prune(
              for r in result.rows]
     table = rows_table(f"pruning {model_file.name}: {method}, rate {rate}, {steps} steps",
                        {"step": "step", "kept": "kept", "params": "params", "bytes": "file_bytes", "MACs": "macs",
-                        "ms @64": "latency_ms_batch64", "val acc (before ft)": "accuracy"}, shown)
+                        **LATENCY_COLUMNS, "val acc (before ft)": "accuracy"}, with_latencies(shown))
     emit({"rows": result.rows}, as_json, table)
 
 
@@ -141,8 +166,7 @@ def lowrank(
     log = result.log
     table = rows_table(f"low-rank {model_file.name}: " + ", ".join(f"{k} {v}" for k, v in log["selection"].items()),
                        {"stage": "stage", "params": "params", "bytes": "file_bytes", "MACs": "macs",
-                        "ms @1": "latency_ms_batch1", "ms @64": "latency_ms_batch64", "val acc": "val_accuracy"},
-                       log["rows"])
+                        **LATENCY_COLUMNS, "val acc": "val_accuracy"}, with_latencies(log["rows"]))
     if not as_json:
         print(format_layers(log["layers"]))
     emit(log, as_json, table)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 import typer
-
-import json
 
 from .. import NetcompressError, evaluate, export_onnx, load, save, spec_of
 from ..data.folder import read_class_names

@@ -11,16 +11,33 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from .. import NetcompressError, count_macs, count_parameters, latency_ms, list_models, load, new_model, spec_of
+from .. import NetcompressError, count_macs, count_parameters, list_models, load, new_model, spec_of
 from .. import evaluate as evaluate_model
 from .. import predict as predict_logits
 from ..files import atomic_write_text
 from ..formats.onnx import OnnxModel
-from ..measure.cost import layer_table
+from ..measure.cost import LATENCIES, layer_table
+from ..measure.latency import LatencyConfig, consistent, latency as measure_latency, list_runtimes
+from ..spec import attach
 from ..measure.evaluate import plot_confusion, write_submission
 from ..runtime import resolve_device
-from .common import (MODEL_FILES, CacheOpt, DataOpt, DeviceOpt, JsonOpt, LabelsOpt, SkipBadOpt, ThreadsOpt, app, console,
-                     data_for, emit, input_size_of, kv_table, set_threads)
+from .common import (
+    MODEL_FILES,
+    CacheOpt,
+    DataOpt,
+    DeviceOpt,
+    JsonOpt,
+    LabelsOpt,
+    SkipBadOpt,
+    ThreadsOpt,
+    app,
+    console,
+    data_for,
+    emit,
+    input_size_of,
+    kv_table,
+    set_threads,
+)
 
 
 @app.command()
@@ -105,8 +122,8 @@ def summary(
     model: str = typer.Argument(..., help=MODEL_FILES[:-1] + ", or a registered model name."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's input size (names: 96)."),
     num_classes: int = typer.Option(11, "--num-classes", help="For a model name: its class count."),
-    latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure fp32 latency at batch 1 and 64."),
-    device: str = DeviceOpt,
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure latency: ONNX Runtime and eager "
+                                 "PyTorch at batch 1 on one thread, PyTorch at batch 64 (see `netcompress latency`)."),
     threads: Optional[int] = ThreadsOpt,
     as_json: bool = JsonOpt,
 ):
@@ -139,10 +156,50 @@ def summary(
     if path.exists():
         totals["file_bytes"] = path.stat().st_size
     if latency:
-        dev = resolve_device(device)
-        totals["latency_ms_batch1"] = round(latency_ms(net, size, 1, device=dev), 4)
-        totals["latency_ms_batch64"] = round(latency_ms(net, size, 64, device=dev, repeats=10), 3)
-        totals["device"] = str(dev)
+        if image_size:
+            attach(net, spec.replace(input_size=size))
+        runs = {"ort@1": LATENCIES["ort@1"]} if isinstance(net, OnnxModel) else LATENCIES
+        found = {key: measure_latency(net, **cfg) for key, cfg in runs.items()}
+        if "torch@1" in found:
+            found["torch@1"], found["torch@64"] = consistent(found["torch@1"], found["torch@64"])
+        totals.update({f"latency {key} (ms)": str(value) for key, value in found.items()})
     if not as_json:
         print(table)
     emit(totals, as_json, kv_table("totals", totals))
+
+
+@app.command("latency")
+def latency_cmd(
+    model_files: list[Path] = typer.Argument(..., help="Model files to measure together, in interleaved rounds."),
+    runtime: str = typer.Option("ort", "--runtime", help=f"One of {', '.join(list_runtimes())}: ort is ONNX Runtime "
+                                "(fp32 export, or the .onnx file as it is: int8 included)."),
+    batch: int = typer.Option(1, "--batch", help="Images per call."),
+    threads: int = typer.Option(1, "--threads", help="Threads of the runtime."),
+    rounds: int = typer.Option(7, "--rounds", help="Interleaved rounds: every model once per round."),
+    seconds: float = typer.Option(0.15, "--seconds", help="Timed calls per model per round, in seconds."),
+    max_spread: float = typer.Option(0.3, "--max-spread", help="A p90 this far above the median (0.3 = 30%) means the "
+                                     "machine was busy: no figure is printed."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: each model's own input size."),
+    as_json: bool = JsonOpt,
+):
+    """Latency per call: median, p90 and spread over interleaved rounds; no figure when the machine is too busy.
+
+    Example: netcompress latency runs/kd/best.safetensors runs/prune/step1.safetensors --runtime ort --batch 1 --threads 1
+    """
+    cfg = LatencyConfig(runtime=runtime, batch=batch, threads=threads, rounds=rounds, seconds=seconds,
+                        max_spread=max_spread)
+    nets = {}
+    for path in model_files:
+        net = load(path)
+        spec = spec_of(net)
+        nets[str(path)] = attach(net, spec.replace(input_size=image_size or input_size_of(spec, path)))
+    found = measure_latency(nets, cfg)
+    rows = [{"model": name, "runtime": runtime, "batch": batch, "threads": threads, "median_ms": r.median_ms,
+             "p90_ms": r.p90_ms, "spread": r.spread, "calls": r.calls, "note": r.note} for name, r in found.items()]
+    table = Table(title=f"latency on {runtime}, batch {batch}, {threads} thread(s), {rounds} interleaved rounds")
+    for column in ("model", "median ms", "p90 ms", "spread", "calls"):
+        table.add_column(column, justify="right")
+    for r, (name, value) in zip(rows, found.items()):
+        table.add_row(name, str(value), f"{r['p90_ms']:.3f}" if value.trusted else "", f"{100 * r['spread']:.0f}%",
+                      str(r["calls"]))
+    emit({"rows": rows}, as_json, table)

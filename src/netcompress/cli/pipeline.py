@@ -13,9 +13,32 @@ from ..pipeline.recipe import load_recipe
 from ..pipeline.report import write_report
 from ..pipeline.stages import run_recipe
 from ..runtime import resolve_device
-from .common import (BatchSizeOpt, CacheOpt, ChannelsOpt, DataOpt, DeviceOpt, FinetuneAlphaOpt, FinetuneTemperatureOpt,
-                     JsonOpt, LabelsOpt, ProgressOpt, SeedOpt, SkipBadOpt, TeacherOpt, ThreadsOpt, ValFractionOpt, app,
-                     console, distill_config, emit, folder, rows_table, set_threads)
+from .common import (
+    LATENCY_COLUMNS,
+    BatchSizeOpt,
+    CacheOpt,
+    ChannelsOpt,
+    DataOpt,
+    DeviceOpt,
+    FinetuneAlphaOpt,
+    FinetuneTemperatureOpt,
+    JsonOpt,
+    LabelsOpt,
+    ProgressOpt,
+    SeedOpt,
+    SkipBadOpt,
+    TeacherOpt,
+    ThreadsOpt,
+    ValFractionOpt,
+    app,
+    console,
+    distill_config,
+    emit,
+    folder,
+    rows_table,
+    set_threads,
+    with_latencies,
+)
 
 
 @app.command("compare-arch")
@@ -60,8 +83,8 @@ def compare_arch_cmd(
     table = rows_table(f"architectures at {budget_params or budget_bytes:,} "
                        f"{'parameters' if budget_params else 'bytes (8-bit)'}",
                        {"architecture": "architecture", "params": "params", "bytes": "file_bytes",
-                        "8-bit bytes": "int8_bytes", "MACs": "macs", "ms @1": "latency_ms_batch1",
-                        "ms @64": "latency_ms_batch64", "val acc": "val_accuracy"}, rows)
+                        "8-bit bytes": "int8_bytes", "MACs": "macs", **LATENCY_COLUMNS, "val acc": "val_accuracy"},
+                       with_latencies(rows))
     emit({"rows": rows}, as_json, table)
 
 

@@ -11,9 +11,31 @@ from .. import AugmentConfig, DistillConfig, TeacherViews, TrainConfig, ViewConf
 from ..runtime import resolve_device, seed_everything
 from ..spec import attach
 from ..train.distributed import init_from_env
-from .common import (BatchSizeOpt, CacheOpt, ChannelsOpt, CutmixOpt, DataOpt, DeviceOpt, JsonOpt, LabelsOpt, MixupOpt,
-                     NprocOpt, PrecisionOpt, ProgressOpt, SeedOpt, SkipBadOpt, ThreadsOpt, ValFractionOpt, app, emit,
-                     folder, input_size_of, kv_table, launch_if_asked, set_threads)
+from .common import (
+    BatchSizeOpt,
+    CacheOpt,
+    ChannelsOpt,
+    CutmixOpt,
+    DataOpt,
+    DeviceOpt,
+    JsonOpt,
+    LabelsOpt,
+    MixupOpt,
+    NprocOpt,
+    PrecisionOpt,
+    ProgressOpt,
+    SeedOpt,
+    SkipBadOpt,
+    ThreadsOpt,
+    ValFractionOpt,
+    app,
+    emit,
+    folder,
+    input_size_of,
+    kv_table,
+    launch_if_asked,
+    set_threads,
+)
 
 
 @app.command()

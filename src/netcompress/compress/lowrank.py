@@ -34,7 +34,7 @@ import torch.nn as nn
 from ..errors import NetcompressError
 from ..files import atomic_write_text
 from ..formats import model_file
-from ..measure.cost import count_parameters, measure_model
+from ..measure.cost import count_parameters, measure_model, ms
 from ..models.surgery import describe, set_submodule
 from ..runtime import log, model_device, resolve_device
 from ..spec import attach, copy_model, spec_of
@@ -471,7 +471,7 @@ def factorize_and_finetune(model: nn.Module, config: LowRankConfig, data, finetu
         models[stage] = net
         if progress:
             log(f"{stage}: {row['params']:,} params, {row['file_bytes']:,} bytes, {row['macs']:,} MACs, "
-                f"val acc {row['val_accuracy']:.4f}, {row['latency_ms_batch64']:.1f} ms at batch 64")
+                f"val acc {row['val_accuracy']:.4f}, {ms(row['latency_ms']['ort@1'])} ms at batch 1 (ONNX Runtime)")
 
     original = copy_model(model).to(dev)
     record("original", original)

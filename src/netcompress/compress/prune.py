@@ -18,7 +18,7 @@ from ..data.split import split_of
 from ..errors import NetcompressError
 from ..files import atomic_write_text
 from ..formats import model_file
-from ..measure.cost import measure_model
+from ..measure.cost import measure_model, ms
 from ..measure.evaluate import classification_metrics, predict_logits
 from ..models.studentnet import StudentNet
 from ..models.surgery import record_changes
@@ -171,7 +171,7 @@ def prune_iteratively(model: nn.Module, config: PruneConfig, data, finetune: Tra
         rows.append(row)
         if progress:
             log(f"step {k}: {row['params']:,} params, {row['file_bytes']:,} bytes, val acc "
-                       f"{row['val_accuracy']:.4f}, {row['latency_ms_batch64']:.1f} ms at batch 64")
+                       f"{row['val_accuracy']:.4f}, {ms(row['latency_ms']['ort@1'])} ms at batch 1 (ONNX Runtime)")
 
     current = copy_model(model).to(dev)
     if config.sparsity > 0:

@@ -88,14 +88,43 @@ def zero_fraction(model: nn.Module) -> float:
     return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
 
 
+# what every measured model reports: deployment at batch 1 on one thread, eager PyTorch, and throughput
+LATENCIES = {"ort@1": dict(runtime="ort", batch=1, threads=1), "torch@1": dict(runtime="torch", batch=1, threads=1),
+             "torch@64": dict(runtime="torch", batch=64, threads=torch.get_num_threads())}
+
+
+def ms(value: float | str | None) -> str:
+    """A latency for a table or a log line: milliseconds, or why there is no figure."""
+    if value is None:
+        return "busy"
+    return value if isinstance(value, str) else f"{value:.3f}"
+
+
+LATENCY_HEADINGS = {"ort@1": "ms @1 ORT", "torch@1": "ms @1 torch", "torch@64": "ms @64 torch"}
+
+
+def latency_texts(row: dict) -> dict[str, str]:
+    """A row's latencies by LATENCIES key as text: milliseconds, 'busy', or the row's reason for having none."""
+    found = row.get("latency_ms", {})
+    return {key: found if isinstance(found, str) else ms(found.get(key)) for key in LATENCIES}
+
+
+def measure_latencies(model: nn.Module, rounds: int = 5) -> dict[str, float | None]:
+    """Milliseconds per call on each of LATENCIES (None where the machine was too busy to measure)."""
+    from .latency import consistent, latency
+
+    found = {key: latency(model, rounds=rounds, seconds=0.1, **cfg) for key, cfg in LATENCIES.items()}
+    found["torch@1"], found["torch@64"] = consistent(found["torch@1"], found["torch@64"])
+    return {key: value.median_ms for key, value in found.items()}
+
+
 def measure_model(model: nn.Module, val, device: torch.device, file_bytes: int, sparse_bytes: int | None = None) -> dict:
-    """One row of metrics for a model whose file has `file_bytes`: parameters, MACs, validation accuracy, latency."""
+    """One row of metrics for a model whose file has `file_bytes`: parameters, MACs, validation accuracy, latency
+    per runtime (`measure_latencies`; None: the machine was too busy)."""
     spec = spec_of(model)
     acc = classification_metrics(predict_logits(model.to(device), val, device), val.labels, val.num_classes)["accuracy"]
     row = {"params": count_parameters(model), "macs": count_macs(model.cpu(), spec.input_size),
-           "file_bytes": file_bytes, "val_accuracy": round(acc, 5),
-           "latency_ms_batch1": round(latency_ms(model, spec.input_size, 1, repeats=30), 4),
-           "latency_ms_batch64": round(latency_ms(model, spec.input_size, 64, repeats=5, warmup=2), 3)}
+           "file_bytes": file_bytes, "val_accuracy": round(acc, 5), "latency_ms": measure_latencies(model.cpu())}
     model.to(device)
     if sparse_bytes is not None:
         row["sparse_file_bytes"] = sparse_bytes

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import NetcompressError
 from ..files import atomic_write, atomic_write_text
+from ..measure.cost import LATENCY_HEADINGS, latency_texts
 from ..version import __version__
 
 
@@ -163,13 +164,16 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     budget = summary.get("budget")
     blocks: list[tuple] = [("h1", f"netcompress report: {run_dir.name}")]
 
-    header = ["model", "format", "bytes", "params", "MACs", "val acc", "test acc", "ms @1", "ms @64"]
+    header = ["model", "format", "bytes", "params", "MACs", "val acc", "test acc", *LATENCY_HEADINGS.values()]
     rows = [[a["name"], a["format"], a["file_bytes"], a["params"], a["macs"], a["val_accuracy"],
-             test.get(a["name"]), a["latency_ms_batch1"], a["latency_ms_batch64"]] for a in artifacts]
+             test.get(a["name"]), *latency_texts(a).values()] for a in artifacts]
     blocks += [("h2", "Models"),
                ("p", "Every model the run made. Bytes are the file on disk in the named format; parameters are "
-                     "counted like torchsummary; latency is the median fp32 CPU forward pass at batch 1 and 64. "
-                     "Test accuracy is measured once, for the teacher, the student and the budget's choice."),
+                     "counted like torchsummary. Latency is the median of interleaved rounds in milliseconds: "
+                     "ONNX Runtime and eager PyTorch at batch 1 on one thread, PyTorch at batch 64 on every core; "
+                     "'busy' where the machine was too busy to measure honestly, 'decoded to fp32' for storage "
+                     "codecs (their file decodes to the fp32 model, which runs as fast as its source). Test accuracy "
+                     "is measured once, for the teacher, the student and the budgets' choices."),
                ("table", header, rows)]
     prune_dirs = sorted(p.parent for p in run_dir.glob("prune-*/pruning.jsonl"))
     if prune_dirs:
@@ -180,20 +184,20 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         for d in prune_dirs:
             prows = read_jsonl(d / "pruning.jsonl")
             blocks += [("h3", d.name), ("table", ["step", "kept", "params", "bytes", "val acc before fine-tune",
-                                                  "val acc", "ms @64"],
+                                                  "val acc", *LATENCY_HEADINGS.values()],
                                         [[r["step"], r["kept"], r["params"], r["file_bytes"],
-                                          r.get("val_accuracy_before_finetune"), r["val_accuracy"],
-                                          r["latency_ms_batch64"]] for r in prows])]
+                                          r.get("val_accuracy_before_finetune"), r["val_accuracy"], *latency_texts(r).values()]
+                                         for r in prows])]
     compare = run_dir / "compare-arch" / "compare.json"
     if compare.exists():
         crows = json.loads(compare.read_text())
         blocks += [("h2", "Architecture comparison"),
                    ("p", "Each family widened or narrowed to the same parameter budget (within 5%), trained with "
                          "the same recipe."),
-                   ("table", ["architecture", "widths", "params", "bytes", "8-bit bytes", "MACs", "ms @1", "ms @64",
+                   ("table", ["architecture", "widths", "params", "bytes", "8-bit bytes", "MACs", *LATENCY_HEADINGS.values(),
                               "val acc"],
                     [[r["architecture"], " ".join(map(str, r["widths"])), r["params"], r["file_bytes"], r["int8_bytes"],
-                      r["macs"], r["latency_ms_batch1"], r["latency_ms_batch64"], r["val_accuracy"]] for r in crows]),
+                      r["macs"], *latency_texts(r).values(), r["val_accuracy"]] for r in crows]),
                    ("img", compare.parent / "compare.png")]
     choices = ([budget] if budget else []) + summary.get("budgets", [])
     scatter = plot_size_vs_accuracy(artifacts, run_dir / "size_vs_accuracy.png",

@@ -1,0 +1,230 @@
+"""Latency measured honestly: on the runtime that will serve the model, in interleaved rounds, as median and
+p90, and no figure at all when the machine is too busy to measure.
+
+Runtimes are a registry: `torch` (eager PyTorch, channels_last), `ort` (ONNX Runtime with the settings
+that serve one image fastest on a CPU: a fixed number of intra-op threads, no spinning, sequential
+execution, every graph optimization) and `openvino` (the optional `openvino` extra). Several models
+measured together take turns round by round, so a burst of load hits them all alike; a measurement
+whose 90th percentile lies more than `max_spread` above its median was disturbed and is not reported.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ..errors import NetcompressError
+from ..spec import copy_model, spec_of
+
+_RUNTIMES: dict[str, "Runtime"] = {}
+
+
+class Runtime:
+    """One way to run a model. Subclass it, set `name`, implement `prepare`, and register it."""
+
+    name: str = ""
+    install = ""  # what to install when it is missing
+
+    def available(self) -> bool:
+        return True
+
+    def prepare(self, model: nn.Module, x: torch.Tensor, threads: int, workdir: Path) -> Callable[[], object]:
+        """A function that runs one forward pass of `model` on `x` with `threads` threads."""
+        raise NotImplementedError
+
+
+def register_runtime(cls: type[Runtime]) -> type[Runtime]:
+    _RUNTIMES[cls.name] = cls()
+    return cls
+
+
+def get_runtime(name: str) -> Runtime:
+    if name not in _RUNTIMES:
+        raise NetcompressError(f"runtime {name!r}: choose one of {', '.join(list_runtimes())}")
+    runtime = _RUNTIMES[name]
+    if not runtime.available():
+        raise NetcompressError(f"runtime {name} is not installed: {runtime.install}")
+    return runtime
+
+
+def list_runtimes() -> list[str]:
+    return list(_RUNTIMES)
+
+
+def onnx_file(model: nn.Module, workdir: Path) -> Path:
+    """The model as an .onnx file: its own file when it is one, else an fp32 export in workdir."""
+    from ..formats.onnx import OnnxModel, export_onnx
+
+    if isinstance(model, OnnxModel):
+        return model.path
+    return export_onnx(model, workdir / "model.onnx")
+
+
+@register_runtime
+class Eager(Runtime):
+    name = "torch"
+
+    def prepare(self, model, x, threads, workdir):
+        from ..formats.onnx import OnnxModel
+
+        if isinstance(model, OnnxModel):
+            raise NetcompressError("an .onnx file runs on the ort or openvino runtime, not torch")
+        net = copy_model(model).eval().to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+        def run():
+            with torch.inference_mode():
+                net(x)
+
+        return run
+
+
+@register_runtime
+class OnnxRuntime(Runtime):
+    name = "ort"
+
+    def prepare(self, model, x, threads, workdir):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(onnx_file(model, workdir)), opts, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        return lambda: session.run(None, feed)
+
+
+@register_runtime
+class OpenVino(Runtime):
+    name = "openvino"
+    install = "pip install 'netcompress[openvino]' (the openvino package)"
+
+    def available(self) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("openvino") is not None
+
+    def prepare(self, model, x, threads, workdir):
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(onnx_file(model, workdir))), "CPU",
+                                      {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                       "NUM_STREAMS": 1})
+        request = compiled.create_infer_request()
+        array = x.numpy()
+        return lambda: request.infer([array])
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How to measure: runtime, batch and threads; rounds x seconds of timed calls per model."""
+
+    runtime: str = "ort"
+    batch: int = 1
+    threads: int = 1
+    rounds: int = 7
+    seconds: float = 0.15  # timed calls per model per round
+    warmup: int = 5
+    max_spread: float = 0.3  # p90 more than 30% above the median: the machine was busy
+
+    def __post_init__(self):
+        if self.runtime not in _RUNTIMES:
+            raise NetcompressError(f"runtime = {self.runtime!r}: choose one of {', '.join(list_runtimes())}")
+        if not 1 <= self.batch <= 4096 or not 1 <= self.threads <= 1024:
+            raise NetcompressError(f"batch = {self.batch} and threads = {self.threads} must be positive")
+        if self.rounds < 3 or not 0 < self.seconds <= 60 or self.warmup < 0 or not self.max_spread > 0:
+            raise NetcompressError("latency: rounds >= 3, seconds in (0, 60], warmup >= 0 and max_spread > 0")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One model's measured latency; median_ms and p90_ms are None when the measurement was disturbed."""
+
+    runtime: str
+    batch: int
+    threads: int
+    median_ms: float | None
+    p90_ms: float | None
+    spread: float  # p90 / median - 1
+    calls: int
+    note: str = ""
+
+    @property
+    def trusted(self) -> bool:
+        return self.median_ms is not None
+
+    def __str__(self) -> str:
+        return f"{self.median_ms:.3f} ms" if self.trusted else self.note
+
+
+def latency(models: nn.Module | dict[str, nn.Module], config: LatencyConfig | None = None,
+            **overrides) -> Latency | dict[str, Latency]:
+    """The latency of one model, or of several measured together in interleaved rounds (a dict by name).
+
+    Models run on the CPU with inputs of their spec's shape. Keyword overrides replace config fields:
+    latency(model, runtime="torch", batch=64).
+    """
+    cfg = replace(config or LatencyConfig(), **overrides)
+    single = isinstance(models, nn.Module)
+    named = {"model": models} if single else dict(models)
+    runtime = get_runtime(cfg.runtime)
+    times: dict[str, list[float]] = {name: [] for name in named}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)  # eager PyTorch's threads; the other runtimes set their own
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {}
+        for i, (name, model) in enumerate(named.items()):
+            workdir = Path(tmp) / str(i)
+            workdir.mkdir()
+            x = torch.rand(spec_of(model).input_shape(cfg.batch))
+            runs[name] = runtime.prepare(model, x, cfg.threads, workdir)
+            for _ in range(cfg.warmup):
+                runs[name]()
+        for _ in range(cfg.rounds):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                while True:
+                    t0 = time.perf_counter()
+                    run()
+                    times[name].append(time.perf_counter() - t0)
+                    if t0 - start >= cfg.seconds:
+                        break
+    torch.set_num_threads(previous)
+    results = {name: _summarize(values, cfg) for name, values in times.items()}
+    return results["model"] if single else results
+
+
+def _summarize(values: list[float], cfg: LatencyConfig) -> Latency:
+    values = sorted(values)
+    median = statistics.median(values)
+    p90 = values[min(len(values) - 1, math.ceil(0.9 * len(values)) - 1)]
+    spread = p90 / median - 1
+    if spread > cfg.max_spread:
+        return Latency(cfg.runtime, cfg.batch, cfg.threads, None, None, round(spread, 3), len(values),
+                       f"too busy to measure (p90 {100 * spread:.0f}% above the median; limit "
+                       f"{100 * cfg.max_spread:.0f}%): rerun on an idle machine")
+    return Latency(cfg.runtime, cfg.batch, cfg.threads, round(median * 1000, 4), round(p90 * 1000, 4),
+                   round(spread, 3), len(values))
+
+
+def consistent(one: Latency, many: Latency) -> tuple[Latency, Latency]:
+    """Batch 1 cannot honestly take longer than a batch of `many.batch` images: if it did, the machine was
+    busy during one of them, and neither figure is reported."""
+    if one.trusted and many.trusted and one.median_ms > many.median_ms:
+        note = (f"too busy to measure (batch 1 took {one.median_ms:.3f} ms, batch {many.batch} "
+                f"{many.median_ms:.3f} ms): rerun on an idle machine")
+        return replace(one, median_ms=None, p90_ms=None, note=note), replace(many, median_ms=None, p90_ms=None,
+                                                                               note=note)
+    return one, many
