@@ -28,7 +28,8 @@ def _tiny_student():
     return nc.new_model("studentnet", ["a", "b", "c"], 32, widths=[8, 16, 16, 32, 32, 32, 32, 32])
 
 
-@pytest.mark.parametrize("runtime", ["torch", "ort"])
+@pytest.mark.parametrize("runtime", ["torch", "ort", pytest.param("openvino", marks=pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None, reason="the openvino extra is not installed"))])
 def test_latency_measures_several_models_in_interleaved_rounds(runtime):
     import netcompress as nc
 

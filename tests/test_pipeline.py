@@ -202,3 +202,40 @@ finetune_epochs = 1
     views = nc.TeacherViews.load(out / "student" / "teacher_views.safetensors")
     assert views.logits.shape == (12, 2, 3) and views.meta["image_size"] == 48
     assert artifacts["teacher"]["val_accuracy"] >= 0 and "prune-l2-0.5-1steps-ft1" in artifacts
+
+
+def test_a_latency_budget_measures_every_candidate_and_reports_the_choice(jpeg_dataset, tmp_path):
+    recipe = tmp_path / "fast.toml"
+    recipe.write_text(f"""
+[data]
+root = "{jpeg_dataset}"
+image_size = 32
+[teacher]
+model = "studentnet"
+epochs = 1
+batch_size = 4
+[student]
+model = "studentnet"
+epochs = 1
+batch_size = 4
+[[prune]]
+rate = 0.5
+steps = 1
+finetune_epochs = 1
+""")
+    out = tmp_path / "run"
+    proc = run_cli("run", recipe, "--out", out, "--target-latency", 1000, "--runtime", "ort", "--no-progress",
+                   "--json", cache=tmp_path / "cache")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    summary = json.loads(stdout)
+    budget = summary["latency_budget"]
+    assert budget["target"] == {"ms": 1000.0, "runtime": "ort", "batch": 1, "threads": 1}
+    # the student, the slim step and the latency run's step 0 (already fast enough: nothing to cut)
+    assert {t["name"] for t in budget["tried"]} == {a["name"] for a in summary["artifacts"] if a["stage"] != "teacher"}
+    assert all(t["fits"] for t in budget["tried"] if t["median_ms"] is not None)
+    assert budget["chosen"] in summary["test"]
+    assert (out / "prune-latency-1000.0ms-ort-b1-t1-l2-5steps-ft5" / "done.json").exists()
+    assert json.loads((out / "latency" / "ort-b1-t1.json").read_text()).keys() == {t["name"] for t in budget["tried"]}
+    html = (out / "report.html").read_text()
+    assert ">Latency budget<" in html and ">Latency against accuracy<" in html and "ms @1 ORT" in html

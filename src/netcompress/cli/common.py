@@ -14,6 +14,7 @@ from rich.table import Table
 
 from .. import DistillConfig, ImageFolderData, NetcompressError, load, spec_of
 from ..measure.cost import LATENCY_HEADINGS, latency_texts
+from ..measure.latency import LatencyTarget
 from ..spec import attach
 from ..train.distributed import launch, strip_nproc
 
@@ -141,6 +142,19 @@ def input_size_of(spec, model_file) -> int:
         raise NetcompressError(f"{model_file} does not record the input size its model expects: pass --image-size N "
                                "(the course's models took 256)")
     return spec.input_size
+
+
+TargetLatencyOpt = typer.Option(None, "--target-latency", help="Latency budget in milliseconds per call, measured "
+                                "on --runtime at --batch images and --runtime-threads threads, e.g. 0.12.")
+RuntimeOpt = typer.Option("ort", "--runtime", help="Runtime of the latency budget: ort (ONNX Runtime), openvino "
+                          "or torch (eager PyTorch).")
+LatencyBatchOpt = typer.Option(1, "--batch", help="Images per call for the latency budget.")
+RuntimeThreadsOpt = typer.Option(1, "--runtime-threads", help="Threads of the runtime for the latency budget "
+                                 "(--threads sets training's).")
+
+
+def latency_target(ms: float | None, runtime: str, batch: int, threads: int) -> LatencyTarget | None:
+    return None if ms is None else LatencyTarget(ms, runtime, batch, threads)
 
 
 def set_threads(threads: int | None) -> None:

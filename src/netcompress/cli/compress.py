@@ -35,10 +35,14 @@ from .common import (
     FinetuneTemperatureOpt,
     JsonOpt,
     LabelsOpt,
+    LatencyBatchOpt,
     ModelSizeOpt,
     ProgressOpt,
+    RuntimeOpt,
+    RuntimeThreadsOpt,
     SeedOpt,
     SkipBadOpt,
+    TargetLatencyOpt,
     TeacherOpt,
     ThreadsOpt,
     ValFractionOpt,
@@ -48,6 +52,7 @@ from .common import (
     distill_config,
     emit,
     kv_table,
+    latency_target,
     model_and_data,
     rows_table,
     set_threads,
@@ -67,6 +72,12 @@ def prune(
     global_ranking: bool = typer.Option(False, "--global", help="Rank channels across layers, not per layer."),
     sparsity: float = typer.Option(0.0, "--sparsity", help="Network Slimming: L1 weight on BatchNorm γ in a training phase first."),
     sparsity_epochs: int = typer.Option(0, "--sparsity-epochs", help="Epochs of that sparsity phase."),
+    target_latency: Optional[float] = TargetLatencyOpt,
+    runtime: str = RuntimeOpt,
+    latency_batch: int = LatencyBatchOpt,
+    runtime_threads: int = RuntimeThreadsOpt,
+    proposal_images: int = typer.Option(1024, "--proposal-images", help="With --target-latency: training images each "
+                                        "step's proposals are briefly fine-tuned on before one is chosen."),
     teacher: Optional[Path] = TeacherOpt,
     temperature: float = FinetuneTemperatureOpt,
     alpha: float = FinetuneAlphaOpt,
@@ -90,10 +101,18 @@ def prune(
     keeps the best-validation model of the step, and logs parameters, bytes, MACs, latency and
     accuracy to OUT/pruning.jsonl; OUT/step{k}.safetensors are the models.
 
+    With --target-latency MS, the steps prune to that latency instead of by --rate (NetAdapt): a
+    table of per-layer latencies measured on --runtime (cached) predicts which channels buy the
+    most time, brief fine-tunes tell which cost the least accuracy, and every step's model is
+    measured for real; --steps is the number of steps planned to reach the target.
+
     Example: netcompress prune runs/kd/best.safetensors --data ../shared/data/food101_10 --method slim --rate 0.95 --steps 5 --finetune-epochs 5 --out runs/prune95
+
+    Example: netcompress prune runs/kd/best.safetensors --data ../shared/data/food101_10 --method l2 --target-latency 0.12 --runtime ort --batch 1 --runtime-threads 1 --out runs/fast
     """
     cfg = PruneConfig(method=method, rate=rate, steps=steps, global_ranking=global_ranking, sparsity=sparsity,
-                      sparsity_epochs=sparsity_epochs)
+                      sparsity_epochs=sparsity_epochs, proposal_images=proposal_images,
+                      latency=latency_target(target_latency, runtime, latency_batch, runtime_threads))
     finetune = TrainConfig(epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed)
     kd = distill_config(teacher, temperature, alpha)
     set_threads(threads)
@@ -104,7 +123,8 @@ def prune(
     shown = [{**r, "accuracy": f"{r['val_accuracy']:.4f}" + (f" ({r['val_accuracy_before_finetune']:.3f})"
                                                               if "val_accuracy_before_finetune" in r else "")}
              for r in result.rows]
-    table = rows_table(f"pruning {model_file.name}: {method}, rate {rate}, {steps} steps",
+    how = f"to {cfg.latency}" if cfg.latency else f"rate {rate}, {steps} steps"
+    table = rows_table(f"pruning {model_file.name}: {method}, {how}",
                        {"step": "step", "kept": "kept", "params": "params", "bytes": "file_bytes", "MACs": "macs",
                         **LATENCY_COLUMNS, "val acc (before ft)": "accuracy"}, with_latencies(shown))
     emit({"rows": result.rows}, as_json, table)

@@ -24,9 +24,13 @@ from .common import (
     FinetuneTemperatureOpt,
     JsonOpt,
     LabelsOpt,
+    LatencyBatchOpt,
     ProgressOpt,
+    RuntimeOpt,
+    RuntimeThreadsOpt,
     SeedOpt,
     SkipBadOpt,
+    TargetLatencyOpt,
     TeacherOpt,
     ThreadsOpt,
     ValFractionOpt,
@@ -35,6 +39,7 @@ from .common import (
     distill_config,
     emit,
     folder,
+    latency_target,
     rows_table,
     set_threads,
     with_latencies,
@@ -95,6 +100,10 @@ def run_cmd(
     overrides: list[str] = typer.Option([], "--set", help="Override a recipe field: section.field=value (repeatable)."),
     target_bytes: Optional[int] = typer.Option(None, "--target-bytes", help="Choose the best model with a file of at most N bytes."),
     target_params: Optional[int] = typer.Option(None, "--target-params", help="Choose the best model with at most N parameters."),
+    target_latency: Optional[float] = TargetLatencyOpt,
+    runtime: str = RuntimeOpt,
+    latency_batch: int = LatencyBatchOpt,
+    runtime_threads: int = RuntimeThreadsOpt,
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
     cache_dir: Optional[Path] = CacheOpt,
@@ -104,13 +113,18 @@ def run_cmd(
     """Run a whole recipe (teacher, distillation, pruning, evaluation) into one directory, then write the report.
 
     A killed run, rerun with the same command, skips finished stages and resumes the one it was in.
+    --target-latency adds a pruning run to that latency (unless the recipe has one) and chooses the most
+    accurate model that runs within it, every candidate measured on --runtime side by side.
 
     Example: netcompress run recipes/demo.toml --out runs/demo --target-bytes 300000 --set student.epochs=5
+
+    Example: netcompress run recipes/demo.toml --out runs/demo --target-latency 0.12 --runtime ort --batch 1
     """
     parsed = load_recipe(recipe, overrides)
     set_threads(threads)
+    target = latency_target(target_latency, runtime, latency_batch, runtime_threads)
     summary = run_recipe(parsed, out, resolve_device(device), target_bytes=target_bytes, target_params=target_params,
-                         cache_dir=cache_dir, progress=progress)
+                         target_latency=target, cache_dir=cache_dir, progress=progress)
     _, html = write_report(out)
     if as_json:
         emit(summary, True)
@@ -118,8 +132,9 @@ def run_cmd(
     rows = [{**a, "test": summary["test"].get(a["name"])} for a in summary["artifacts"]]
     console.print(rows_table(f"{recipe.name} -> {out}", {"model": "name", "bytes": "file_bytes", "params": "params",
                                                           "val acc": "val_accuracy", "test acc": "test"}, rows))
-    if summary["budget"]:
-        console.print(f"budget choice: {summary['budget']['chosen']} ({summary['budget']['file']})")
+    for key in ("budget", "latency_budget"):
+        if summary[key]:
+            console.print(f"{key.replace('_', ' ')} choice: {summary[key]['chosen']} ({summary[key]['file']})")
     console.print(f"report: {html}")
 
 

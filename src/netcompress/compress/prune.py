@@ -19,6 +19,7 @@ from ..errors import NetcompressError
 from ..files import atomic_write_text
 from ..formats import model_file
 from ..measure.cost import measure_model, ms
+from ..measure.latency import LatencyTarget
 from ..measure.evaluate import classification_metrics, predict_logits
 from ..models.studentnet import StudentNet
 from ..models.surgery import record_changes
@@ -37,6 +38,10 @@ class PruneConfig:
     global_ranking ranks channels across layers instead of per layer. sparsity > 0 with
     sparsity_epochs > 0 is Network Slimming: a training phase with an L1 penalty on BatchNorm γ
     before the first step. taylor_batches: training batches whose gradients rank channels (taylor).
+
+    latency: prune to a latency target instead of by `rate` (NetAdapt, see netadapt.py): `steps` is then
+    the number of steps planned to reach it, and `method` ranks channels within a layer.
+    proposal_images: training images each of those steps' proposals is briefly fine-tuned on.
     """
 
     method: str = "slim"
@@ -46,9 +51,16 @@ class PruneConfig:
     sparsity: float = 0.0
     sparsity_epochs: int = 0
     taylor_batches: int = 8
+    latency: LatencyTarget | None = None
+    proposal_images: int = 1024
 
     def __post_init__(self):
-        get_pruner(self.method)
+        pruner = get_pruner(self.method)
+        if self.latency is not None and not pruner.ranks_single_groups:
+            raise NetcompressError(f"method {self.method} cannot prune to a latency target: use one of "
+                                   f"{', '.join(n for n in list_pruners() if get_pruner(n).ranks_single_groups)}")
+        if self.proposal_images < 1:
+            raise NetcompressError(f"proposal_images = {self.proposal_images} must be >= 1")
         if not 0 < self.rate < 1:
             raise NetcompressError(f"rate = {self.rate} must lie strictly between 0 and 1 "
                                    "(the fraction of channels kept per step; the course used 0.95)")
@@ -96,11 +108,11 @@ def prune(model: nn.Module, config: PruneConfig | None = None, *, example_input:
         record["original_widths"] = before.get("original_widths") if step > 1 else list(original.widths)
     new_spec = spec.with_info(pruned=record, **({"sparse": True} if not pruner.structured else {}))
     if pruner.structured:
-        pruned, new_spec = _respec(original, pruned, new_spec)
+        pruned, new_spec = respec_pruned(original, pruned, new_spec)
     return attach(pruned, new_spec).train(model.training)
 
 
-def _respec(before: nn.Module, after: nn.Module, spec: ModelSpec) -> tuple[nn.Module, ModelSpec]:
+def respec_pruned(before: nn.Module, after: nn.Module, spec: ModelSpec) -> tuple[nn.Module, ModelSpec]:
     """The pruned architecture in the spec: a StudentNet as its per-layer widths, anything else as replaced layers."""
     if isinstance(after, StudentNet):
         widths = [after.cnn[0][0].out_channels] + [b[3].out_channels for b in after.cnn[1:-1]]
@@ -133,6 +145,37 @@ class PruneRun:
         return self.models[-1]
 
 
+class StepLog:
+    """Measures and keeps every step's model: one row each in rows (and run_dir/pruning.jsonl), the model in
+    run_dir/step{k}.safetensors."""
+
+    def __init__(self, config: PruneConfig, val, device: torch.device, run_dir: Path | None, progress: bool):
+        self.config, self.val, self.device, self.run_dir, self.progress = config, val, device, run_dir, progress
+        self.sparse = not get_pruner(config.method).structured
+        self.run = PruneRun([], [])
+
+    def record(self, k: int, net: nn.Module, extra: dict) -> dict:
+        blob = model_file.encode(net)
+        sparse_bytes = len(model_file.encode(net, sparse=True)) if self.sparse else None
+        row = {"step": k, "method": self.config.method, "rate": self.config.rate, "kept": round(self.config.rate**k, 5),
+               **measure_model(net, self.val, self.device, len(blob), sparse_bytes), **extra}
+        if self.config.latency is not None:  # no fixed rate: the share of parameters kept
+            row["rate"], row["kept"] = None, round(row["params"] / (self.run.rows or [row])[0]["params"], 5)
+        if self.run_dir is not None:
+            model_file.save_model(net, self.run_dir / f"step{k}.safetensors")
+            if self.sparse:
+                model_file.save_model(net, self.run_dir / f"step{k}.sparse.safetensors", sparse=True)
+            row["model_file"] = f"step{k}.safetensors"
+            atomic_write_text(self.run_dir / "pruning.jsonl", "".join(json.dumps(r) + "\n"
+                                                                      for r in self.run.rows + [row]))
+        self.run.models.append(net)
+        self.run.rows.append(row)
+        if self.progress:
+            log(f"step {k}: {row['params']:,} params, {row['file_bytes']:,} bytes, val acc "
+                f"{row['val_accuracy']:.4f}, {ms(row['latency_ms']['ort@1'])} ms at batch 1 (ONNX Runtime)")
+        return row
+
+
 def prune_iteratively(model: nn.Module, config: PruneConfig, data, finetune: TrainConfig | None = None, *,
                       val=None, teacher=None, distill: DistillConfig | None = None, run_dir: str | Path | None = None,
                       device: str | torch.device = "auto", example_input: torch.Tensor | None = None,
@@ -143,7 +186,8 @@ def prune_iteratively(model: nn.Module, config: PruneConfig, data, finetune: Tra
     distilled from `teacher` when given, and keeps its best-validation model. With `run_dir`,
     every step's fine-tuning resumes after an interruption, run_dir/step{k}.safetensors holds its
     model and run_dir/pruning.jsonl one row per step (step 0 = the input): parameters, bytes, MACs,
-    latency, and validation accuracy before and after fine-tuning.
+    latency, and validation accuracy before and after fine-tuning. With `config.latency`, the steps
+    prune to that latency target instead (`prune_to_latency`).
     """
     finetune = finetune or TrainConfig(epochs=5)
     dev = resolve_device(device)
@@ -151,39 +195,27 @@ def prune_iteratively(model: nn.Module, config: PruneConfig, data, finetune: Tra
     if val_split is None:
         raise NetcompressError("prune_iteratively keeps the best model of each step: pass validation data (val=...)")
     run_dir = None if run_dir is None else Path(run_dir)
-    sparse = not get_pruner(config.method).structured
-    settings = {"prune": asdict(config)}
+    steps = StepLog(config, val_split, dev, run_dir, progress)
     common = dict(val=val_split, teacher=teacher, distill=distill, device=dev, progress=progress)
-    models, rows = [], []
+    if config.latency is not None:
+        from .netadapt import prune_to_latency  # netadapt builds on this module
 
-    def record(k: int, net: nn.Module, extra: dict) -> None:
-        blob = model_file.encode(net)
-        sparse_bytes = len(model_file.encode(net, sparse=True)) if sparse else None
-        row = {"step": k, "method": config.method, "rate": config.rate, "kept": round(config.rate**k, 5),
-               **measure_model(net, val_split, dev, len(blob), sparse_bytes), **extra}
-        if run_dir is not None:
-            model_file.save_model(net, run_dir / f"step{k}.safetensors")
-            if sparse:
-                model_file.save_model(net, run_dir / f"step{k}.sparse.safetensors", sparse=True)
-            row["model_file"] = f"step{k}.safetensors"
-            atomic_write_text(run_dir / "pruning.jsonl", "".join(json.dumps(r) + "\n" for r in rows + [row]))
-        models.append(net)
-        rows.append(row)
-        if progress:
-            log(f"step {k}: {row['params']:,} params, {row['file_bytes']:,} bytes, val acc "
-                       f"{row['val_accuracy']:.4f}, {ms(row['latency_ms']['ort@1'])} ms at batch 1 (ONNX Runtime)")
-
+        return prune_to_latency(copy_model(model).to(dev), config, train, finetune, steps, example_input, **common)
+    settings = {"prune": asdict(config)}
     current = copy_model(model).to(dev)
     if config.sparsity > 0:
         current = fit(current, train, replace(finetune, epochs=config.sparsity_epochs), penalty=bn_l1_penalty(
             config.sparsity), run_dir=None if run_dir is None else run_dir / "sparsity",
             settings={**settings, "phase": "sparsity"}, **common)
-    record(0, current, {})
+    steps.record(0, current, {})
     for k in range(1, config.steps + 1):
         pruned = prune(current, config, example_input=example_input, data=train, device=dev)
-        before = classification_metrics(predict_logits(pruned, val_split, dev), val_split.labels,
-                                        val_split.num_classes)["accuracy"]
+        before = accuracy(pruned, val_split, dev)
         current = fit(pruned, train, finetune, run_dir=None if run_dir is None else run_dir / f"step{k}",
                       settings={**settings, "step": k}, **common)
-        record(k, current.to(dev), {"val_accuracy_before_finetune": round(before, 5)})
-    return PruneRun(models, rows)
+        steps.record(k, current.to(dev), {"val_accuracy_before_finetune": round(before, 5)})
+    return steps.run
+
+
+def accuracy(model: nn.Module, val, device: torch.device) -> float:
+    return classification_metrics(predict_logits(model, val, device), val.labels, val.num_classes)["accuracy"]

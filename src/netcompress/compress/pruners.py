@@ -36,6 +36,11 @@ class Pruner:
     needs_batchnorm: bool = False
     needs_data: bool = False  # needs training images to rank (pass data= to prune)
 
+    @property
+    def ranks_single_groups(self) -> bool:
+        """Whether it can rank the channels of one layer group without data (what latency pruning asks)."""
+        return isinstance(self, TorchPruningPruner) and not self.needs_data
+
     def prune(self, model: nn.Module, cfg, *, step: int, example_input: torch.Tensor,
               data: Split | None) -> nn.Module:
         """Prune `model` (a private copy: change it in place or build a new one) by one step of `cfg`.
@@ -88,6 +93,39 @@ class TorchPruningPruner(Pruner):
         pruner.step()
         model.zero_grad(set_to_none=True)
         return model
+
+
+def channel_groups(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    """Every group of coupled channels that can be pruned, by the name of the layer that produces them, with its
+    width (Torch-Pruning's dependency graph: a depthwise conv or a residual add couples layers)."""
+    import torch_pruning as tp
+
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    names = {module: name for name, module in model.named_modules()}
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    groups = {}
+    for group in graph.get_all_groups(ignored_layers=classifier, root_module_types=[nn.Conv2d, nn.Linear]):
+        root = group[0].dep.target.module
+        if root not in classifier:
+            groups[names[root]] = len(group[0].idxs)
+    return groups
+
+
+def prune_group(model: nn.Module, layer: str, remove: int, pruner: Pruner, example_input: torch.Tensor) -> nn.Module:
+    """Remove the `remove` least important output channels of `layer` (and every layer coupled to them), ranked
+    by `pruner`'s importance, from `model` in place."""
+    import torch_pruning as tp
+
+    model.eval()
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    module = model.get_submodule(layer)
+    handler = tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
+    width = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+    group = graph.get_pruning_group(module, handler, idxs=list(range(width)))
+    scores = pruner.importance()(group)
+    drop = torch.argsort(scores, stable=True)[:remove].tolist()
+    graph.get_pruning_group(module, handler, idxs=drop).prune()
+    return model
 
 
 @register_pruner

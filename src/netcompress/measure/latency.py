@@ -87,11 +87,21 @@ class Eager(Runtime):
         return run
 
 
-@register_runtime
-class OnnxRuntime(Runtime):
-    name = "ort"
+class OnnxBased(Runtime):
+    """A runtime that runs .onnx files: models are exported (fp32) or taken as the .onnx file they are."""
 
     def prepare(self, model, x, threads, workdir):
+        return self.prepare_file(onnx_file(model, workdir), x, threads)
+
+    def prepare_file(self, path: Path, x: torch.Tensor, threads: int) -> Callable[[], object]:
+        raise NotImplementedError
+
+
+@register_runtime
+class OnnxRuntime(OnnxBased):
+    name = "ort"
+
+    def prepare_file(self, path, x, threads):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -100,13 +110,13 @@ class OnnxRuntime(Runtime):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
-        session = ort.InferenceSession(str(onnx_file(model, workdir)), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         feed = {session.get_inputs()[0].name: x.numpy()}
         return lambda: session.run(None, feed)
 
 
 @register_runtime
-class OpenVino(Runtime):
+class OpenVino(OnnxBased):
     name = "openvino"
     install = "pip install 'netcompress[openvino]' (the openvino package)"
 
@@ -115,11 +125,11 @@ class OpenVino(Runtime):
 
         return importlib.util.find_spec("openvino") is not None
 
-    def prepare(self, model, x, threads, workdir):
+    def prepare_file(self, path, x, threads):
         import openvino as ov
 
         core = ov.Core()
-        compiled = core.compile_model(core.read_model(str(onnx_file(model, workdir))), "CPU",
+        compiled = core.compile_model(core.read_model(str(path)), "CPU",
                                       {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                                        "NUM_STREAMS": 1})
         request = compiled.create_infer_request()
@@ -146,6 +156,28 @@ class LatencyConfig:
             raise NetcompressError(f"batch = {self.batch} and threads = {self.threads} must be positive")
         if self.rounds < 3 or not 0 < self.seconds <= 60 or self.warmup < 0 or not self.max_spread > 0:
             raise NetcompressError("latency: rounds >= 3, seconds in (0, 60], warmup >= 0 and max_spread > 0")
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """A latency budget: at most `ms` milliseconds per call on `runtime` at `batch` images and `threads` threads."""
+
+    ms: float
+    runtime: str = "ort"
+    batch: int = 1
+    threads: int = 1
+
+    def __post_init__(self):
+        if not self.ms > 0:
+            raise NetcompressError(f"target latency = {self.ms} ms must be positive")
+        self.config  # validates the runtime, batch and threads
+
+    @property
+    def config(self) -> LatencyConfig:
+        return LatencyConfig(runtime=self.runtime, batch=self.batch, threads=self.threads)
+
+    def __str__(self) -> str:
+        return f"{self.ms} ms on {self.runtime} (batch {self.batch}, {self.threads} thread(s))"
 
 
 @dataclass(frozen=True)
@@ -180,30 +212,39 @@ def latency(models: nn.Module | dict[str, nn.Module], config: LatencyConfig | No
     single = isinstance(models, nn.Module)
     named = {"model": models} if single else dict(models)
     runtime = get_runtime(cfg.runtime)
-    times: dict[str, list[float]] = {name: [] for name in named}
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)  # eager PyTorch's threads; the other runtimes set their own
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = {}
-        for i, (name, model) in enumerate(named.items()):
-            workdir = Path(tmp) / str(i)
-            workdir.mkdir()
-            x = torch.rand(spec_of(model).input_shape(cfg.batch))
-            runs[name] = runtime.prepare(model, x, cfg.threads, workdir)
-            for _ in range(cfg.warmup):
-                runs[name]()
-        for _ in range(cfg.rounds):
-            for name, run in runs.items():
-                start = time.perf_counter()
-                while True:
-                    t0 = time.perf_counter()
-                    run()
-                    times[name].append(time.perf_counter() - t0)
-                    if t0 - start >= cfg.seconds:
-                        break
-    torch.set_num_threads(previous)
-    results = {name: _summarize(values, cfg) for name, values in times.items()}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            calls = {}
+            for i, (name, model) in enumerate(named.items()):
+                workdir = Path(tmp) / str(i)
+                workdir.mkdir()
+                calls[name] = runtime.prepare(model, torch.rand(spec_of(model).input_shape(cfg.batch)), cfg.threads,
+                                              workdir)
+            results = time_calls(calls, cfg)
+    finally:
+        torch.set_num_threads(previous)
     return results["model"] if single else results
+
+
+def time_calls(calls: dict[str, Callable[[], object]], cfg: LatencyConfig) -> dict[str, Latency]:
+    """Time prepared calls (see `Runtime.prepare`) in interleaved rounds: after `cfg.warmup` calls each, every
+    round runs each one for `cfg.seconds`."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for run in calls.values():
+        for _ in range(cfg.warmup):
+            run()
+    for _ in range(cfg.rounds):
+        for name, run in calls.items():
+            start = time.perf_counter()
+            while True:
+                t0 = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t0)
+                if t0 - start >= cfg.seconds:
+                    break
+    return {name: _summarize(values, cfg) for name, values in times.items()}
 
 
 def _summarize(values: list[float], cfg: LatencyConfig) -> Latency:

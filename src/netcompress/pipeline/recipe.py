@@ -3,7 +3,8 @@
     [data]        root, image_size, channels, labels, val_fraction, skip_bad
     [teacher]     model + epochs (train or fine-tune), or file (an existing model file); image_size, mixup, cutmix
     [student]     distillation: model, epochs, lr, batch_size, temperature, alpha, method, mixup, cutmix, views
-    [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, distill
+    [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, distill; target_latency_ms
+                  with runtime, batch, threads prunes to a latency instead of by rate
     [[lowrank]]   one table per factorization of the student: LowRankConfig's fields + finetune_epochs, distill
     [[quantize]]  one table per storage codec (QuantConfig's fields), applied to the student and every
                   pruned or factorized model
@@ -30,6 +31,7 @@ from ..compress.prune import PruneConfig
 from ..compress.quant_config import QuantConfig
 from ..data.augment import AugmentConfig
 from ..errors import NetcompressError
+from ..measure.latency import LatencyTarget
 from ..train.distill import DistillConfig
 from ..train.fit import TrainConfig
 
@@ -111,14 +113,24 @@ class PruneSection:
     finetune_epochs: int = 5
     lr: float = 0.0  # the fine-tuning's learning rate; 0: the student's
     distill: bool = True  # fine-tune with the teacher (its cached views, where the student had them)
+    target_latency_ms: float = 0.0  # > 0: prune to this latency (NetAdapt) on runtime/batch/threads, not by rate
+    runtime: str = "ort"
+    batch: int = 1
+    threads: int = 1
+    proposal_images: int = 1024
 
     def configs(self, seed: int) -> tuple[PruneConfig, TrainConfig]:
-        return (PruneConfig(method=self.method, rate=self.rate, steps=self.steps, global_ranking=self.global_ranking),
+        target = (LatencyTarget(self.target_latency_ms, self.runtime, self.batch, self.threads)
+                  if self.target_latency_ms else None)
+        return (PruneConfig(method=self.method, rate=self.rate, steps=self.steps, global_ranking=self.global_ranking,
+                            latency=target, proposal_images=self.proposal_images),
                 TrainConfig(epochs=self.finetune_epochs, seed=seed))
 
     @property
     def stage(self) -> str:
-        return (f"prune-{self.method}-{self.rate}-{self.steps}steps" + ("-global" if self.global_ranking else "")
+        how = (f"latency-{self.target_latency_ms}ms-{self.runtime}-b{self.batch}-t{self.threads}-{self.method}"
+               if self.target_latency_ms else f"{self.method}-{self.rate}")
+        return (f"prune-{how}-{self.steps}steps" + ("-global" if self.global_ranking else "")
                 + f"-ft{self.finetune_epochs}" + ("" if self.distill else "-nodistill"))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import NetcompressError
 from ..files import atomic_write, atomic_write_text
-from ..measure.cost import LATENCY_HEADINGS, latency_texts
+from ..measure.cost import LATENCY_HEADINGS, latency_texts, ms
 from ..version import __version__
 
 
@@ -126,6 +126,51 @@ def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 3
     return _save(fig, out)
 
 
+def plot_latency_vs_accuracy(points: list[dict], out: Path, runtime: str, target_ms: float | None = None,
+                             chosen: str | None = None, val_images: int = 750) -> Path:
+    """Latency per call (x) against validation accuracy (y) for models with a measured latency (`points`: name,
+    stage, ms, val_accuracy): the fastest-for-its-accuracy frontier, the latency target and its choice."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for stage in sorted({p["stage"] for p in points}):
+        group = [p for p in points if p["stage"] == stage]
+        ax.errorbar([p["ms"] for p in group], [p["val_accuracy"] for p in group],
+                    yerr=[standard_error(p["val_accuracy"], val_images) for p in group], fmt="o", ms=5, capsize=2,
+                    label=stage)
+    front = pareto_front([{"file_bytes": p["ms"], "val_accuracy": p["val_accuracy"]} for p in points])
+    ax.step([p["file_bytes"] for p in front], [p["val_accuracy"] for p in front], where="post", color="black",
+            linewidth=1, alpha=0.6, label="frontier (nothing faster is as accurate)")
+    pick = [p for p in points if p["name"] == chosen]
+    if pick:
+        ax.scatter([pick[0]["ms"]], [pick[0]["val_accuracy"]], marker="*", s=260, color="gold", edgecolors="black",
+                   zorder=5, label="the latency budget's choice")
+    _accuracy_axis(ax, [p["val_accuracy"] for p in points], val_images)
+    if target_ms is not None:
+        ax.axvline(target_ms, color="crimson", linestyle="--", linewidth=1)
+        ax.text(target_ms, ax.get_ylim()[0], f" {target_ms} ms", color="crimson", va="bottom", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"milliseconds per call on {runtime} (log scale; median of interleaved rounds)")
+    ax.set_title("Latency against accuracy")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, out)
+
+
+def latency_points(summary: dict) -> tuple[list[dict], str]:
+    """The models to draw against latency, and on what: the latency budget's measurements where the run had
+    one, else every fp32 model's ONNX Runtime time at batch 1 on one thread."""
+    stages = {a["name"]: a["stage"] for a in summary["artifacts"]}
+    chosen = summary.get("latency_budget")
+    if chosen:
+        t = chosen["target"]
+        return ([{"name": r["name"], "stage": stages[r["name"]], "ms": r["median_ms"], "val_accuracy": r["val_accuracy"]}
+                 for r in chosen["tried"] if r["median_ms"] is not None],
+                f"{t['runtime']}, batch {t['batch']}, {t['threads']} thread(s)")
+    return ([{"name": a["name"], "stage": a["stage"], "ms": a["latency_ms"]["ort@1"], "val_accuracy": a["val_accuracy"]}
+             for a in summary["artifacts"] if isinstance(a.get("latency_ms"), dict) and a["latency_ms"].get("ort@1")],
+            "ONNX Runtime, batch 1, 1 thread")
+
+
 def environment() -> dict:
     import platform
 
@@ -209,6 +254,26 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
                ("img", scatter),
                ("table", ["on the frontier", "bytes", "val acc"],
                 [[a["name"], a["file_bytes"], a["val_accuracy"]] for a in front])]
+    points, runtime = latency_points(summary)
+    latency_budget = summary.get("latency_budget")
+    if points:
+        target = latency_budget["target"] if latency_budget else None
+        blocks += [("h2", "Latency against accuracy"),
+                   ("p", f"Milliseconds per call on {runtime}, for the models with an honest figure (storage codecs "
+                         "decode to the fp32 model and run as fast as it)."),
+                   ("img", plot_latency_vs_accuracy(points, run_dir / "latency_vs_accuracy.png", runtime,
+                                                    target["ms"] if target else None,
+                                                    latency_budget["chosen"] if latency_budget else None, images))]
+    if latency_budget:
+        blocks += [("h2", "Latency budget"),
+                   ("p", f"At most {latency_budget['target']['ms']} ms per call on {runtime}: chose "
+                         f"**{latency_budget['chosen']}** ({latency_budget['file']}), the best validation accuracy "
+                         f"among the models measured within it (test accuracy {_fmt(test.get(latency_budget['chosen'])) or 'not measured'})."
+                         " Every model was measured in the same interleaved rounds; 'busy' marks one the machine "
+                         "was too busy to measure."),
+                   ("table", ["tried", "median ms", "p90 ms", "val acc", "fits"],
+                    [[t["name"], ms(t["median_ms"]), ms(t["p90_ms"]), t["val_accuracy"], t["fits"]]
+                     for t in latency_budget["tried"]])]
     if summary.get("budgets"):
         sizes = {a["name"]: a["file_bytes"] for a in artifacts}
         blocks += [("h2", "Budgets"),

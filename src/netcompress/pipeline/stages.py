@@ -20,10 +20,11 @@ from .. import (AugmentConfig, ImageFolderData, NetcompressError, evaluate, fact
                new_model, prune_iteratively, quantize, spec_of)
 from ..files import RunLock, atomic_write_text
 from ..measure.cost import measure_model
+from ..measure.latency import LatencyTarget, latency
 from ..runtime import log, seed_everything
 from ..train.views import TeacherViews, ViewConfig
 from .compare_arch import compare
-from .recipe import Recipe
+from .recipe import PruneSection, Recipe
 
 
 class Run:
@@ -231,6 +232,44 @@ def choose(artifacts: list[dict], target_bytes: int | None = None, target_params
             "target_params": target_params, "tried": tried}
 
 
+def measure_on_target(run: Run, artifacts: list[dict], target: LatencyTarget, tries: int = 3) -> dict[str, dict]:
+    """Every fp32 candidate's latency on the target's runtime, measured together in interleaved rounds (again,
+    up to `tries` times, for those the machine was too busy to measure). Kept in RUN/latency/, so a rerun
+    measures only new models. Storage codecs are left out: their files decode to the fp32 model."""
+    path = run.dir / "latency" / f"{target.runtime}-b{target.batch}-t{target.threads}.json"
+    found = json.loads(path.read_text()) if path.exists() else {}
+    wanted = {a["name"]: a for a in artifacts if a["format"].startswith("safetensors") and a.get("candidate", True)}
+    for _ in range(tries):
+        missing = [name for name in wanted if found.get(name, {}).get("median_ms") is None]
+        if not missing:
+            break
+        if run.progress:
+            log(f"[latency] measuring {len(missing)} models on {target.runtime}, batch {target.batch}, "
+                f"{target.threads} thread(s)")
+        measured = latency({name: load(run.dir / wanted[name]["file"]) for name in missing}, target.config)
+        found.update({name: {"median_ms": r.median_ms, "p90_ms": r.p90_ms, "spread": r.spread, "note": r.note}
+                      for name, r in measured.items()})
+        atomic_write_text(path, json.dumps(found, indent=2))
+    return {name: found[name] for name in wanted}
+
+
+def choose_by_latency(artifacts: list[dict], target: LatencyTarget, measured: dict[str, dict]) -> dict:
+    """The measured candidate with the best validation accuracy that runs within the target, and what was tried."""
+    tried = [{"name": a["name"], **measured[a["name"]], "val_accuracy": a["val_accuracy"],
+              "fits": measured[a["name"]]["median_ms"] is not None and measured[a["name"]]["median_ms"] <= target.ms}
+             for a in artifacts if a["name"] in measured]
+    fits = [t for t in tried if t["fits"]]
+    if not fits:
+        timed = [t for t in tried if t["median_ms"] is not None]
+        fastest = (f"the fastest is {min(timed, key=lambda t: t['median_ms'])['name']} at "
+                   f"{min(t['median_ms'] for t in timed):.3f} ms" if timed else "the machine was too busy to measure")
+        raise NetcompressError(f"no model runs within {target}: {fastest}; add a [[prune]] table with "
+                               f"target_latency_ms = {target.ms}, or rerun on an idle machine")
+    best = max(fits, key=lambda t: t["val_accuracy"])
+    file = next(a["file"] for a in artifacts if a["name"] == best["name"])
+    return {"chosen": best["name"], "file": file, "target": asdict(target), "tried": tried}
+
+
 def _evaluate(run: Run, artifacts: list[dict], chosen: list[str]) -> dict:
     """Test accuracy of the teacher, the student and the models the budgets chose: once each.
 
@@ -253,16 +292,27 @@ def _evaluate(run: Run, artifacts: list[dict], chosen: list[str]) -> dict:
 
 
 def run_recipe(recipe: Recipe, run_dir: str | Path, device: torch.device, *, target_bytes: int | None = None,
-               target_params: int | None = None, cache_dir=None, progress: bool = True) -> dict:
-    """Run every stage of `recipe` (skipping finished ones); returns the run's summary (also RUN/summary.json)."""
+               target_params: int | None = None, target_latency: LatencyTarget | None = None, cache_dir=None,
+               progress: bool = True) -> dict:
+    """Run every stage of `recipe` (skipping finished ones); returns the run's summary (also RUN/summary.json).
+
+    target_latency: choose the most accurate model within it, measured on its runtime; a recipe without a
+    [[prune]] table for that target gets one (l2 ranking, the table's defaults).
+    """
+    if target_latency is not None and not any(
+            p.configs(recipe.seed)[0].latency == target_latency for p in recipe.prune):
+        recipe = replace(recipe, prune=(*recipe.prune, PruneSection(
+            method="l2", target_latency_ms=target_latency.ms, runtime=target_latency.runtime,
+            batch=target_latency.batch, threads=target_latency.threads)))
     run = Run(recipe, run_dir, device, cache_dir=cache_dir, progress=progress)
     if run.dir.exists() and not run.dir.is_dir():
         raise NetcompressError(f"{run.dir} is a file; a run needs a folder there: choose another --out")
     with RunLock(run.dir):
-        return _run_stages(run, recipe, target_bytes, target_params)
+        return _run_stages(run, recipe, target_bytes, target_params, target_latency)
 
 
-def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_params: int | None) -> dict:
+def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_params: int | None,
+                target_latency: LatencyTarget | None) -> dict:
     atomic_write_text(run.dir / "recipe.json", json.dumps(asdict(recipe), indent=2))
     teacher = _teacher_stage(run)
     student = _student_stage(run, teacher["model_file"])
@@ -282,9 +332,14 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
         budget = choose(candidates, target_bytes, target_params)
     budgets = [choose(candidates, b) for b in recipe.evaluate.budgets
                if any(a["file_bytes"] <= b for a in candidates if a.get("candidate", True))]
-    chosen = [c["chosen"] for c in ([budget] if budget else []) + budgets]
+    latency_budget = None
+    if target_latency is not None:
+        latency_budget = choose_by_latency(candidates, target_latency,
+                                           measure_on_target(run, candidates, target_latency))
+    chosen = [c["chosen"] for c in ([budget] if budget else []) + budgets + ([latency_budget] if latency_budget
+                                                                               else [])]
     test = _evaluate(run, artifacts, chosen) if recipe.evaluate.test else {}
-    summary = {"artifacts": artifacts, "budget": budget, "budgets": budgets, "test": test,
-               "val_images": len(run.data.split("validation"))}
+    summary = {"artifacts": artifacts, "budget": budget, "budgets": budgets, "latency_budget": latency_budget,
+               "test": test, "val_images": len(run.data.split("validation"))}
     atomic_write_text(run.dir / "summary.json", json.dumps(summary, indent=2))
     return summary
