@@ -104,6 +104,10 @@ def test_latency_of_two_files_side_by_side(course_ckpt, tmp_path):
                                  "--seconds", 0.05, "--max-spread", 100, "--json").stdout)
     assert [r["model"] for r in out["rows"]] == [str(tmp_path / "small.safetensors"), str(tmp_path / "small.onnx")]
     assert all(r["runtime"] == "ort" and r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] for r in out["rows"])
+    every = json.loads(netcompress("latency", tmp_path / "small.safetensors", "--runtime", "all", "--rounds", 3,
+                                   "--seconds", 0.05, "--max-spread", 100, "--json").stdout)
+    assert [r["runtime"] for r in every["rows"]] == nc.list_runtimes(installed=True)
+    assert every["fastest"][str(tmp_path / "small.safetensors")] in nc.list_runtimes(installed=True)
     missing = netcompress("latency", course_ckpt, check=False)  # the file records no input size
     assert missing.returncode == 2 and "--image-size" in missing.stderr
     wrong = netcompress("latency", tmp_path / "small.onnx", "--runtime", "torch", check=False)

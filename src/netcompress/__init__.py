@@ -6,6 +6,8 @@ and leaving its argument as it is:
     import netcompress as nc
     data = nc.ImageFolderData("path/to/data", image_size=96)       # or a torch Dataset / DataLoader
     model = nc.prune(model, nc.PruneConfig(method="l2", rate=0.5), example_input=torch.randn(1, 3, 96, 96))
+    fast = nc.prune_iteratively(model, nc.PruneConfig(latency=nc.LatencyTarget(0.12, runtime="ort")), data).final
+    print(nc.latency(fast, runtime="ort", batch=1, threads=1))    # median of interleaved rounds, or "too busy"
     model = nc.fit(model, data, epochs=3, teacher=teacher)          # distillation when a teacher is given
     small = nc.factorize(model, nc.LowRankConfig(energy=0.9))
     nc.save(model, "m.safetensors")                                 # records the surgery relative to the base
@@ -32,7 +34,7 @@ from .formats.onnx import export_onnx
 from .formats.state_dict import load_state_dict
 from .measure.cost import count_macs, count_parameters, latency_ms
 from .measure.evaluate import evaluate, predict
-from .measure.latency import LatencyConfig, latency, list_runtimes, register_runtime
+from .measure.latency import LatencyConfig, LatencyTarget, Runtime, latency, list_runtimes, register_runtime
 from .models import create_model, list_models, register_model
 from .spec import ModelSpec, new_model, spec_of
 from .train.distill import DistillConfig
@@ -54,7 +56,7 @@ __all__ = [
     # files
     "save", "load", "load_state_dict", "export_onnx",
     # measurement
-    "evaluate", "predict", "count_parameters", "count_macs", "latency", "LatencyConfig", "list_runtimes",
-    "register_runtime", "latency_ms",
+    "evaluate", "predict", "count_parameters", "count_macs", "latency", "LatencyConfig", "LatencyTarget",
+    "Runtime", "list_runtimes", "register_runtime", "latency_ms",
     "NetcompressError", "__version__",
 ]

@@ -171,8 +171,9 @@ def summary(
 @app.command("latency")
 def latency_cmd(
     model_files: list[Path] = typer.Argument(..., help="Model files to measure together, in interleaved rounds."),
-    runtime: str = typer.Option("ort", "--runtime", help=f"One of {', '.join(list_runtimes())}: ort is ONNX Runtime "
-                                "(fp32 export, or the .onnx file as it is: int8 included)."),
+    runtime: str = typer.Option("ort", "--runtime", help=f"One of {', '.join(list_runtimes())}, or all (every "
+                                "installed one, and which is fastest for each model). ort is ONNX Runtime: an fp32 "
+                                "export, or the .onnx file as it is (int8 included)."),
     batch: int = typer.Option(1, "--batch", help="Images per call."),
     threads: int = typer.Option(1, "--threads", help="Threads of the runtime."),
     rounds: int = typer.Option(7, "--rounds", help="Interleaved rounds: every model once per round."),
@@ -185,21 +186,34 @@ def latency_cmd(
     """Latency per call: median, p90 and spread over interleaved rounds; no figure when the machine is too busy.
 
     Example: netcompress latency runs/kd/best.safetensors runs/prune/step1.safetensors --runtime ort --batch 1 --threads 1
+
+    Example: netcompress latency runs/kd/best.safetensors --runtime all
     """
-    cfg = LatencyConfig(runtime=runtime, batch=batch, threads=threads, rounds=rounds, seconds=seconds,
-                        max_spread=max_spread)
+    runtimes = list_runtimes(installed=True) if runtime == "all" else [runtime]
     nets = {}
     for path in model_files:
         net = load(path)
         spec = spec_of(net)
         nets[str(path)] = attach(net, spec.replace(input_size=image_size or input_size_of(spec, path)))
-    found = measure_latency(nets, cfg)
-    rows = [{"model": name, "runtime": runtime, "batch": batch, "threads": threads, "median_ms": r.median_ms,
-             "p90_ms": r.p90_ms, "spread": r.spread, "calls": r.calls, "note": r.note} for name, r in found.items()]
-    table = Table(title=f"latency on {runtime}, batch {batch}, {threads} thread(s), {rounds} interleaved rounds")
-    for column in ("model", "median ms", "p90 ms", "spread", "calls"):
+    rows = []
+    for name in runtimes:
+        if isinstance(next(iter(nets.values())), OnnxModel) and name == "torch" and runtime == "all":
+            continue  # an .onnx file does not run on eager PyTorch
+        cfg = LatencyConfig(runtime=name, batch=batch, threads=threads, rounds=rounds, seconds=seconds,
+                            max_spread=max_spread)
+        rows += [{"model": model, "runtime": name, "batch": batch, "threads": threads, "median_ms": r.median_ms,
+                  "p90_ms": r.p90_ms, "spread": r.spread, "calls": r.calls, "note": r.note}
+                 for model, r in measure_latency(nets, cfg).items()]
+    fastest = {}
+    for model in nets:
+        timed = [r for r in rows if r["model"] == model and r["median_ms"] is not None]
+        if len(runtimes) > 1 and timed:
+            fastest[model] = min(timed, key=lambda r: r["median_ms"])["runtime"]
+    table = Table(title=f"latency at batch {batch}, {threads} thread(s), {rounds} interleaved rounds")
+    for column in ("model", "runtime", "median ms", "p90 ms", "spread", "calls"):
         table.add_column(column, justify="right")
-    for r, (name, value) in zip(rows, found.items()):
-        table.add_row(name, str(value), f"{r['p90_ms']:.3f}" if value.trusted else "", f"{100 * r['spread']:.0f}%",
-                      str(r["calls"]))
-    emit({"rows": rows}, as_json, table)
+    for r in rows:
+        star = " (fastest)" if fastest.get(r["model"]) == r["runtime"] else ""
+        table.add_row(r["model"], r["runtime"] + star, f"{r['median_ms']:.3f}" if r["median_ms"] else r["note"],
+                      f"{r['p90_ms']:.3f}" if r["p90_ms"] else "", f"{100 * r['spread']:.0f}%", str(r["calls"]))
+    emit({"rows": rows, "fastest": fastest}, as_json, table)

@@ -55,8 +55,9 @@ def get_runtime(name: str) -> Runtime:
     return runtime
 
 
-def list_runtimes() -> list[str]:
-    return list(_RUNTIMES)
+def list_runtimes(installed: bool = False) -> list[str]:
+    """Every registered runtime, or only those whose package is installed."""
+    return [name for name, runtime in _RUNTIMES.items() if not installed or runtime.available()]
 
 
 def onnx_file(model: nn.Module, workdir: Path) -> Path:
