@@ -3,7 +3,8 @@
 Each step asks for a latency reduction: what is left to the target, spread over the steps left.
 For every group of coupled channels it proposes the smallest cut, least important channels first,
 whose latency (predicted by `LatencyTable`, per-layer latencies measured on the target runtime)
-meets that reduction, or the cut that saves the most where none does. Each proposal is fine-tuned briefly on `proposal_images` training images
+meets that reduction, or the cut that saves the most where none does (at most half of a layer per
+step, and never below an eighth of its first width or 8 channels). Each proposal is fine-tuned briefly on `proposal_images` training images
 with their labels and scored on validation; the step keeps the one that buys the most latency per
 point of accuracy lost, fine-tunes it like any pruning step (distilled when a teacher is given),
 and measures it on the runtime for real. Predictions are scaled to the last real measurement; the
@@ -29,7 +30,8 @@ from .prune import PruneConfig, PruneRun, StepLog, accuracy, respec_pruned
 from .pruners import channel_groups, get_pruner, prune_group
 
 ACCURACY_FLOOR = 0.002  # a proposal that loses less than 0.2 points is scored as losing 0.2: noise, not a gain
-MIN_KEEP = 8  # a layer keeps at least 1/8 of the channels it started with
+MAX_CUT = 0.5  # one step removes at most half of a layer's channels: deeper cuts do not recover in a few epochs
+MIN_KEEP = 8  # a layer keeps at least 1/8 of the channels it started with, and at least 8 where it had them
 
 
 @dataclass
@@ -117,10 +119,11 @@ def _choose(model, config, train, val, finetune, table, shape, goal, first_width
     reference = accuracy(model, val, device)
     proposals = []
     for layer, width in channel_groups(model, example_input).items():
-        keep_at_least = max(1, first_widths.get(layer, width) // MIN_KEEP)
+        first = first_widths.get(layer, width)
+        most = min(int(width * MAX_CUT), width - max(1, first // MIN_KEEP, min(first, MIN_KEEP)))
         stride = max(1, width // 16)
         largest = None  # when no cut of this layer meets the goal: the one that saves the most
-        for remove in range(stride, width - keep_at_least + 1, stride):
+        for remove in range(stride, most + 1, stride):
             candidate = Proposal(layer, remove, _cut(model, config, layer, remove, example_input, k), 0.0)
             candidate.saved_ms = predicted - table.predict(candidate.model, shape)
             if candidate.saved_ms >= goal:
