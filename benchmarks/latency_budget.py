@@ -4,7 +4,7 @@
    measured on the runtime), fine-tuning with the teacher (live, or its cached views) after each step.
    --pruned RUN_DIR reuses a pruning run made earlier.
 2. Every step's model measured on the target runtime in the same interleaved rounds; the most accurate
-   on validation within the target is the choice.
+   on validation within the target is the choice (or, when none is, the fastest, reported as a miss).
 3. The unpruned student and the choice on every installed runtime (and ONNX Runtime int8), interleaved,
    median and p90 per call; test accuracy measured once per model. Prints a table and the speed-ups,
    writes JSON.
@@ -71,11 +71,13 @@ def main() -> None:
     rows = [json.loads(line) for line in (run_dir / "pruning.jsonl").read_text().splitlines()]
     steps = {f"step {r['step']}": nc.load(run_dir / r["model_file"]) for r in rows}
     on_target = nc.latency(steps, target.config, rounds=args.rounds)
-    fits = [r for r in rows if on_target[f"step {r['step']}"].trusted
-            and on_target[f"step {r['step']}"].median_ms <= target.ms]
-    if not fits:
-        raise SystemExit(f"no step runs within {target}: {', '.join(f'{k} {v}' for k, v in on_target.items())}")
-    chosen = max(fits, key=lambda r: r["val_accuracy"])
+    timed = [r for r in rows if on_target[f"step {r['step']}"].trusted]
+    if not timed:
+        raise SystemExit("the machine was too busy to time any step: run again on a quiet machine")
+    fits = [r for r in timed if on_target[f"step {r['step']}"].median_ms <= target.ms]
+    # within the target: the most accurate; else the fastest step, reported as a miss
+    chosen = max(fits, key=lambda r: r["val_accuracy"]) if fits else \
+        min(timed, key=lambda r: on_target[f"step {r['step']}"].median_ms)
     pruned = steps[f"step {chosen['step']}"]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,18 +96,25 @@ def main() -> None:
                 "note": r.note, "test_accuracy": round(test[name], 4)} for name, runtime, r in table]
     ratios = _ratios(results, f"pruned (step {chosen['step']})", args.runtime)
 
-    print(f"\ntarget {target}; chosen: step {chosen['step']} of {run_dir} "
+    verdict = "met" if fits else "missed: the fastest step is shown"
+    print(f"\ntarget {target} {verdict}; chosen: step {chosen['step']} of {run_dir} "
           f"(widths {nc.spec_of(pruned).kwargs.get('widths')}, val acc {chosen['val_accuracy']:.4f})\n")
-    print("| model | runtime | median ms | p90 ms | test acc |\n|---|---|---:|---:|---:|")
+    print(f"| step | cut | params | val acc | {target.runtime} median ms |\n|---:|---|---:|---:|---:|")
+    for r in rows:
+        cut = f"{r['cut']['layer']} -{r['cut']['removed']}" if r.get("cut") else ""
+        ms = on_target[f"step {r['step']}"].median_ms
+        print(f"| {r['step']} | {cut} | {r['params']:,} | {r['val_accuracy']:.4f} | {_ms(ms)} |")
+    print("\n| model | runtime | median ms | p90 ms | test acc |\n|---|---|---:|---:|---:|")
     for r in results:
         print(f"| {r['model']} | {r['runtime']} | {_ms(r['median_ms'])} | {_ms(r['p90_ms'])} | {r['test_accuracy']} |")
     print("\n" + "\n".join(f"{k}: {v}x" for k, v in ratios.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "latency budget", "target": asdict(target), "student": str(args.student),
-        "run_dir": str(run_dir), "chosen_step": chosen["step"], "chosen_widths": nc.spec_of(pruned).kwargs.get("widths"),
+        "run_dir": str(run_dir), "target_met": bool(fits), "chosen_step": chosen["step"], "chosen_widths": nc.spec_of(pruned).kwargs.get("widths"),
         "chosen_val_accuracy": chosen["val_accuracy"], "prune_seconds": round(prune_seconds, 1),
-        "steps_on_target": {k: v.median_ms for k, v in on_target.items()}, "rows": results, "ratios": ratios,
+        "steps": [{"step": r["step"], "median_ms": on_target[f"step {r['step']}"].median_ms, "params": r["params"],
+                   "val_accuracy": r["val_accuracy"], "cut": r.get("cut")} for r in rows], "rows": results, "ratios": ratios,
         "rounds": args.rounds, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
         "machine": platform.machine(), "processor": platform.processor()}, indent=2))
 

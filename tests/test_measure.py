@@ -62,6 +62,23 @@ def test_a_disturbed_measurement_gives_no_figure_but_a_reason():
     assert "too busy to measure" in str(result) and "idle machine" in result.note
 
 
+class _Instant(Runtime):
+    """Calls that return at once: far shorter than the timer's own jitter."""
+
+    name = "instant"
+
+    def prepare(self, model, x, threads, workdir):
+        return lambda: None
+
+
+def test_calls_shorter_than_a_millisecond_are_timed_in_blocks():
+    import netcompress as nc
+
+    nc.register_runtime(_Instant)
+    result = nc.latency(_tiny_student(), runtime="instant", rounds=3, seconds=0.01, max_spread=100)
+    assert result.calls >= 3 * 1000 and result.median_ms < 1e-3  # 1 ms blocks of sub-microsecond calls
+
+
 def test_batch_one_slower_than_a_batch_of_64_is_not_reported():
     one = Latency("torch", 1, 1, 5.0, 5.5, 0.1, 100)
     many = Latency("torch", 64, 1, 2.0, 2.1, 0.05, 10)

@@ -4,8 +4,10 @@ p90, and no figure at all when the machine is too busy to measure.
 Runtimes are a registry: `torch` (eager PyTorch, channels_last), `ort` (ONNX Runtime with the settings
 that serve one image fastest on a CPU: a fixed number of intra-op threads, no spinning, sequential
 execution, every graph optimization) and `openvino` (the optional `openvino` extra). Several models
-measured together take turns round by round, so a burst of load hits them all alike; a measurement
-whose 90th percentile lies more than `max_spread` above its median was disturbed and is not reported.
+measured together take turns round by round, so a burst of load hits them all alike. Calls shorter than
+a millisecond are timed in blocks of at least 1 ms (as timeit does), so the timer's own jitter of a few
+microseconds does not pass for load; a measurement whose 90th percentile lies more than `max_spread`
+above its median was disturbed and is not reported.
 """
 
 from __future__ import annotations
@@ -231,34 +233,47 @@ def latency(models: nn.Module | dict[str, nn.Module], config: LatencyConfig | No
 
 def time_calls(calls: dict[str, Callable[[], object]], cfg: LatencyConfig) -> dict[str, Latency]:
     """Time prepared calls (see `Runtime.prepare`) in interleaved rounds: after `cfg.warmup` calls each, every
-    round runs each one for `cfg.seconds`."""
+    round runs each one for `cfg.seconds`, in blocks of at least MIN_BLOCK_SECONDS; a block's time per call
+    is one value."""
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for run in calls.values():
-        for _ in range(cfg.warmup):
-            run()
+    block = {name: _block_size(run, cfg.warmup) for name, run in calls.items()}
     for _ in range(cfg.rounds):
         for name, run in calls.items():
             start = time.perf_counter()
             while True:
                 t0 = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - t0)
+                for _ in range(block[name]):
+                    run()
+                times[name].append((time.perf_counter() - t0) / block[name])
                 if t0 - start >= cfg.seconds:
                     break
-    return {name: _summarize(values, cfg) for name, values in times.items()}
+    return {name: _summarize(values, block[name], cfg) for name, values in times.items()}
 
 
-def _summarize(values: list[float], cfg: LatencyConfig) -> Latency:
+MIN_BLOCK_SECONDS = 1e-3
+
+
+def _block_size(run: Callable[[], object], warmup: int) -> int:
+    """Calls per timed block: enough to last MIN_BLOCK_SECONDS, judged by the fastest warm-up call."""
+    fastest = math.inf
+    for _ in range(max(warmup, 2)):
+        t0 = time.perf_counter()
+        run()
+        fastest = min(fastest, time.perf_counter() - t0)
+    return max(1, math.ceil(MIN_BLOCK_SECONDS / max(fastest, 1e-9)))
+
+
+def _summarize(values: list[float], block: int, cfg: LatencyConfig) -> Latency:
     values = sorted(values)
     median = statistics.median(values)
     p90 = values[min(len(values) - 1, math.ceil(0.9 * len(values)) - 1)]
     spread = p90 / median - 1
     if spread > cfg.max_spread:
-        return Latency(cfg.runtime, cfg.batch, cfg.threads, None, None, round(spread, 3), len(values),
+        return Latency(cfg.runtime, cfg.batch, cfg.threads, None, None, round(spread, 3), len(values) * block,
                        f"too busy to measure (p90 {100 * spread:.0f}% above the median; limit "
                        f"{100 * cfg.max_spread:.0f}%): rerun on an idle machine")
     return Latency(cfg.runtime, cfg.batch, cfg.threads, round(median * 1000, 4), round(p90 * 1000, 4),
-                   round(spread, 3), len(values))
+                   round(spread, 3), len(values) * block)
 
 
 def consistent(one: Latency, many: Latency) -> tuple[Latency, Latency]:
