@@ -111,10 +111,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "benchmark": "latency budget", "target": asdict(target), "student": str(args.student),
-        "run_dir": str(run_dir), "target_met": bool(fits), "chosen_step": chosen["step"], "chosen_widths": nc.spec_of(pruned).kwargs.get("widths"),
+        "run_dir": str(run_dir), "target_met": bool(fits), "chosen_step": chosen["step"],
+        "chosen_widths": nc.spec_of(pruned).kwargs.get("widths"),
         "chosen_val_accuracy": chosen["val_accuracy"], "prune_seconds": round(prune_seconds, 1),
         "steps": [{"step": r["step"], "median_ms": on_target[f"step {r['step']}"].median_ms, "params": r["params"],
-                   "val_accuracy": r["val_accuracy"], "cut": r.get("cut")} for r in rows], "rows": results, "ratios": ratios,
+                   "val_accuracy": r["val_accuracy"], "cut": r.get("cut")} for r in rows],
+        "rows": results, "ratios": ratios,
         "rounds": args.rounds, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
         "machine": platform.machine(), "processor": platform.processor()}, indent=2))
 

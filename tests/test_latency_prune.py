@@ -1,5 +1,7 @@
 """Pruning to a latency target (NetAdapt) and the latency lookup table behind it."""
 
+import time
+
 import pytest
 
 import netcompress as nc
@@ -50,10 +52,21 @@ def priced_by_macs(table, model, input_shape):
     return cost * 1e-9
 
 
+class _Macs(nc.Runtime):
+    """A runtime whose calls take a second per billion multiply-adds: a millisecond or two for these nets."""
+
+    name = "macs"
+
+    def prepare(self, model, x, threads, workdir):
+        seconds = priced_by_macs(None, model, tuple(x.shape))
+        return lambda: time.sleep(seconds)
+
+
 def test_pruning_to_a_latency_cuts_the_layers_the_table_prices(jpeg_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(LatencyTable, "predict", priced_by_macs)
+    nc.register_runtime(_Macs)
     data = nc.ImageFolderData(jpeg_dataset, 32, progress=False)
-    target = LatencyTarget(1e-4, runtime="ort")  # out of reach: the run prunes for its whole allowance of steps
+    target = LatencyTarget(1e-4, runtime="macs")  # out of reach: the run prunes for its whole allowance of steps
     cfg = PruneConfig(method="l2", steps=1, latency=target, proposal_images=8)
     run = prune_iteratively(student(), cfg, data, nc.TrainConfig(epochs=1, batch_size=4), run_dir=tmp_path / "run",
                             progress=False)
