@@ -12,7 +12,7 @@ briefly on `proposal_images` training images with their labels and scored on val
 keeps the one that buys the most measured latency per point of accuracy lost and fine-tunes it like
 any pruning step (distilled when a teacher is given). The run stops when a measured model meets the
 target, when no cut is measurably faster, or after twice the planned steps. When the machine is too
-busy to time, the table's predictions stand in, scaled to the last real measurement.
+busy to time, the table's predictions stand in (for the stop, scaled to the last real measurement).
 """
 
 from __future__ import annotations
@@ -165,6 +165,7 @@ def _measured(model: nn.Module, proposals: list[Proposal], target: LatencyTarget
     models = {str(i): copy_model(p.model).cpu() for i, p in enumerate(proposals)}
     found = latency({"current": copy_model(model).cpu(), **models}, target.config)
     if not all(t.trusted for t in found.values()):
+        log("  the machine is too busy to time the proposals: the latency table's predictions stand in")
         return proposals
     now = found.pop("current").median_ms
     return [replace(p, saved_ms=now - found[str(i)].median_ms) for i, p in enumerate(proposals)
