@@ -6,10 +6,11 @@ import sys
 import time
 
 import pytest
+import torch
 
 from netcompress.errors import NetcompressError
 from netcompress.pipeline.recipe import load_recipe
-from netcompress.pipeline.stages import choose
+from netcompress.pipeline.stages import choose, run_recipe
 
 TINY = """
 seed = 0
@@ -82,6 +83,35 @@ def test_recipe_errors_name_the_field_and_what_is_allowed(tmp_path, text, messag
     (tmp_path / "r.toml").write_text(text)
     with pytest.raises(NetcompressError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         load_recipe(tmp_path / "r.toml")
+
+
+def test_every_setting_that_changes_a_result_changes_the_stage_name(tmp_path):
+    # a rerun after an edit must not reuse a stage made with other settings
+    (tmp_path / "r.toml").write_text("[[prune]]\nrate = 0.5\n[[prune]]\nrate = 0.5\nlr = 3e-4\n"
+                                     "[[lowrank]]\nenergy = 0.5\nlr = 1e-4\nmin_saving = 0.2\n"
+                                     "[[quantize]]\ncodec = 'kbit'\nbits = 4\nfinetune_epochs = 2\nfinetune_lr = 1e-4\n"
+                                     "calibration = 64")
+    recipe = load_recipe(tmp_path / "r.toml")
+    assert [p.stage for p in recipe.prune] == ["prune-slim-0.5-5steps-ft5", "prune-slim-0.5-5steps-ft5-lr0.0003"]
+    assert recipe.lowrank[0].stage == "lowrank-energy-0.5-ft3-lr0.0001-minsaving0.2"
+    assert recipe.quantize[0].stage == "quantize-kbit-4bit-qat2-lr0.0001-calib64"
+
+
+def test_a_rerun_refuses_a_stage_made_with_other_settings(jpeg_dataset, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"[data]\nroot = '{jpeg_dataset}'\nimage_size = 32\n[teacher]\nmodel = 'studentnet'\n"
+                      "epochs = 1\nbatch_size = 4\n[student]\nmodel = 'studentnet'\nepochs = 1\nbatch_size = 4\n"
+                      "[[quantize]]\ncodec = 'fp16'\n[evaluate]\ntest = false\n")
+    run = tmp_path / "run"
+    first = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)
+    with pytest.raises(NetcompressError, match=r"run/student was made with other settings \(student.epochs: 1 -> 2\)"
+                                               r".*write the run to a new --out, or delete"):
+        run_recipe(load_recipe(recipe, ["student.epochs=2"]), run, torch.device("cpu"), progress=False)
+    assert json.loads((run / "summary.json").read_text()) == first  # nothing half-written
+    recipe.write_text(recipe.read_text() + "[[lowrank]]\nenergy = 0.5\nfinetune_epochs = 0\n")
+    again = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)  # a new source: fp16 again
+    assert [a["name"] for a in again["artifacts"] if a["stage"] == "quantize-fp16"] == [
+        "student (studentnet, distilled), fp16", "lowrank-energy-0.5-ft0, factorized, fp16"]
 
 
 def test_overrides_from_the_command_line(tmp_path):

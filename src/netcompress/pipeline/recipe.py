@@ -130,8 +130,10 @@ class PruneSection:
     def stage(self) -> str:
         how = (f"latency-{self.target_latency_ms}ms-{self.runtime}-b{self.batch}-t{self.threads}-{self.method}"
                if self.target_latency_ms else f"{self.method}-{self.rate}")
+        proposals = self.proposal_images != PruneSection.proposal_images and self.target_latency_ms
         return (f"prune-{how}-{self.steps}steps" + ("-global" if self.global_ranking else "")
-                + f"-ft{self.finetune_epochs}" + ("" if self.distill else "-nodistill"))
+                + f"-ft{self.finetune_epochs}" + (f"-lr{self.lr:g}" if self.lr else "")
+                + (f"-proposals{self.proposal_images}" if proposals else "") + ("" if self.distill else "-nodistill"))
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,9 @@ class LowRankSection:
     def stage(self) -> str:
         setting = next((f"{k}-{v}" for k, v in (("energy", self.energy), ("rank_ratio", self.rank_ratio),
                                                   ("target_params", self.target_params)) if v), "none")
-        return f"lowrank-{setting}-ft{self.finetune_epochs}" + ("" if self.distill else "-nodistill")
+        return (f"lowrank-{setting}-ft{self.finetune_epochs}" + (f"-lr{self.lr:g}" if self.lr else "")
+                + (f"-minsaving{self.min_saving:g}" if self.min_saving != LowRankSection.min_saving else "")
+                + ("" if self.distill else "-nodistill"))
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,10 @@ class QuantizeSection:
         cfg = self.configs(0)[0]
         label = cfg.codec + ("" if get_codec(cfg.codec).fixed_bits else f"-{cfg.bits}bit")
         return ("quantize-" + label + ("-lzma" if cfg.entropy else "") + (f"-budget{cfg.budget}" if cfg.budget else "")
-                + (f"-qat{cfg.finetune_epochs}" if cfg.finetune_epochs else ""))
+                + (f"-qat{cfg.finetune_epochs}" if cfg.finetune_epochs else "")
+                + (f"-lr{cfg.finetune_lr:g}" if cfg.finetune_epochs and cfg.finetune_lr != QuantizeSection.finetune_lr
+                   else "")
+                + (f"-calib{cfg.calibration}" if cfg.calibration != QuantizeSection.calibration else ""))
 
 
 @dataclass(frozen=True)

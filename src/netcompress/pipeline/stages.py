@@ -1,7 +1,9 @@
 """Run a recipe: teacher -> distilled student -> pruning and low-rank runs -> codecs -> evaluation.
 
-Each stage writes RUN/<stage>/done.json when it finishes; a rerun skips finished stages, and a
-stage killed midway resumes inside its own training loop (`fit`). Every model a stage makes is an
+Each stage writes RUN/<stage>/done.json when it finishes, with the recipe settings it was made
+from; a rerun skips finished stages made from the same settings, and a stage killed midway resumes
+inside its own training loop (`fit`). A stage whose settings changed since is refused, since the
+stages after it build on it; codec stages, which nothing builds on, are made again. Every model a stage makes is an
 *artifact* (file, bytes, parameters, MACs, latency, validation accuracy) listed in its done.json;
 budgets (--target-bytes, --target-params) choose among them, and `report` shows them. Stages
 reach the algorithms through the library's public verbs only.
@@ -50,17 +52,32 @@ class Run:
         """Training images at the teacher's size where it is larger: it sees them as they are, the student shrunk."""
         return self.data_at(max(spec_of(load(teacher_file)).input_size, self.recipe.data.image_size))
 
-    def stage(self, name: str, work) -> dict:
+    def settings(self, *sections: str, **more) -> dict:
+        """The recipe settings a stage is made from: the data, the seed, the named sections and `more`."""
+        found = {"seed": self.recipe.seed, "data": asdict(self.recipe.data),
+                 **{name: asdict(getattr(self.recipe, name)) for name in sections}, **more}
+        return json.loads(json.dumps(found))  # as done.json will hold them: tuples as lists
+
+    def stage(self, name: str, work, settings: dict, redo_when_changed: bool = False) -> dict:
         done = self.dir / name / "done.json"
         if done.exists():
-            if self.progress:
-                log(f"[{name}] done earlier: skipped")
-            return json.loads(done.read_text())
+            result = json.loads(done.read_text())
+            before = result.get("settings", settings)  # runs made before settings were recorded: trusted
+            if before == settings:
+                if self.progress:
+                    log(f"[{name}] done earlier: skipped")
+                return result
+            if not redo_when_changed:
+                raise NetcompressError(
+                    f"{self.dir / name} was made with other settings ({_changes(before, settings)}) and the stages "
+                    f"after it build on it: write the run to a new --out, or delete {self.dir / name} to make it "
+                    "and what follows again")
         if self.progress:
             log(f"[{name}] running")
         t0 = time.perf_counter()
         result = work(self.dir / name)
         result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        result["settings"] = settings
         atomic_write_text(done, json.dumps(result, indent=2))
         return result
 
@@ -73,6 +90,18 @@ class Run:
         inside = path.is_relative_to(self.dir.resolve())
         return {"name": name, "stage": stage, "file": str(path.relative_to(self.dir.resolve()) if inside else path),
                 "format": "safetensors fp32", **row}
+
+
+def _changes(before: dict, now: dict, prefix: str = "") -> str:
+    """What differs between two settings dicts, as 'student.epochs: 40 -> 20'."""
+    changes = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.append(_changes(a, b, f"{prefix}{key}."))
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return ", ".join(c for c in changes if c)
 
 
 def _teacher_stage(run: Run):
@@ -93,7 +122,7 @@ def _teacher_stage(run: Run):
         return {"model_file": str(out / "best.safetensors"), "trained": True,
                 "artifacts": [run.artifact(f"teacher ({t.model})", out / "best.safetensors", "teacher")]}
 
-    return run.stage("teacher", work)
+    return run.stage("teacher", work, run.settings("teacher"))
 
 
 def _student_stage(run: Run, teacher_file: str):
@@ -112,7 +141,7 @@ def _student_stage(run: Run, teacher_file: str):
         return {"model_file": str(out / "best.safetensors"),
                 "artifacts": [run.artifact(f"student ({s.model}, distilled)", out / "best.safetensors", "student")]}
 
-    return run.stage("student", work)
+    return run.stage("student", work, run.settings("teacher", "student"))
 
 
 def _teacher_views(run: Run, teacher_file: str, train, path: Path) -> TeacherViews:
@@ -147,7 +176,7 @@ def _prune_stage(run: Run, p, student_file: str, teacher_file: str):
                       "format": "safetensors fp32", **r} for r in result.rows[1:]]
         return {"rows": result.rows, "artifacts": artifacts}
 
-    return run.stage(name, work)
+    return run.stage(name, work, run.settings("teacher", "student", prune=asdict(p)))
 
 
 def _lowrank_stage(run: Run, lr, student_file: str, teacher_file: str):
@@ -165,7 +194,7 @@ def _lowrank_stage(run: Run, lr, student_file: str, teacher_file: str):
                      for r in result.log["rows"] if r["stage"] != "original"]
         return {"artifacts": artifacts}
 
-    return run.stage(name, work)
+    return run.stage(name, work, run.settings("teacher", "student", lowrank=asdict(lr)))
 
 
 def _quantize_stage(run: Run, q, sources: list[dict]):
@@ -193,7 +222,8 @@ def _quantize_stage(run: Run, q, sources: list[dict]):
                               "latency_ms": "decoded to fp32"})
         return {"artifacts": artifacts, "skipped": skipped}
 
-    return run.stage(name, work)
+    return run.stage(name, work, run.settings(quantize=asdict(q), sources=[src["file"] for src in sources]),
+                     redo_when_changed=True)
 
 
 def _compare_arch_stage(run: Run):
@@ -207,7 +237,7 @@ def _compare_arch_stage(run: Run):
             {**r, "name": f"architecture: {r['architecture']}", "stage": "compare-arch",
              "file": f"compare-arch/{r['architecture']}/best.safetensors", "format": "safetensors fp32"} for r in rows]}
 
-    return run.stage("compare-arch", work)
+    return run.stage("compare-arch", work, run.settings("compare_arch"))
 
 
 def choose(artifacts: list[dict], target_bytes: int | None = None, target_params: int | None = None) -> dict:
