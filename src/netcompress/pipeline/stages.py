@@ -30,7 +30,7 @@ from .recipe import PruneSection, Recipe
 
 
 class Run:
-    """One run directory: data loaded once, stages skipped when their done.json exists."""
+    """One run directory: data loaded once, stages skipped when their done.json holds the same settings."""
 
     def __init__(self, recipe: Recipe, run_dir: str | Path, device: torch.device, *, cache_dir=None,
                  progress: bool = True):
@@ -62,8 +62,8 @@ class Run:
         done = self.dir / name / "done.json"
         if done.exists():
             result = json.loads(done.read_text())
-            before = result.get("settings", settings)  # runs made before settings were recorded: trusted
-            if before == settings:
+            before = result.get("settings")  # None: made before settings were recorded
+            if before == settings or (before is None and not redo_when_changed):
                 if self.progress:
                     log(f"[{name}] done earlier: skipped")
                 return result
