@@ -3,8 +3,8 @@
 Each stage writes RUN/<stage>/done.json when it finishes, with the recipe settings it was made
 from; a rerun skips finished stages made from the same settings, and a stage killed midway resumes
 inside its own training loop (`fit`). A stage whose settings changed since is refused, since the
-stages after it build on it; codec stages, which nothing builds on, are made again. Every model a stage makes is an
-*artifact* (file, bytes, parameters, MACs, latency, validation accuracy) listed in its done.json;
+stages after it build on it; codec stages, which nothing builds on, are made again. Every model a
+stage makes is an *artifact* (file, bytes, parameters, MACs, latency, validation accuracy) listed in its done.json;
 budgets (--target-bytes, --target-params) choose among them, and `report` shows them. Stages
 reach the algorithms through the library's public verbs only.
 """
@@ -69,9 +69,9 @@ class Run:
                 return result
             if not redo_when_changed:
                 raise NetcompressError(
-                    f"{self.dir / name} was made with other settings ({_changes(before, settings)}) and the stages "
-                    f"after it build on it: write the run to a new --out, or delete {self.dir / name} to make it "
-                    "and what follows again")
+                    f"{self.dir / name} was made with other settings ({_changes(before, settings)}) and the "
+                    f"stages after it build on it: write the run to a new --out, or delete {self.dir / name} to "
+                    "make it and what follows again")
         if self.progress:
             log(f"[{name}] running")
         t0 = time.perf_counter()
