@@ -97,11 +97,27 @@ def test_every_setting_that_changes_a_result_changes_the_stage_name(tmp_path):
     assert recipe.quantize[0].stage == "quantize-kbit-4bit-qat2-lr0.0001-calib64"
 
 
+def one_epoch_recipe(path, root, more: str):
+    """A recipe with a 1-epoch StudentNet teacher and student at 32 px, and `more` tables."""
+    path.write_text(f"""
+[data]
+root = "{root}"
+image_size = 32
+[teacher]
+model = "studentnet"
+epochs = 1
+batch_size = 4
+[student]
+model = "studentnet"
+epochs = 1
+batch_size = 4
+{more}""")
+    return path
+
+
 def test_a_rerun_refuses_a_stage_made_with_other_settings(jpeg_dataset, tmp_path):
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(f"[data]\nroot = '{jpeg_dataset}'\nimage_size = 32\n[teacher]\nmodel = 'studentnet'\n"
-                      "epochs = 1\nbatch_size = 4\n[student]\nmodel = 'studentnet'\nepochs = 1\nbatch_size = 4\n"
-                      "[[quantize]]\ncodec = 'fp16'\n[evaluate]\ntest = false\n")
+    recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset,
+                              "[[quantize]]\ncodec = 'fp16'\n[evaluate]\ntest = false\n")
     run = tmp_path / "run"
     first = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)
     with pytest.raises(NetcompressError, match=r"run/student was made with other settings \(student.epochs: 1 -> 2\)"
@@ -238,24 +254,8 @@ finetune_epochs = 1
 
 
 def test_a_latency_budget_measures_every_candidate_and_reports_the_choice(jpeg_dataset, tmp_path):
-    recipe = tmp_path / "fast.toml"
-    recipe.write_text(f"""
-[data]
-root = "{jpeg_dataset}"
-image_size = 32
-[teacher]
-model = "studentnet"
-epochs = 1
-batch_size = 4
-[student]
-model = "studentnet"
-epochs = 1
-batch_size = 4
-[[prune]]
-rate = 0.5
-steps = 1
-finetune_epochs = 1
-""")
+    recipe = one_epoch_recipe(tmp_path / "fast.toml", jpeg_dataset,
+                              "[[prune]]\nrate = 0.5\nsteps = 1\nfinetune_epochs = 1\n")
     out = tmp_path / "run"
     proc = run_cli("run", recipe, "--out", out, "--target-latency", 1000, "--runtime", "ort", "--no-progress",
                    "--json", cache=tmp_path / "cache")
