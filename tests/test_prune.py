@@ -102,6 +102,28 @@ def test_resnet18_prunes_saves_and_loads_with_residuals(tmp_path):
     assert torch.allclose(loaded(x), pruned.eval()(x), atol=1e-5)
 
 
+def test_pruned_layers_keep_their_class_when_loaded(tmp_path):
+    """EfficientNet-Lite's convs subclass Conv2d to pad like TensorFlow's SAME: a reloaded pruned model must too."""
+    torch.manual_seed(0)
+    model = nc.new_model("efficientnet_lite0", list("abcde"), 64, pretrained=False)
+    pruned = nc.prune(model, method="l2", rate=0.5)
+    loaded = nc.load(nc.save(pruned, tmp_path / "lite.safetensors"))
+    stem = pruned.get_submodule("net._conv_stem")
+    assert type(loaded.get_submodule("net._conv_stem")) is type(stem) and stem.out_channels == 16
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.allclose(loaded(x), pruned.eval()(x), atol=1e-5)
+
+
+def test_a_resized_layer_must_exist_with_its_kind_in_the_base():
+    from netcompress.models.surgery import apply_overrides
+
+    desc = {"type": "Linear", "in_features": 4, "out_features": 2, "bias": True, "resized": True}
+    net = apply_overrides(nn.Sequential(nn.Linear(8, 3)), {"0": desc})
+    assert net[0].weight.shape == (2, 4) and net[0].in_features == 4
+    with pytest.raises(nc.NetcompressError, match="is a Conv2d"):
+        apply_overrides(nn.Sequential(nn.Conv2d(8, 3, 1)), {"0": desc})
+
+
 @pytest.mark.parametrize("method", ["slim", "l1", "taylor"])
 def test_torch_pruning_methods_on_studentnet(method):
     model = nc.new_model("studentnet", list("abc"), 32)

@@ -13,6 +13,8 @@ import torch.nn as nn
 from ..errors import NetcompressError
 
 LAYERS = {"Conv2d": nn.Conv2d, "BatchNorm2d": nn.BatchNorm2d, "Linear": nn.Linear}
+SIZES = {"Conv2d": ("in_channels", "out_channels", "groups"), "BatchNorm2d": ("num_features",),
+         "Linear": ("in_features", "out_features")}
 
 
 def describe(module: nn.Module) -> dict | None:
@@ -37,7 +39,7 @@ def describe(module: nn.Module) -> dict | None:
 
 
 def build(desc: dict) -> nn.Module:
-    args = {k: v for k, v in desc.items() if k != "type"}
+    args = {k: v for k, v in desc.items() if k not in ("type", "resized")}
     if desc.get("type") == "Sequential":
         return nn.Sequential(*(build(d) for d in args["layers"]))
     layer = LAYERS.get(desc.get("type"))
@@ -60,8 +62,25 @@ def apply_overrides(model: nn.Module, overrides: dict[str, dict]) -> nn.Module:
         except AttributeError as exc:
             raise NetcompressError(f"model file overrides layer {name!r}, which the architecture lacks: "
                                    "is the base module the one the file was made from?") from exc
-        set_submodule(model, name, build(desc))
+        if desc.get("resized"):
+            resize(model.get_submodule(name), desc, name)
+        else:
+            set_submodule(model, name, build(desc))
     return model
+
+
+def resize(layer: nn.Module, desc: dict, name: str) -> None:
+    """Give `layer` the recorded sizes and fresh tensors of those shapes, keeping its class: a pruner
+    resizes layers in place, and a subclass (e.g. a Conv2d that pads like TensorFlow's SAME) must stay
+    what it is."""
+    template = build(desc)
+    if not isinstance(layer, type(template)):
+        raise NetcompressError(f"model file resizes layer {name!r} as a {desc['type']}, but the architecture's "
+                               f"layer is a {type(layer).__name__}: is the base module the one the file was made from?")
+    for attr in SIZES[desc["type"]]:
+        setattr(layer, attr, getattr(template, attr))
+    for key, tensor in (*template.named_parameters(recurse=False), *template.named_buffers(recurse=False)):
+        setattr(layer, key, tensor)
 
 
 def record_changes(overrides: dict[str, dict], before: nn.Module, after: nn.Module) -> dict[str, dict]:
@@ -86,5 +105,7 @@ def record_changes(overrides: dict[str, dict], before: nn.Module, after: nn.Modu
         if desc is None:
             raise NetcompressError(f"layer {owner!r} ({type(module).__name__}) changed in a way a model file cannot "
                                    "record; only Conv2d, BatchNorm2d, Linear and Sequentials of them can change")
+        if owner == name and leaf and previous is not None and type(previous) is type(module):
+            desc = {**desc, "resized": True}  # changed in place: rebuild it in place, keeping its class
         out[owner] = desc
     return out
