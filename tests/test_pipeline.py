@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+import netcompress as nc
 from netcompress.errors import NetcompressError
 from netcompress.pipeline.recipe import load_recipe
 from netcompress.pipeline.stages import choose, run_recipe
@@ -88,11 +89,13 @@ def test_recipe_errors_name_the_field_and_what_is_allowed(tmp_path, text, messag
 def test_every_setting_that_changes_a_result_changes_the_stage_name(tmp_path):
     # a rerun after an edit must not reuse a stage made with other settings
     (tmp_path / "r.toml").write_text("[[prune]]\nrate = 0.5\n[[prune]]\nrate = 0.5\nlr = 3e-4\n"
+                                     "[[prune]]\nrate = 0.5\nsource = 'teacher'\nprecise_bn = 512\n"
                                      "[[lowrank]]\nenergy = 0.5\nlr = 1e-4\nmin_saving = 0.2\n"
                                      "[[quantize]]\ncodec = 'kbit'\nbits = 4\nfinetune_epochs = 2\nfinetune_lr = 1e-4\n"
                                      "calibration = 64")
     recipe = load_recipe(tmp_path / "r.toml")
-    assert [p.stage for p in recipe.prune] == ["prune-slim-0.5-5steps-ft5", "prune-slim-0.5-5steps-ft5-lr0.0003"]
+    assert [p.stage for p in recipe.prune] == ["prune-slim-0.5-5steps-ft5", "prune-slim-0.5-5steps-ft5-lr0.0003",
+                                               "prune-teacher-slim-0.5-5steps-ft5-precisebn512"]
     assert recipe.lowrank[0].stage == "lowrank-energy-0.5-ft3-lr0.0001-minsaving0.2"
     assert recipe.quantize[0].stage == "quantize-kbit-4bit-qat2-lr0.0001-calib64"
 
@@ -128,6 +131,21 @@ def test_a_rerun_refuses_a_stage_made_with_other_settings(jpeg_dataset, tmp_path
     again = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)  # a new source: fp16 again
     assert [a["name"] for a in again["artifacts"] if a["stage"] == "quantize-fp16"] == [
         "student (studentnet, distilled), fp16", "lowrank-energy-0.5-ft0, factorized, fp16"]
+
+
+def test_a_pruning_run_can_start_from_the_teacher(jpeg_dataset, tmp_path):
+    recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "[[prune]]\nsource = 'teacher'\nmethod = 'l2'\n"
+                              "rate = 0.5\nsteps = 1\nfinetune_epochs = 1\nprecise_bn = 8\n[evaluate]\ntest = false\n")
+    summary = run_recipe(load_recipe(recipe), tmp_path / "run", torch.device("cpu"), progress=False)
+    stage = tmp_path / "run" / "prune-teacher-l2-0.5-1steps-ft1-precisebn8"
+    rows = json.loads((stage / "done.json").read_text())["rows"]
+    teacher = next(a for a in summary["artifacts"] if a["stage"] == "teacher")
+    assert rows[0]["val_accuracy"] == teacher["val_accuracy"] and rows[0]["params"] == teacher["params"]
+    start, trained = nc.load(stage / "step0.safetensors"), nc.load(tmp_path / "run" / "teacher" / "best.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), trained.state_dict().values()))
+    assert rows[1]["params"] < rows[0]["params"] / 3
+    with pytest.raises(NetcompressError, match="source = 'ta' must be"):
+        load_recipe(one_epoch_recipe(tmp_path / "bad.toml", jpeg_dataset, "[[prune]]\nsource = 'ta'\n"))
 
 
 def test_overrides_from_the_command_line(tmp_path):

@@ -136,10 +136,30 @@ def test_torch_pruning_methods_on_studentnet(method):
     assert pruned(torch.rand(2, 3, 32, 32)).shape == (2, 3)
 
 
+def test_pruning_with_data_recomputes_the_batchnorm_statistics():
+    """The first BatchNorm after pruning holds the mean of its pruned conv's outputs over the training images."""
+    torch.manual_seed(0)
+    model = nc.new_model("resnet18", ["a", "b", "c"], 32)
+    train = synthetic_split("training", 128, 0)
+    pruned = nc.prune(model, method="l2", rate=0.5, data=train, recalibrate=128)
+    stale = nc.prune(model, method="l2", rate=0.5, recalibrate=128)  # no data: nothing to recompute them from
+    with torch.no_grad():
+        features = pruned.conv1(train.images.float() / 255)
+    expected = features.mean(dim=(0, 2, 3))
+    assert torch.allclose(pruned.bn1.running_mean, expected, atol=1e-4)
+    assert not torch.allclose(stale.bn1.running_mean, expected, atol=1e-2)
+    assert pruned.bn1.momentum == model.bn1.momentum
+
+
 @pytest.mark.parametrize("rate", [0.0, 1.0, 1.5, -0.2])
 def test_rate_outside_0_1_is_refused(rate):
     with pytest.raises(nc.NetcompressError, match="rate"):
         nc.PruneConfig(rate=rate)
+
+
+def test_negative_recalibration_is_refused():
+    with pytest.raises(nc.NetcompressError, match="recalibrate"):
+        nc.PruneConfig(recalibrate=-1)
 
 
 def test_unknown_method_lists_the_registry():

@@ -50,6 +50,16 @@ def test_fit_never_changes_its_argument_and_needs_no_run_dir():
     assert not all(torch.equal(before[k], v) for k, v in best.state_dict().items())
 
 
+def test_precise_bn_leaves_the_statistics_of_the_trained_weights():
+    train = synthetic_split("training", 64, 0)
+    best = nc.fit(student(), train, small_config(1, precise_bn=64), val=synthetic_split("validation", 12, 1),
+                  device=CPU, progress=False)
+    conv, norm = best.cnn[0][0], best.cnn[0][1]
+    with torch.no_grad():
+        expected = conv(train.images.float() / 255).mean(dim=(0, 2, 3))
+    assert torch.allclose(norm.running_mean, expected, atol=1e-4)
+
+
 def test_fit_trains_a_users_own_module_on_a_torch_dataset():
     class Tiny(nn.Module):
         def __init__(self):
@@ -132,7 +142,8 @@ def test_bf16_autocast_training_learns_and_keeps_fp32_weights(tmp_path):
     assert all(p.dtype == torch.float32 for p in best.parameters())
 
 
-@pytest.mark.parametrize("field, value", [("precision", "fp8"), ("epochs", 0), ("seed", 1.7), ("lr", float("inf"))])
+@pytest.mark.parametrize("field, value", [("precision", "fp8"), ("epochs", 0), ("seed", 1.7), ("lr", float("inf")),
+                                          ("precise_bn", -1)])
 def test_bad_settings_are_refused(field, value):
     with pytest.raises(nc.NetcompressError, match=field):
         nc.TrainConfig(**{field: value})

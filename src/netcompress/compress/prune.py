@@ -25,6 +25,7 @@ from ..models.studentnet import StudentNet
 from ..models.surgery import record_changes
 from ..runtime import log, model_device, resolve_device
 from ..spec import ModelSpec, attach, copy_model, spec_of
+from ..train.batchnorm import recalibrate_batchnorm
 from ..train.distill import DistillConfig
 from ..train.fit import TrainConfig, fit, training_splits
 from .pruners import get_pruner, list_pruners
@@ -42,6 +43,8 @@ class PruneConfig:
     latency: prune to a latency target instead of by `rate` (NetAdapt, see netadapt.py): `steps` is then
     the number of steps planned to reach it, and `method` ranks channels within a layer.
     proposal_images: training images each of those steps' proposals is briefly fine-tuned on.
+    recalibrate: training images whose BatchNorm statistics replace the running ones after a structured
+    step, when `prune` gets data (0: keep the stale ones, as the course did; see train/batchnorm.py).
     """
 
     method: str = "slim"
@@ -53,6 +56,7 @@ class PruneConfig:
     taylor_batches: int = 8
     latency: LatencyTarget | None = None
     proposal_images: int = 1024
+    recalibrate: int = 1024
 
     def __post_init__(self):
         pruner = get_pruner(self.method)
@@ -68,6 +72,8 @@ class PruneConfig:
             raise NetcompressError(f"steps = {self.steps} must be >= 1")
         if self.sparsity < 0 or self.sparsity_epochs < 0 or (self.sparsity > 0) != (self.sparsity_epochs > 0):
             raise NetcompressError("sparsity and sparsity_epochs go together: a positive L1 weight and epochs")
+        if self.recalibrate < 0:
+            raise NetcompressError(f"recalibrate = {self.recalibrate} must be >= 0 (0: keep the running statistics)")
         if self.taylor_batches < 1:
             raise NetcompressError(f"taylor_batches = {self.taylor_batches} must be >= 1")
 
@@ -78,7 +84,7 @@ def prune(model: nn.Module, config: PruneConfig | None = None, *, example_input:
 
     example_input: one input batch (e.g. torch.randn(1, 3, 96, 96)) for tracing the network;
     optional once the model's input size is known. data: training images, for methods that rank
-    by gradients (taylor). device: where to prune (default: where the model is). Calling prune again on the result with the same method and rate
+    by gradients (taylor) and for recomputing BatchNorm statistics (`recalibrate`). device: where to prune (default: where the model is). Calling prune again on the result with the same method and rate
     continues the schedule (width rate^k after k steps). Keyword overrides replace config
     fields: prune(m, method="l2", rate=0.5).
     """
@@ -109,6 +115,9 @@ def prune(model: nn.Module, config: PruneConfig | None = None, *, example_input:
     new_spec = spec.with_info(pruned=record, **({"sparse": True} if not pruner.structured else {}))
     if pruner.structured:
         pruned, new_spec = respec_pruned(original, pruned, new_spec)
+        if data is not None and cfg.recalibrate:
+            recalibrate_batchnorm(pruned, split_of(data, "training"), dev, cfg.recalibrate,
+                                  input_size=spec.input_size or None, seed=step)
     return attach(pruned, new_spec).train(model.training)
 
 

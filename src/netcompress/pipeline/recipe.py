@@ -3,8 +3,9 @@
     [data]        root, image_size, channels, labels, val_fraction, skip_bad
     [teacher]     model + epochs (train or fine-tune), or file (an existing model file); image_size, mixup, cutmix
     [student]     distillation: model, epochs, lr, batch_size, temperature, alpha, method, mixup, cutmix, views
-    [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, distill; target_latency_ms
-                  with runtime, batch, threads prunes to a latency instead of by rate
+    [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, lr, distill, precise_bn;
+                  source = "teacher" prunes the teacher instead of the student; target_latency_ms with
+                  runtime, batch, threads prunes to a latency instead of by rate
     [[lowrank]]   one table per factorization of the student: LowRankConfig's fields + finetune_epochs, distill
     [[quantize]]  one table per storage codec (QuantConfig's fields), applied to the student and every
                   pruned or factorized model
@@ -97,11 +98,13 @@ class StudentSection:
                             augment=AugmentConfig(mixup=self.mixup, cutmix=self.cutmix)),
                 DistillConfig(temperature=self.temperature, alpha=self.alpha, method=self.method))
 
-    def finetune(self, epochs: int, seed: int, lr: float = 0.0) -> tuple[TrainConfig | None, DistillConfig]:
+    def finetune(self, epochs: int, seed: int, lr: float = 0.0,
+                 precise_bn: int = 0) -> tuple[TrainConfig | None, DistillConfig]:
         """Fine-tuning after pruning or factorization (None for 0 epochs): the student's optimizer (at `lr` when
         given), the course's augmentation and the student's distillation."""
-        return (TrainConfig(epochs=epochs, lr=lr or self.lr, batch_size=self.batch_size, seed=seed) if epochs
-                else None, DistillConfig(self.temperature, self.alpha, self.method))
+        train = TrainConfig(epochs=epochs, lr=lr or self.lr, batch_size=self.batch_size, seed=seed,
+                            precise_bn=precise_bn) if epochs else None
+        return train, DistillConfig(self.temperature, self.alpha, self.method)
 
 
 @dataclass(frozen=True)
@@ -118,22 +121,28 @@ class PruneSection:
     batch: int = 1
     threads: int = 1
     proposal_images: int = 1024
+    source: str = "student"  # the model pruned: the distilled student, or the teacher itself
+    precise_bn: int = 0  # > 0: BatchNorm statistics recomputed on this many images before each validation
 
     def configs(self, seed: int) -> tuple[PruneConfig, TrainConfig]:
+        if self.source not in ("student", "teacher"):
+            raise NetcompressError(f"source = {self.source!r} must be \"student\" or \"teacher\"")
         target = (LatencyTarget(self.target_latency_ms, self.runtime, self.batch, self.threads)
                   if self.target_latency_ms else None)
         return (PruneConfig(method=self.method, rate=self.rate, steps=self.steps, global_ranking=self.global_ranking,
                             latency=target, proposal_images=self.proposal_images),
-                TrainConfig(epochs=self.finetune_epochs, seed=seed))
+                TrainConfig(epochs=self.finetune_epochs, seed=seed, precise_bn=self.precise_bn))
 
     @property
     def stage(self) -> str:
         how = (f"latency-{self.target_latency_ms}ms-{self.runtime}-b{self.batch}-t{self.threads}-{self.method}"
                if self.target_latency_ms else f"{self.method}-{self.rate}")
         proposals = self.proposal_images != PruneSection.proposal_images and self.target_latency_ms
-        return (f"prune-{how}-{self.steps}steps" + ("-global" if self.global_ranking else "")
+        return (f"prune-{'teacher-' if self.source == 'teacher' else ''}{how}-{self.steps}steps"
+                + ("-global" if self.global_ranking else "")
                 + f"-ft{self.finetune_epochs}" + (f"-lr{self.lr:g}" if self.lr else "")
-                + (f"-proposals{self.proposal_images}" if proposals else "") + ("" if self.distill else "-nodistill"))
+                + (f"-proposals{self.proposal_images}" if proposals else "") + ("" if self.distill else "-nodistill")
+                + (f"-precisebn{self.precise_bn}" if self.precise_bn else ""))
 
 
 @dataclass(frozen=True)

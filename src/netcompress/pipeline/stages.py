@@ -168,9 +168,10 @@ def _prune_stage(run: Run, p, student_file: str, teacher_file: str):
 
     def work(out: Path) -> dict:
         cfg, _ = p.configs(run.recipe.seed)
-        finetune, kd = run.recipe.student.finetune(p.finetune_epochs, run.recipe.seed, p.lr)
+        finetune, kd = run.recipe.student.finetune(p.finetune_epochs, run.recipe.seed, p.lr, p.precise_bn)
         train, finetune, teacher = _finetune_setup(run, teacher_file, p.distill, finetune)
-        result = prune_iteratively(load(student_file), cfg, train, finetune, val=run.data.split("validation"),
+        source = teacher_file if p.source == "teacher" else student_file
+        result = prune_iteratively(load(source), cfg, train, finetune, val=run.data.split("validation"),
                                    teacher=teacher, distill=kd, run_dir=out, device=run.device, progress=run.progress)
         artifacts = [{"name": f"{name}, step {r['step']}", "stage": name, "file": f"{name}/{r['model_file']}",
                       "format": "safetensors fp32", **r} for r in result.rows[1:]]

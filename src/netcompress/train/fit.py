@@ -35,6 +35,7 @@ from ..formats.model_file import save_model
 from ..measure.evaluate import classification_metrics, predict_logits
 from ..runtime import bars_off, log, model_device, resolve_device
 from ..spec import attach, copy_model, spec_of
+from .batchnorm import recalibrate_batchnorm
 from .distill import DistillConfig, DistillLoss, check_teacher
 from .distributed import World
 from .views import TeacherViews
@@ -59,6 +60,7 @@ class TrainConfig:
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
     eval_batch_size: int = 256
     input_size: int | None = None  # the model's input; None: the data's size. A teacher sees the data's size.
+    precise_bn: int = 0  # > 0: BatchNorm statistics recomputed on this many training images before each validation
 
     def __post_init__(self):
         problems = []
@@ -78,6 +80,8 @@ class TrainConfig:
             problems.append(f"label_smoothing = {self.label_smoothing} (must be in [0, 1))")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             problems.append(f"seed = {self.seed!r} (must be an integer)")
+        if not isinstance(self.precise_bn, int) or self.precise_bn < 0:
+            problems.append(f"precise_bn = {self.precise_bn!r} (training images, >= 0; 0: off)")
         if self.input_size is not None and not 8 <= self.input_size <= 4096:
             problems.append(f"input_size = {self.input_size} (8..4096, or None for the data's size)")
         if problems:
@@ -345,6 +349,9 @@ class _Loop:
         row = {"epoch": epoch, "train_loss": round(total_loss.item() / seen, 5),
                "train_accuracy": round(correct / seen, 5), "lr": opt.param_groups[0]["lr"],
                "train_seconds": round(train_seconds, 3), "images_per_second": round(seen / train_seconds, 1)}
+        if cfg.precise_bn:  # every rank draws the same images: the same statistics
+            recalibrate_batchnorm(self.net, self.train, device, cfg.precise_bn, input_size=cfg.input_size,
+                                  channels_last=cfg.channels_last, seed=cfg.seed + epoch)
         if self.val is not None:
             metrics = classification_metrics(predict_logits(self.net, self.val, device, cfg.eval_batch_size,
                                                             cfg.channels_last, cfg.input_size),
