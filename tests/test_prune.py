@@ -120,8 +120,11 @@ def test_a_resized_layer_must_exist_with_its_kind_in_the_base():
     desc = {"type": "Linear", "in_features": 4, "out_features": 2, "bias": True, "resized": True}
     net = apply_overrides(nn.Sequential(nn.Linear(8, 3)), {"0": desc})
     assert net[0].weight.shape == (2, 4) and net[0].in_features == 4
-    with pytest.raises(nc.NetcompressError, match="is a Conv2d"):
+    with pytest.raises(nc.NetcompressError, match="layer '0' \\(a Conv2d\\) into a Linear"):
         apply_overrides(nn.Sequential(nn.Conv2d(8, 3, 1)), {"0": desc})
+    block = {"type": "Sequential", "layers": [desc], "resized": True}
+    with pytest.raises(nc.NetcompressError, match="into a Sequential"):
+        apply_overrides(nn.Sequential(nn.Sequential(nn.Linear(8, 3))), {"0": block})
 
 
 @pytest.mark.parametrize("method", ["slim", "l1", "taylor"])

@@ -74,9 +74,9 @@ def resize(layer: nn.Module, desc: dict, name: str) -> None:
     resizes layers in place, and a subclass (e.g. a Conv2d that pads like TensorFlow's SAME) must stay
     what it is."""
     template = build(desc)
-    if not isinstance(layer, type(template)):
-        raise NetcompressError(f"model file resizes layer {name!r} as a {desc['type']}, but the architecture's "
-                               f"layer is a {type(layer).__name__}: is the base module the one the file was made from?")
+    if desc["type"] not in SIZES or not isinstance(layer, type(template)):
+        raise NetcompressError(f"model file resizes layer {name!r} (a {type(layer).__name__}) into a {desc['type']}: "
+                               "is the base module the one the file was made from?")
     for attr in SIZES[desc["type"]]:
         setattr(layer, attr, getattr(template, attr))
     for key, tensor in (*template.named_parameters(recurse=False), *template.named_buffers(recurse=False)):
