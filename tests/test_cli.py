@@ -140,11 +140,12 @@ def test_prune_then_plot(jpeg_dataset, tmp_path):
     cache = tmp_path / "c"
     netcompress("train", "--model", "studentnet", "--data", jpeg_dataset, "--image-size", 32, "--epochs", 1,
                 "--batch-size", 4, "--out", tmp_path / "t", "--no-progress", cache=cache)
-    for rate in (0.5, 0.7):
+    for rate, batchnorm in ((0.5, ()), (0.7, ("--recalibrate", 0, "--precise-bn", 8))):
         out = json.loads(netcompress("prune", tmp_path / "t" / "best.safetensors", "--data", jpeg_dataset, "--rate",
                                      rate, "--steps", 1, "--finetune-epochs", 1, "--batch-size", 4, "--out",
-                                     tmp_path / f"p{rate}", "--no-progress", "--json", cache=cache).stdout)
+                                     tmp_path / f"p{rate}", *batchnorm, "--no-progress", "--json", cache=cache).stdout)
         assert [r["step"] for r in out["rows"]] == [0, 1] and out["rows"][1]["params"] < out["rows"][0]["params"]
+    assert json.loads((tmp_path / "p0.7" / "step1" / "run.json").read_text())["config"]["precise_bn"] == 8
     netcompress("plot-pruning", tmp_path / "p0.5", tmp_path / "p0.7", "--out", tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -78,6 +78,10 @@ def prune(
     runtime_threads: int = RuntimeThreadsOpt,
     proposal_images: int = typer.Option(1024, "--proposal-images", help="With --target-latency: training images each "
                                         "step's proposals are briefly fine-tuned on before one is chosen."),
+    recalibrate: int = typer.Option(1024, "--recalibrate", help="Training images whose BatchNorm statistics replace "
+                                    "the stale running ones after every step (0: keep them, as the course did)."),
+    precise_bn: int = typer.Option(0, "--precise-bn", help="Recompute BatchNorm statistics on this many training "
+                                   "images before each validation of the fine-tuning (for slow running averages)."),
     teacher: Optional[Path] = TeacherOpt,
     temperature: float = FinetuneTemperatureOpt,
     alpha: float = FinetuneAlphaOpt,
@@ -111,9 +115,9 @@ def prune(
     Example: netcompress prune runs/kd/best.safetensors --data ../shared/data/food101_10 --method l2 --target-latency 0.12 --runtime ort --batch 1 --runtime-threads 1 --out runs/fast
     """
     cfg = PruneConfig(method=method, rate=rate, steps=steps, global_ranking=global_ranking, sparsity=sparsity,
-                      sparsity_epochs=sparsity_epochs, proposal_images=proposal_images,
+                      sparsity_epochs=sparsity_epochs, proposal_images=proposal_images, recalibrate=recalibrate,
                       latency=latency_target(target_latency, runtime, latency_batch, runtime_threads))
-    finetune = TrainConfig(epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed)
+    finetune = TrainConfig(epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, precise_bn=precise_bn)
     kd = distill_config(teacher, temperature, alpha)
     set_threads(threads)
     seed_everything(seed)
