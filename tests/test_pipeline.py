@@ -148,6 +148,19 @@ def test_a_pruning_run_can_start_from_the_teacher(jpeg_dataset, tmp_path):
         load_recipe(one_epoch_recipe(tmp_path / "bad.toml", jpeg_dataset, "[[prune]]\nsource = 'ta'\n"))
 
 
+def test_a_field_added_since_a_stage_was_made_changes_nothing_at_its_default(jpeg_dataset, tmp_path):
+    recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "[[prune]]\nmethod = 'l2'\nrate = 0.5\nsteps = 1\n"
+                              "finetune_epochs = 1\n[evaluate]\ntest = false\n")
+    run = tmp_path / "run"
+    first = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)
+    done = run / "prune-l2-0.5-1steps-ft1" / "done.json"
+    made = json.loads(done.read_text())
+    for field in ("source", "precise_bn"):  # as a version before these fields recorded it
+        del made["settings"]["prune"][field]
+    done.write_text(json.dumps(made))
+    assert run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False) == first  # skipped, not refused
+
+
 def test_overrides_from_the_command_line(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path, "x"), ["student.epochs=7", "prune.finetune_epochs=3",
                                                        "data.root=../elsewhere/data"])

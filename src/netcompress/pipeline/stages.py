@@ -26,7 +26,7 @@ from ..measure.latency import LatencyTarget, latency
 from ..runtime import log, seed_everything
 from ..train.views import TeacherViews, ViewConfig
 from .compare_arch import compare
-from .recipe import PruneSection, Recipe
+from .recipe import SECTIONS, PruneSection, Recipe
 
 
 class Run:
@@ -62,7 +62,7 @@ class Run:
         done = self.dir / name / "done.json"
         if done.exists():
             result = json.loads(done.read_text())
-            before = result.get("settings")  # None: made before settings were recorded
+            before = _with_new_fields(result.get("settings"))  # None: made before settings were recorded
             if before == settings or (before is None and not redo_when_changed):
                 if self.progress:
                     log(f"[{name}] done earlier: skipped")
@@ -90,6 +90,15 @@ class Run:
         inside = path.is_relative_to(self.dir.resolve())
         return {"name": name, "stage": stage, "file": str(path.relative_to(self.dir.resolve()) if inside else path),
                 "format": "safetensors fp32", **row}
+
+
+def _with_new_fields(before: dict | None) -> dict | None:
+    """Recorded settings with every section field added since at its default: such a field changed nothing."""
+    if before is None:
+        return None
+    defaults = {name: json.loads(json.dumps(asdict(section()))) for name, section in SECTIONS.items()}
+    return {key: {**defaults[key], **value} if key in defaults and isinstance(value, dict) else value
+            for key, value in before.items()}
 
 
 def _changes(before: dict, now: dict, prefix: str = "") -> str:
