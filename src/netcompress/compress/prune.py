@@ -84,8 +84,9 @@ def prune(model: nn.Module, config: PruneConfig | None = None, *, example_input:
 
     example_input: one input batch (e.g. torch.randn(1, 3, 96, 96)) for tracing the network;
     optional once the model's input size is known. data: training images, for methods that rank
-    by gradients (taylor) and for recomputing BatchNorm statistics (`recalibrate`). device: where to prune (default: where the model is). Calling prune again on the result with the same method and rate
-    continues the schedule (width rate^k after k steps). Keyword overrides replace config
+    by gradients (taylor) and for recomputing BatchNorm statistics (`recalibrate`). device: where
+    to prune (default: where the model is). Calling prune again on the result with the same method
+    and rate continues the schedule (width rate^k after k steps). Keyword overrides replace config
     fields: prune(m, method="l2", rate=0.5).
     """
     try:

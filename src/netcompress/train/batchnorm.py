@@ -15,8 +15,6 @@ import torch.nn as nn
 from ..data.augment import iterate_batches, resize_batch
 from ..data.split import Split
 
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, images: int = 1024, *,
@@ -28,7 +26,7 @@ def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, 
     Only the BatchNorm layers run in training mode meanwhile: dropout and stochastic depth stay off, as at
     evaluation.
     """
-    norms = [m for m in model.modules() if isinstance(m, BATCHNORMS) and m.track_running_stats]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms or images < 1:
         return model
     was_training, momenta = model.training, [m.momentum for m in norms]
