@@ -11,7 +11,8 @@ from netcompress.formats.model_file import read_spec
 
 
 @pytest.mark.parametrize("arch, kwargs", [("studentnet", {"width_mult": 0.5}), ("groupcnn", {"groups": 4}),
-                                          ("resnet18", {}), ("efficientnet_lite0", {})])
+                                          ("resnet18", {}), ("efficientnet_lite0", {}),
+                                          ("efficientnet_lite0", {"blocks": 5, "head": 64})])
 def test_save_then_load_gives_identical_outputs(tmp_path, arch, kwargs):
     net = nc.new_model(arch, ["a", "b", "c"], 32, **kwargs).eval()
     path = nc.save(net, tmp_path / "m.safetensors")

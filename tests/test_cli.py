@@ -183,3 +183,15 @@ def test_distill_from_cached_views_at_a_larger_teacher_size(jpeg_dataset, tmp_pa
     views = nc.TeacherViews.load(tmp_path / "s" / "teacher_views.safetensors")
     assert views.logits.shape == (12, 3, 3) and views.meta["image_size"] == 40
     assert nc.spec_of(nc.load(out["model_file"])).input_size == 32
+
+
+def test_train_a_truncated_pretrained_lite(jpeg_dataset, tmp_path):
+    import netcompress as nc
+
+    common = ("--model", "efficientnet_lite0", "--data", jpeg_dataset, "--image-size", 32, "--epochs", 1,
+              "--batch-size", 4, "--no-progress")
+    netcompress("train", *common, "--blocks", 2, "--head", 8, "--out", tmp_path / "t", cache=tmp_path / "c")
+    model = nc.load(tmp_path / "t" / "best.safetensors")
+    assert nc.spec_of(model).kwargs["blocks"] == 2 and model.net._conv_head.out_channels == 8
+    proc = netcompress("train", *common, "--blocks", 40, "--out", tmp_path / "bad", cache=tmp_path / "c", check=False)
+    assert proc.returncode == 2 and "blocks = 40: keep 1..16" in proc.stderr and "Traceback" not in proc.stderr

@@ -61,3 +61,23 @@ def test_efficientnet_lite0_loads_packaged_imagenet_weights():
     scratch = create_model("efficientnet_lite0", num_classes=10, pretrained=False)
     assert not torch.equal(net.net._conv_stem.weight, scratch.net._conv_stem.weight)
     assert torch.allclose(net.mean.flatten(), torch.full((3,), 127 / 255))
+
+
+def test_truncated_lite_keeps_the_first_pretrained_blocks():
+    full = create_model("efficientnet_lite0", num_classes=10)
+    small = create_model("efficientnet_lite0", num_classes=10, blocks=8)
+    assert count_parameters(small) == 254_794 and len(small.net._blocks) == 8
+    assert all(torch.equal(a, b) for a, b in zip(small.net._blocks.state_dict().values(),
+                                                  full.net._blocks[:8].state_dict().values()))
+    assert small.net._fc.in_features == 80 and small(torch.rand(2, 3, 64, 64)).shape == (2, 10)
+    headed = create_model("efficientnet_lite0", num_classes=10, blocks=7, head=320)
+    assert headed.net._conv_head.out_channels == 320 and headed(torch.rand(2, 3, 64, 64)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"blocks": 17}, "blocks = 17: keep 1..16"),
+                                             ({"blocks": -2}, "blocks = -2"),
+                                             ({"blocks": 8, "head": -1}, "head = -1"),
+                                             ({"head": 64}, "head = 64 needs blocks")])
+def test_truncated_lite_refuses_bad_sizes(kwargs, message):
+    with pytest.raises(NetcompressError, match=message):
+        create_model("efficientnet_lite0", num_classes=10, **kwargs)

@@ -66,6 +66,11 @@ def run_cli(*args, cache):
     ("[student]\nepoch = 3", "[student] has no field 'epoch'; allowed: model, epochs"),
     ("[student]\nmethod = 'fitnets'", "[student] method = 'fitnets': choose one of logits, rkd"),
     ("[student]\ntemperature = inf", "temperature = inf must be a finite number > 0"),
+    ("[student]\nmodel_args = {depth = 8}", "[student] model_args depth: studentnet takes"),
+    ("[student]\nmodel = 'efficientnet_lite0'\nmodel_args = {depth = 8}", "model_args depth: efficientnet_lite0 "
+     "takes blocks, head, input_scaling, pretrained"),
+    ("[student]\nmodel_args = 8", "[student] model_args = 8 must be a dict"),
+    ("[student]\nmodel = 'mobilenet_v9'", "unknown model 'mobilenet_v9'"),
     ("[[prune]]\nrate = 1.5", "[[prune]] rate = 1.5 must lie strictly between 0 and 1"),
     ("[[prune]]\nmethod = 'random'", "[[prune]] method = 'random': choose one of slim, l1, l2, taylor, magnitude"),
     ("[[prune]]\nfinetune_epochs = -3", "[[prune]] bad training settings: epochs = -3"),
@@ -146,6 +151,15 @@ def test_a_pruning_run_can_start_from_the_teacher(jpeg_dataset, tmp_path):
     assert rows[1]["params"] < rows[0]["params"] / 3
     with pytest.raises(NetcompressError, match="source = 'ta' must be"):
         load_recipe(one_epoch_recipe(tmp_path / "bad.toml", jpeg_dataset, "[[prune]]\nsource = 'ta'\n"))
+
+
+def test_the_student_takes_model_arguments(jpeg_dataset, tmp_path):
+    recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "[evaluate]\ntest = false\n")
+    overrides = ["student.model=efficientnet_lite0", "student.model_args={blocks = 3, head = 16}"]
+    summary = run_recipe(load_recipe(recipe, overrides), tmp_path / "run", torch.device("cpu"), progress=False)
+    student = nc.load(tmp_path / "run" / "student" / "best.safetensors")
+    assert nc.spec_of(student).kwargs["blocks"] == 3 and len(student.net._blocks) == 3
+    assert "student (efficientnet_lite0 blocks=3 head=16, distilled)" in [a["name"] for a in summary["artifacts"]]
 
 
 def test_a_field_added_since_a_stage_was_made_changes_nothing_at_its_default(jpeg_dataset, tmp_path):

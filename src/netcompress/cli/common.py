@@ -44,6 +44,10 @@ CacheOpt = typer.Option(None, "--cache-dir", help="Where decoded images are cach
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Progress bars and per-epoch lines on stderr.")
 SeedOpt = typer.Option(0, "--seed")
+BlocksOpt = typer.Option(None, "--blocks", help="EfficientNet-Lite: keep only its first N pretrained MBConv blocks, a "
+                         "small student that starts from ImageNet features (8 of Lite0's 16: 254k parameters).")
+HeadOpt = typer.Option(None, "--head", help="With --blocks: a fresh 1x1 conv to this many channels before the "
+                       "pooling [default: none, the last block feeds the classifier].")
 BatchSizeOpt = typer.Option(64, "--batch-size")
 TeacherOpt = typer.Option(None, "--teacher", help="Fine-tune with distillation from this model file.")
 FinetuneTemperatureOpt = typer.Option(4.0, "--temperature", "-T", help="Distillation temperature (with --teacher).")

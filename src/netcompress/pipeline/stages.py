@@ -140,15 +140,16 @@ def _student_stage(run: Run, teacher_file: str):
     def work(out: Path) -> dict:
         seed_everything(run.recipe.seed)
         size = run.recipe.data.image_size
-        net = new_model(s.model, run.data.class_names, size, run.recipe.data.channels)
+        net = new_model(s.model, run.data.class_names, size, run.recipe.data.channels, **s.model_args)
         train_cfg, kd = s.configs(run.recipe.seed)
         train = run.teacher_data(teacher_file)
         teacher = teacher_file if not s.views else _teacher_views(run, teacher_file, train.split("training"),
                                                                   out / "teacher_views.safetensors")
         fit(net, train, replace(train_cfg, input_size=size), val=run.data.split("validation"), teacher=teacher,
             distill=kd, run_dir=out, device=run.device, progress=run.progress)
+        args = "".join(f" {key}={value}" for key, value in s.model_args.items())
         return {"model_file": str(out / "best.safetensors"),
-                "artifacts": [run.artifact(f"student ({s.model}, distilled)", out / "best.safetensors", "student")]}
+                "artifacts": [run.artifact(f"student ({s.model}{args}, distilled)", out / "best.safetensors", "student")]}
 
     return run.stage("student", work, run.settings("teacher", "student"))
 
