@@ -162,6 +162,22 @@ def test_the_student_takes_model_arguments(jpeg_dataset, tmp_path):
     assert "student (efficientnet_lite0 blocks=3 head=16, distilled)" in [a["name"] for a in summary["artifacts"]]
 
 
+def test_student_variants_share_the_teaching_and_the_codecs(jpeg_dataset, tmp_path):
+    recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "views = 2\n[[student_variant]]\n"
+                              "model_args = {width_mult = 0.5}\n[[quantize]]\ncodec = 'fp16'\n[evaluate]\ntest = false\n")
+    run = tmp_path / "run"
+    summary = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)
+    half = nc.load(run / "student-width_mult0.5" / "best.safetensors")
+    assert nc.count_parameters(half) < nc.count_parameters(nc.load(run / "student" / "best.safetensors")) / 2
+    assert not (run / "student-width_mult0.5" / "teacher_views.safetensors").exists()  # the student's are reused
+    assert [a["name"] for a in summary["artifacts"] if a["stage"] == "quantize-fp16"] == [
+        "student (studentnet, distilled), fp16", "student (studentnet width_mult=0.5, distilled), fp16"]
+    with pytest.raises(NetcompressError, match=r"\[\[student_variant\]\] model_args depth: studentnet takes"):
+        load_recipe(recipe, ["student_variant.model_args={depth = 3}"])
+    with pytest.raises(NetcompressError, match="model_args is empty"):
+        load_recipe(recipe, ["student_variant.model_args={}"])
+
+
 def test_a_field_added_since_a_stage_was_made_changes_nothing_at_its_default(jpeg_dataset, tmp_path):
     recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "[[prune]]\nmethod = 'l2'\nrate = 0.5\nsteps = 1\n"
                               "finetune_epochs = 1\n[evaluate]\ntest = false\n")

@@ -16,6 +16,7 @@ other than int8-minmax keep vectors (biases, BatchNorm) and tensors under `min_e
 
 from __future__ import annotations
 
+import copy
 import struct
 
 import numpy as np
@@ -323,32 +324,67 @@ def roundtrip_tensor(t: torch.Tensor, codec: str, bits: int, min_elements: int =
 # --- BatchNorm folding -------------------------------------------------------------------------
 
 @torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> int:
-    """Fold every BatchNorm2d that directly follows a Conv2d (inside an nn.Sequential) into that conv.
+def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | None = None) -> int:
+    """Fold every BatchNorm2d that takes a Conv2d's output directly into that conv.
 
-    The BatchNorm stays in the model as an identity (weight 1, mean 0, var 1 - eps; bias 0 when the
-    conv has a bias to take the shift), so the architecture is unchanged and its constant tensors
-    cost 4 bytes each. Returns the number of folded pairs.
+    With `example_input` (in eval mode) the pairs are found by running the model once, so blocks that
+    call their layers by attribute (EfficientNet's MBConv) fold too; the folded model must then give the
+    same outputs, else only the pairs inside an nn.Sequential are folded. The BatchNorm stays in the
+    model as an identity (weight 1, mean 0, var 1 - eps; bias 0 when the conv has a bias to take the
+    shift), so the architecture is unchanged and its constant tensors cost 4 bytes each. Returns the
+    number of folded pairs.
     """
-    folded = 0
-    for seq in model.modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        kids = list(seq.children())
-        for conv, bn in zip(kids, kids[1:]):
-            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.affine
-                    and bn.track_running_stats):
-                continue
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            shift = bn.bias - bn.running_mean * scale
-            conv.weight.mul_(scale.view(-1, *[1] * (conv.weight.dim() - 1)))
-            if conv.bias is not None:
-                conv.bias.mul_(scale).add_(shift)
-                bn.bias.zero_()
-            else:
-                bn.bias.copy_(shift)
-            bn.weight.fill_(1.0)
-            bn.running_mean.zero_()
-            bn.running_var.fill_(1.0 - bn.eps)
-            folded += 1
-    return folded
+    if example_input is not None:
+        before = copy.deepcopy(model.state_dict())
+        reference = model(example_input)
+        pairs = _pairs_by_running(model, example_input)
+        for conv, bn in pairs:
+            _fold(conv, bn)
+        if torch.allclose(model(example_input), reference, rtol=1e-3, atol=1e-4 * reference.abs().max().item()):
+            return len(pairs)
+        model.load_state_dict(before)  # a conv's output is used elsewhere too: fold only the certain pairs
+    pairs = [(conv, bn) for seq in model.modules() if isinstance(seq, nn.Sequential)
+             for conv, bn in zip(list(seq.children()), list(seq.children())[1:]) if _foldable(conv, bn)]
+    for conv, bn in pairs:
+        _fold(conv, bn)
+    return len(pairs)
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.affine
+            and bn.track_running_stats)
+
+
+def _pairs_by_running(model: nn.Module, example_input: torch.Tensor) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    """(conv, BatchNorm) pairs where the BatchNorm's input is the very tensor the conv returned, each used once."""
+    made_by: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # the tensor is kept so that its id is not reused
+    seen: list[tuple[nn.Module, nn.Module]] = []
+
+    def conv_hook(conv, inputs, output):
+        made_by[id(output)] = (conv, output)
+
+    def bn_hook(bn, inputs, output):
+        seen.append((made_by.get(id(inputs[0]), (None,))[0], bn))
+
+    handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else bn_hook)
+               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    try:
+        model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return [(c, b) for c, b in seen if sum(c is c2 or b is b2 for c2, b2 in seen) == 1 and _foldable(c, b)]
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    conv.weight.mul_(scale.view(-1, *[1] * (conv.weight.dim() - 1)))
+    if conv.bias is not None:
+        conv.bias.mul_(scale).add_(shift)
+        bn.bias.zero_()
+    else:
+        bn.bias.copy_(shift)
+    bn.weight.fill_(1.0)
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0 - bn.eps)

@@ -98,7 +98,10 @@ def prepared(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     """A copy of `model` in eval mode, BatchNorm folded when the config asks: what the codec stores."""
     copy_ = copy.deepcopy(model).cpu().eval()
     if cfg.fold_bn:
-        fold_batchnorm(copy_)
+        spec = spec_of(model)
+        example = (torch.rand(1, spec.channels, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0))
+                   if spec.input_size else None)
+        fold_batchnorm(copy_, example)
     return copy_
 
 

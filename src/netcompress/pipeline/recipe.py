@@ -4,6 +4,8 @@
     [teacher]     model + epochs (train or fine-tune), or file (an existing model file); image_size, mixup, cutmix
     [student]     distillation: model, model_args, epochs, lr, batch_size, temperature, alpha, method, mixup,
                   cutmix, views
+    [[student_variant]] one table per further student: [student] again with some model_args changed
+                  (model_args = {blocks = 6}: a smaller one for a smaller budget); codecs apply to it too
     [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, lr, distill, precise_bn;
                   source = "teacher" prunes the teacher instead of the student; target_latency_ms with
                   runtime, batch, threads prunes to a latency instead of by rate
@@ -113,6 +115,24 @@ class StudentSection:
         train = TrainConfig(epochs=epochs, lr=lr or self.lr, batch_size=self.batch_size, seed=seed,
                             precise_bn=precise_bn) if epochs else None
         return train, DistillConfig(self.temperature, self.alpha, self.method)
+
+    def with_model_args(self, changes: dict) -> StudentSection:
+        """This student with some of its model's keyword arguments changed (a [[student_variant]])."""
+        return dataclasses.replace(self, model_args={**self.model_args, **changes})
+
+
+@dataclass(frozen=True)
+class StudentVariantSection:
+    model_args: dict = field(default_factory=dict)  # changed from [student]'s, e.g. {blocks = 6}
+
+    def configs(self, seed: int) -> tuple:
+        if not self.model_args:
+            raise NetcompressError("model_args is empty: name what differs from [student], e.g. {blocks = 6}")
+        return ()
+
+    @property
+    def stage(self) -> str:
+        return "student-" + "-".join(f"{key}{value}" for key, value in self.model_args.items())
 
 
 @dataclass(frozen=True)
@@ -234,6 +254,7 @@ class Recipe:
     data: DataSection = field(default_factory=DataSection)
     teacher: TeacherSection = field(default_factory=TeacherSection)
     student: StudentSection = field(default_factory=StudentSection)
+    student_variant: tuple[StudentVariantSection, ...] = ()
     prune: tuple[PruneSection, ...] = ()
     lowrank: tuple[LowRankSection, ...] = ()
     quantize: tuple[QuantizeSection, ...] = ()
@@ -242,10 +263,11 @@ class Recipe:
     seed: int = 0
 
 
-SECTIONS = {"data": DataSection, "teacher": TeacherSection, "student": StudentSection, "prune": PruneSection,
+SECTIONS = {"data": DataSection, "teacher": TeacherSection, "student": StudentSection,
+            "student_variant": StudentVariantSection, "prune": PruneSection,
             "lowrank": LowRankSection, "quantize": QuantizeSection, "compare_arch": CompareArchSection,
             "evaluate": EvaluateSection}
-LISTS = ("prune", "lowrank", "quantize")  # [[prune]], [[lowrank]], [[quantize]]: any number of tables
+LISTS = ("student_variant", "prune", "lowrank", "quantize")  # [[prune]] etc.: any number of tables
 
 
 def _check_type(value, hint, where: str):
@@ -328,4 +350,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
                                        "remove one or change a field")
         else:
             sections[name] = _section(name, cls, raw[name], str(path), seed)
-    return Recipe(**sections)
+    recipe = Recipe(**sections)
+    for variant in recipe.student_variant:
+        try:
+            recipe.student.with_model_args(variant.model_args).configs(seed)
+        except NetcompressError as exc:
+            raise NetcompressError(f"{path}: [[student_variant]] {exc}") from exc
+    return recipe

@@ -36,6 +36,7 @@ class Run:
                  progress: bool = True):
         self.recipe, self.dir, self.device, self.progress = recipe, Path(run_dir), device, progress
         self.cache_dir = cache_dir
+        self.views_file = self.dir / "student" / "teacher_views.safetensors"  # shared by the student's variants
         self._data: dict[int, ImageFolderData] = {}
         self.data = self.data_at(recipe.data.image_size)
 
@@ -134,8 +135,10 @@ def _teacher_stage(run: Run):
     return run.stage("teacher", work, run.settings("teacher"))
 
 
-def _student_stage(run: Run, teacher_file: str):
-    s = run.recipe.student
+def _student_stage(run: Run, teacher_file: str, variant=None):
+    """The distilled student, or a [[student_variant]] of it (distilled from the same cached teacher views)."""
+    s = run.recipe.student if variant is None else run.recipe.student.with_model_args(variant.model_args)
+    name = "student" if variant is None else variant.stage
 
     def work(out: Path) -> dict:
         seed_everything(run.recipe.seed)
@@ -143,22 +146,22 @@ def _student_stage(run: Run, teacher_file: str):
         net = new_model(s.model, run.data.class_names, size, run.recipe.data.channels, **s.model_args)
         train_cfg, kd = s.configs(run.recipe.seed)
         train = run.teacher_data(teacher_file)
-        teacher = teacher_file if not s.views else _teacher_views(run, teacher_file, train.split("training"),
-                                                                  out / "teacher_views.safetensors")
+        teacher = teacher_file if not s.views else _teacher_views(run, teacher_file, train.split("training"))
         fit(net, train, replace(train_cfg, input_size=size), val=run.data.split("validation"), teacher=teacher,
             distill=kd, run_dir=out, device=run.device, progress=run.progress)
         args = "".join(f" {key}={value}" for key, value in s.model_args.items())
         return {"model_file": str(out / "best.safetensors"),
-                "artifacts": [run.artifact(f"student ({s.model}{args}, distilled)", out / "best.safetensors", "student")]}
+                "artifacts": [run.artifact(f"student ({s.model}{args}, distilled)", out / "best.safetensors", name)]}
 
-    return run.stage("student", work, run.settings("teacher", "student"))
+    more = {} if variant is None else {"student_variant": asdict(variant)}
+    return run.stage(name, work, run.settings("teacher", "student", **more))
 
 
-def _teacher_views(run: Run, teacher_file: str, train, path: Path) -> TeacherViews:
-    """The teacher's outputs for the student section's views: computed once, kept in the stage's folder."""
+def _teacher_views(run: Run, teacher_file: str, train) -> TeacherViews:
+    """The teacher's outputs for the student section's views: computed once, kept in the student's folder."""
     s = run.recipe.student
     cfg = ViewConfig(views=s.views, augment=AugmentConfig(mixup=s.mixup, cutmix=s.cutmix), seed=run.recipe.seed)
-    return TeacherViews.cached(load(teacher_file).to(run.device), train, cfg, path, progress=run.progress)
+    return TeacherViews.cached(load(teacher_file).to(run.device), train, cfg, run.views_file, progress=run.progress)
 
 
 def _finetune_setup(run: Run, teacher_file: str, distill: bool, finetune):
@@ -169,8 +172,8 @@ def _finetune_setup(run: Run, teacher_file: str, distill: bool, finetune):
     if not distill:
         return run.data, finetune, None
     train = run.teacher_data(teacher_file)
-    views = run.dir / "student" / "teacher_views.safetensors"
-    return train, finetune, TeacherViews.load(views) if run.recipe.student.views and views.exists() else teacher_file
+    cached = run.recipe.student.views and run.views_file.exists()
+    return train, finetune, TeacherViews.load(run.views_file) if cached else teacher_file
 
 
 def _prune_stage(run: Run, p, student_file: str, teacher_file: str):
@@ -358,6 +361,8 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
     teacher = _teacher_stage(run)
     student = _student_stage(run, teacher["model_file"])
     artifacts = teacher["artifacts"] + student["artifacts"]
+    for variant in recipe.student_variant:
+        artifacts += _student_stage(run, teacher["model_file"], variant)["artifacts"]
     for p in recipe.prune:
         artifacts += _prune_stage(run, p, student["model_file"], teacher["model_file"])["artifacts"]
     for lr in recipe.lowrank:
