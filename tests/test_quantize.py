@@ -4,6 +4,7 @@ import os
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -143,6 +144,34 @@ def test_fold_batchnorm_keeps_the_function():
     ref = net(x)
     assert fold_batchnorm(net) == 8
     assert torch.allclose(net(x), ref, atol=1e-5)
+
+
+def test_fold_batchnorm_finds_pairs_called_by_attribute():
+    torch.manual_seed(0)
+    net = nc.new_model("efficientnet_lite0", ["a", "b", "c"], 32, blocks=3).eval()  # bn(conv(x)) by attribute
+    x = torch.rand(2, 3, 32, 32)
+    ref = net(x)
+    assert fold_batchnorm(net, x[:1]) == 9 and torch.allclose(net(x), ref, atol=1e-5)
+    cfg = QuantConfig("kbit", 4, entropy=True)
+    assert nc.quantize(net, cfg).nbytes < nc.quantize(net, replace(cfg, fold_bn=False)).nbytes
+
+
+def test_fold_batchnorm_leaves_a_conv_whose_output_is_also_used_elsewhere():
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    net = Shared().eval()
+    with torch.no_grad():
+        net.bn.running_var.fill_(4.0)
+    x = torch.rand(1, 3, 8, 8)
+    ref = net(x)
+    assert fold_batchnorm(net, x) == 0 and torch.equal(net(x), ref)
 
 
 @pytest.mark.parametrize("cfg, tol", [

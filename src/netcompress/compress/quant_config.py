@@ -98,8 +98,8 @@ def prepared(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     """A copy of `model` in eval mode, BatchNorm folded when the config asks: what the codec stores."""
     copy_ = copy.deepcopy(model).cpu().eval()
     if cfg.fold_bn:
-        spec = spec_of(model)
-        example = (torch.rand(1, spec.channels, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0))
+        spec, seeded = spec_of(model), torch.Generator().manual_seed(0)
+        example = (torch.rand(1, spec.channels, spec.input_size, spec.input_size, generator=seeded)
                    if spec.input_size else None)
         fold_batchnorm(copy_, example)
     return copy_
