@@ -164,7 +164,8 @@ def test_the_student_takes_model_arguments(jpeg_dataset, tmp_path):
 
 def test_student_variants_share_the_teaching_and_the_codecs(jpeg_dataset, tmp_path):
     recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "views = 2\n[[student_variant]]\n"
-                              "model_args = {width_mult = 0.5}\n[[quantize]]\ncodec = 'fp16'\n[evaluate]\ntest = false\n")
+                              "model_args = {width_mult = 0.5}\n[[quantize]]\ncodec = 'fp16'\n"
+                              "[evaluate]\ntest = false\n")
     run = tmp_path / "run"
     summary = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)
     half = nc.load(run / "student-width_mult0.5" / "best.safetensors")

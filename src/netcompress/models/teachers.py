@@ -1,4 +1,5 @@
-"""Teacher networks: every torchvision classifier by name, and EfficientNet-Lite0 and Lite2 with offline weights.
+"""Teacher networks: every torchvision classifier by name, and EfficientNet-Lite0 and Lite2 with offline weights
+(whole, or their first blocks as a small pretrained student).
 
 Pretrained teachers expect their own input scaling; `ScaledInput` puts it inside the model, so
 the data pipeline always feeds [0, 1] RGB and every saved model knows its preprocessing.
@@ -131,7 +132,7 @@ def _lite_constructor(variant: int):
 
 
 def _truncate_lite(net: nn.Module, blocks: int, head: int, num_classes: int) -> None:
-    """Keep the first `blocks` MBConv blocks of an EfficientNet-Lite and give it a new head (see `_lite_constructor`)."""
+    """Keep the first `blocks` MBConv blocks of an EfficientNet-Lite and give it a new head (`_lite_constructor`)."""
     total = len(net._blocks)
     if head < 0:
         raise NetcompressError(f"head = {head}: use 0 (no head conv) or the number of its output channels")
