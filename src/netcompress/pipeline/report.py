@@ -93,12 +93,13 @@ def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 3
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 5))
-    for stage in sorted({a["stage"] for a in artifacts}):
+    markers = "os^Dv"  # tab10's colours repeat after ten stages: the marker changes with each round of them
+    for i, stage in enumerate(sorted({a["stage"] for a in artifacts})):
         group = [a for a in artifacts if a["stage"] == stage and a.get("candidate", True)]
         if group:
             ax.errorbar([a["file_bytes"] for a in group], [a["val_accuracy"] for a in group],
-                        yerr=[standard_error(a["val_accuracy"], val_images) for a in group], fmt="o", ms=5, capsize=2,
-                        label=stage)
+                        yerr=[standard_error(a["val_accuracy"], val_images) for a in group],
+                        fmt=markers[i // 10 % len(markers)], color=f"C{i % 10}", ms=5, capsize=2, label=stage)
     others = [a for a in artifacts if not a.get("candidate", True)]
     if others:
         ax.scatter([a["file_bytes"] for a in others], [a["val_accuracy"] for a in others], facecolors="none",
