@@ -26,7 +26,7 @@ from ..measure.latency import LatencyTarget, latency
 from ..runtime import log, seed_everything
 from ..train.views import TeacherViews, ViewConfig
 from .compare_arch import compare
-from .recipe import SECTIONS, PruneSection, Recipe
+from .recipe import SECTIONS, PruneSection, Recipe, StudentVariantSection
 
 
 class Run:
@@ -135,7 +135,7 @@ def _teacher_stage(run: Run):
     return run.stage("teacher", work, run.settings("teacher"))
 
 
-def _student_stage(run: Run, teacher_file: str, variant=None):
+def _student_stage(run: Run, teacher_file: str, variant: StudentVariantSection | None = None):
     """The distilled student, or a [[student_variant]] of it (distilled from the same cached teacher views)."""
     s = run.recipe.student if variant is None else run.recipe.student.with_model_args(variant.model_args)
     name = "student" if variant is None else variant.stage
