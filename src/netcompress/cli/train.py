@@ -105,7 +105,8 @@ def distill(
     out: Path = typer.Option(Path("runs/distill"), "--out", help="Run directory (resumes if it holds an interrupted run)."),
     temperature: float = typer.Option(20.0, "--temperature", "-T", help="Softmax temperature (course: 20)."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the soft (teacher) term; 0 = plain cross-entropy."),
-    method: str = typer.Option("logits", "--method", help="logits (Hinton KD) or rkd (logits + relational KD)."),
+    method: str = typer.Option("logits", "--method", help="logits (Hinton KD), rkd (logits + relational KD), dkd "
+                               "(decoupled KD: target and non-target terms) or dist (DIST: Pearson correlations)."),
     rkd_weight: float = typer.Option(1.0, "--rkd-weight", help="Weight of the relational term (method rkd)."),
     teacher_precision: str = typer.Option("auto", "--teacher-precision",
                                           help="auto (bf16 where the hardware has it natively), fp32 or bf16."),
