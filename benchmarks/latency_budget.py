@@ -9,7 +9,7 @@
    median and p90 per call; test accuracy measured once per model. Prints a table and the speed-ups,
    writes JSON.
 
-    python benchmarks/latency_budget.py --student runs/food101_10/student/best.safetensors \
+    python benchmarks/latency_budget.py --student runs/food101_10_studentnet/student/best.safetensors \
         --teacher runs/food101_10/teacher/best.safetensors --target 0.12 --runtime ort
 """
 

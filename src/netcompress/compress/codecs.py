@@ -336,8 +336,7 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | None = None) 
     """
     if example_input is not None:
         before = copy.deepcopy(model.state_dict())
-        reference = model(example_input)
-        pairs = _pairs_by_running(model, example_input)
+        pairs, reference = _pairs_by_running(model, example_input)
         for conv, bn in pairs:
             _fold(conv, bn)
         if torch.allclose(model(example_input), reference, rtol=1e-3, atol=1e-4 * reference.abs().max().item()):
@@ -355,8 +354,10 @@ def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
             and bn.track_running_stats)
 
 
-def _pairs_by_running(model: nn.Module, example_input: torch.Tensor) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    """(conv, BatchNorm) pairs where the BatchNorm's input is the very tensor the conv returned, each used once."""
+def _pairs_by_running(model: nn.Module, example_input: torch.Tensor) -> tuple[list[tuple[nn.Conv2d, nn.BatchNorm2d]],
+                                                                             torch.Tensor]:
+    """(conv, BatchNorm) pairs where the BatchNorm's input is the very tensor the conv returned, each used once;
+    and the model's output on `example_input`."""
     made_by: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # the tensor is kept so that its id is not reused
     seen: list[tuple[nn.Module, nn.Module]] = []
 
@@ -369,11 +370,11 @@ def _pairs_by_running(model: nn.Module, example_input: torch.Tensor) -> list[tup
     handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else bn_hook)
                for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
     try:
-        model(example_input)
+        output = model(example_input)
     finally:
         for h in handles:
             h.remove()
-    return [(c, b) for c, b in seen if sum(c is c2 or b is b2 for c2, b2 in seen) == 1 and _foldable(c, b)]
+    return [(c, b) for c, b in seen if sum(c is c2 or b is b2 for c2, b2 in seen) == 1 and _foldable(c, b)], output
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
