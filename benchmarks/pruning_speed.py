@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from netcompress import count_macs, count_parameters, latency_ms, new_model, prune
-from netcompress.compress.pruners import course_widths_at
+from netcompress.models.studentnet import course_widths_at
 from netcompress.runtime import tune_allocator
 
 

@@ -25,7 +25,7 @@ import torch
 import netcompress as nc
 from netcompress import QuantConfig
 from netcompress.compress.bit_allocation import WIDTHS, allocate_bits, sensitivity
-from netcompress.compress.qat import finetune_quantized
+from netcompress.schedule import Finetune, finetune_quantized
 from netcompress.data.split import calibration_images
 from netcompress.formats.course import load_course_pkl, save_course_pkl
 from netcompress.runtime import tune_allocator
@@ -102,10 +102,10 @@ def main() -> None:
             cfg = allocate_bits(model, QuantConfig("kbit", 8, finetune_epochs=args.finetune), images, budget,
                                 table=table)
             add(cfg, f"kbit, budget {budget:,} + {args.finetune} epochs QAT",
-                finetune_quantized(model, cfg, train, progress=False))
+                finetune_quantized(model, cfg, Finetune(train, None, progress=False)))
         for bits in (2, 3):
             cfg = QuantConfig("kbit", bits, finetune_epochs=args.finetune)
-            add(cfg, f"kbit + {args.finetune} epochs QAT", finetune_quantized(model, cfg, train, progress=False))
+            add(cfg, f"kbit + {args.finetune} epochs QAT", finetune_quantized(model, cfg, Finetune(train, None, progress=False)))
 
     shutil.rmtree(tmp)
     print(f"\nmodel {args.model} ({spec.arch}, {spec.input_size}px), validation {len(val)} images, "

@@ -5,7 +5,7 @@ import time
 import pytest
 
 import netcompress as nc
-from netcompress.compress.prune import PruneConfig, prune_iteratively
+from netcompress import PruneConfig, prune_iteratively
 from netcompress.errors import NetcompressError
 from netcompress.measure.latency import LatencyTarget
 from netcompress.measure.latency_table import LatencyTable, layer_keys
@@ -78,8 +78,8 @@ def test_pruning_to_a_latency_cuts_the_layers_the_table_prices(jpeg_dataset, tmp
         assert row["target_latency"]["ms"] == 1e-4 and row["target_latency"]["predicted_ms"] > 0
         assert (tmp_path / "run" / f"step{row['step']}" / "proposal.json").exists()
     final = nc.load(tmp_path / "run" / rows[-1]["model_file"])
-    info = nc.spec_of(final).info["pruned"]
-    assert info["latency"]["ms"] == 1e-4 and len(info["cuts"]) == len(rows) - 1
+    info = nc.spec_of(final).info.pruned
+    assert info.latency["ms"] == 1e-4 and len(info.cuts) == len(rows) - 1
     assert nc.spec_of(final).kwargs["widths"] != WIDTHS
 
 

@@ -11,16 +11,8 @@ from safetensors.torch import load_file, save_file
 from test_cli import netcompress
 
 import netcompress as nc
-from netcompress.compress.lowrank import (
-    LowRankConfig,
-    choose_ranks,
-    factorize_layer,
-    factorize_model,
-    plan_layers,
-    rank_for_energy,
-    rank_for_ratio,
-    tucker2,
-)
+from netcompress.compress.factorization import factorize_layer, rank_for_energy, rank_for_ratio, tucker2
+from netcompress.compress.lowrank import LowRankConfig, choose_ranks, factorize_model, plan_layers
 from netcompress.errors import NetcompressError
 from netcompress.formats.model_file import read_spec
 from netcompress.measure.cost import count_parameters
@@ -205,7 +197,7 @@ def test_factorized_resnet18_round_trips_through_its_file_in_a_fresh_process(tmp
     assert kinds == {"tucker2", "svd"} and len(result.factorized) >= 19
     path = nc.save(result.model, tmp_path / "f.safetensors")
     assert nc.spec_of(result.model).overrides["layer1.0.conv1"]["type"] == "Sequential"
-    assert read_spec(path).info["lowrank"]["layers"][1]["ranks"] == result.factorized[1]["ranks"]
+    assert read_spec(path).info.lowrank["layers"][1]["ranks"] == result.factorized[1]["ranks"]
     x = torch.rand(2, 3, 32, 32)
     save_file({"x": x}, str(tmp_path / "x.safetensors"))
     subprocess.run([sys.executable, "-c", ROUND_TRIP, str(path), str(tmp_path / "x.safetensors"),
@@ -232,7 +224,7 @@ def test_lowrank_cli_factorizes_fine_tunes_and_logs(jpeg_dataset, tmp_path):
     assert json.loads((run / "lowrank.json").read_text())["rows"] == log["rows"]
     assert any(r["skipped"] and r["skipped"].startswith("depthwise") for r in log["layers"])
     loaded = nc.load(run / "finetuned.safetensors")
-    assert count_parameters(loaded) == tuned["params"] and nc.spec_of(loaded).info["lowrank"]["config"]["energy"] == 0.8
+    assert count_parameters(loaded) == tuned["params"] and nc.spec_of(loaded).info.lowrank["config"]["energy"] == 0.8
     refused = netcompress("export-course", run / "finetuned.safetensors", "--out", tmp_path / "x.bin", check=False)
     assert refused.returncode == 2 and "replaced layers" in refused.stderr and not (tmp_path / "x.bin").exists()
     text = netcompress("lowrank", tmp_path / "m.safetensors", "--data", jpeg_dataset, "--rank-ratio", 0.25,

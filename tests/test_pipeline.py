@@ -309,7 +309,7 @@ finetune_epochs = 1
 
     assert nc.spec_of(nc.load(out / "teacher" / "best.safetensors")).input_size == 48
     student = nc.load(out / "student" / "best.safetensors")
-    assert nc.spec_of(student).input_size == 32 and nc.spec_of(student).info["distilled_from"]["views"]["views"] == 2
+    assert nc.spec_of(student).input_size == 32 and nc.spec_of(student).info.distilled_from["views"]["views"] == 2
     views = nc.TeacherViews.load(out / "student" / "teacher_views.safetensors")
     assert views.logits.shape == (12, 2, 3) and views.meta["image_size"] == 48
     assert artifacts["teacher"]["val_accuracy"] >= 0 and "prune-l2-0.5-1steps-ft1" in artifacts

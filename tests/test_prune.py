@@ -6,7 +6,8 @@ import torch.nn as nn
 from test_train import synthetic_split
 
 import netcompress as nc
-from netcompress.compress.pruners import apply_masks, course_widths_at, magnitude_masks, slim_studentnet
+from netcompress.compress.pruners import apply_masks, magnitude_masks
+from netcompress.models.studentnet import course_widths_at, slim_studentnet
 from netcompress.formats.course import import_course_checkpoint
 from netcompress.measure.cost import zero_fraction
 
@@ -64,7 +65,7 @@ def test_repeated_prune_steps_follow_the_course_schedule(course_ckpt):
     for step in (1, 2, 3):
         model = nc.prune(model, method="slim", rate=0.95)
         assert nc.spec_of(model).kwargs["widths"] == course_widths_at([16, 32, 64, 128, 256, 256, 256, 256], 0.95, step)
-    assert nc.spec_of(model).info["pruned"]["step"] == 3
+    assert nc.spec_of(model).info.pruned.step == 3
 
 
 def test_course_width_schedule():

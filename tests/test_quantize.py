@@ -182,8 +182,8 @@ def test_quantized_file_round_trip(tmp_path, cfg, tol):
     path = quantize_to(tmp_path / "m.ncq", net, cfg)
     assert path.read_bytes() == encode_model(net, cfg)  # deterministic
     back = nc.load(path)
-    assert nc.spec_of(back).replace(info={}) == nc.spec_of(net).replace(info={})
-    assert nc.spec_of(back).info["quantized"]["codec"] == cfg.codec
+    assert nc.spec_of(back).replace(info=nc.ModelInfo()) == nc.spec_of(net).replace(info=nc.ModelInfo())
+    assert nc.spec_of(back).info.quantized["codec"] == cfg.codec
     x = torch.rand(8, 3, 32, 32)
     ref, out = net(x), back(x)
     assert torch.isfinite(out).all()
@@ -315,7 +315,7 @@ def test_onnx_fp32_matches_pytorch_and_int8_runs(course, food_images, tmp_path, 
     data = nc.ImageFolderData(food_root, 32, cache_dir=cache_dir, progress=False)
     int8_path = nc.export_onnx(net, tmp_path / "m8.onnx", int8=True, calibration=data, calibration_images=64)
     int8_net = load_onnx(int8_path, threads=1)
-    assert nc.spec_of(int8_net).info["onnx_int8"]["calibration_images"] == 64
+    assert nc.spec_of(int8_net).info.exported["onnx_int8"]["calibration_images"] == 64
     out = int8_net(food_images)
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.7
@@ -381,14 +381,14 @@ def test_budget_is_met_and_beats_uniform_bits(course, food_images):
 
 
 def test_quantization_aware_finetuning_recovers_what_2_bits_lose(course, food_images, food_root, cache_dir):
-    from netcompress.compress.qat import finetune_quantized
     from netcompress.data.split import Split
+    from netcompress.schedule import Finetune, finetune_quantized
 
     net = course
     train = nc.ImageFolderData(food_root, 32, cache_dir=cache_dir, progress=False).split("training")
     keep = torch.arange(0, len(train), 12)  # 250 images
     small = Split("training", train.images[keep], train.labels[keep], [train.files[i] for i in keep],
-                  train.class_names)
+                  nc.spec_of(net).class_names)  # the course model's 11 classes: these labels are 10 of them
     cfg = QuantConfig("kbit", 2, finetune_epochs=3, finetune_lr=1e-3)
     ref = torch.log_softmax(net(food_images), 1)
 
@@ -397,5 +397,6 @@ def test_quantization_aware_finetuning_recovers_what_2_bits_lose(course, food_im
         return torch.nn.functional.kl_div(out, ref, log_target=True, reduction="batchmean").item()
 
     # pure distillation (alpha 1): the course model's Food-11 classes are not these photos' labels
-    tuned = finetune_quantized(net, cfg, small, batch_size=50, alpha=1.0, progress=False)
+    schedule = Finetune(small, None, nc.TrainConfig(batch_size=50), distill=nc.DistillConfig(alpha=1.0), progress=False)
+    tuned = finetune_quantized(net, cfg, schedule)
     assert kl(tuned) < 0.8 * kl(net)

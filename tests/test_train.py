@@ -31,12 +31,12 @@ def test_fit_learns_and_keeps_the_best_model(tmp_path):
     # enough steps (96) for BatchNorm's running statistics to forget their initial values
     best = nc.fit(student(), synthetic_split("training", 192, 0), small_config(4, 8),
                   val=synthetic_split("validation", 30, 1), run_dir=tmp_path, device=CPU, progress=False)
-    assert nc.spec_of(best).info["val_accuracy"] > 0.6
+    assert nc.spec_of(best).info.val_accuracy > 0.6
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     top = max(rows, key=lambda r: r["val_accuracy"])
     saved = nc.load(tmp_path / "best.safetensors")
-    assert nc.spec_of(saved).info["val_accuracy"] == pytest.approx(top["val_accuracy"], abs=1e-4)
+    assert nc.spec_of(saved).info.val_accuracy == pytest.approx(top["val_accuracy"], abs=1e-4)
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(saved(x), best.eval()(x))  # the returned model is the file's
 
@@ -132,13 +132,13 @@ def test_studentnet_learns_the_real_food_photos(food_root, cache_dir, tmp_path):
     data = nc.ImageFolderData(food_root, 48, cache_dir=cache_dir, progress=False)
     net = nc.new_model("studentnet", data.class_names, 48)
     best = nc.fit(net, data, nc.TrainConfig(epochs=3, batch_size=64), run_dir=tmp_path, device=CPU, progress=False)
-    assert nc.spec_of(best).info["val_accuracy"] > 0.2  # chance is 0.1
+    assert nc.spec_of(best).info.val_accuracy > 0.2  # chance is 0.1
 
 
 def test_bf16_autocast_training_learns_and_keeps_fp32_weights(tmp_path):
     best = nc.fit(student(), synthetic_split("training", 192, 0), small_config(4, 8, precision="bf16"),
                   val=synthetic_split("validation", 30, 1), run_dir=tmp_path, device=CPU, progress=False)
-    assert nc.spec_of(best).info["val_accuracy"] > 0.6
+    assert nc.spec_of(best).info.val_accuracy > 0.6
     assert all(p.dtype == torch.float32 for p in best.parameters())
 
 

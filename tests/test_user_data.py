@@ -34,9 +34,9 @@ def test_train_test_only_folder_trains_and_records_the_carve(tmp_path):
                               progress=False)
     best = nc.fit(nc.new_model("studentnet", data.class_names, 16, widths=[8] * 8), data, epochs=1,
                   run_dir=tmp_path / "run", progress=False)
-    assert nc.spec_of(best).info["data"] == {"carved": {"validation": 0.2}, "carve_seed": 0}
+    assert nc.spec_of(best).info.data == {"carved": {"validation": 0.2}, "carve_seed": 0}
     assert json.loads((tmp_path / "run" / "run.json").read_text())["data"]["carved"] == {"validation": 0.2}
-    assert nc.spec_of(nc.load(tmp_path / "run" / "best.safetensors")).info["data"]["carve_seed"] == 0
+    assert nc.spec_of(nc.load(tmp_path / "run" / "best.safetensors")).info.data["carve_seed"] == 0
 
 
 def test_cli_on_a_train_test_folder_and_on_grayscale_images(tmp_path):
@@ -152,7 +152,7 @@ def test_import_state_dict_reads_the_architecture_from_the_checkpoint(tmp_path):
 
 def test_studentnet_pool_positions_are_given_or_noted(course_ckpt, tmp_path):
     state = torch.load(course_ckpt, map_location="cpu", weights_only=True)
-    assert "guessed from the block count (8)" in nc.spec_of(import_course_checkpoint(course_ckpt)).info["pool_after"]
+    assert "guessed from the block count (8)" in nc.spec_of(import_course_checkpoint(course_ckpt)).info.extra["pool_after"]
     explicit = import_course_checkpoint(course_ckpt, pool_after=[0, 2, 4, 6])
     assert "pool_after" not in nc.spec_of(explicit).info and explicit.pool_after == [0, 2, 4, 6]
     ten = nc.create_model("studentnet", multipliers=[1, 2, 4, 8, 8, 8, 8, 16, 16, 16], num_classes=11)
@@ -174,7 +174,7 @@ def test_onnx_export_with_dynamic_height_and_width(tmp_path):
     for size in (32, 48):
         x = torch.rand(2, 3, size, size)
         assert torch.allclose(runtime(x), model.eval()(x), atol=1e-5)
-    assert nc.spec_of(runtime).info["onnx"] == {"input_size": 32, "dynamic_size": True}
+    assert nc.spec_of(runtime).info.exported["onnx"] == {"input_size": 32, "dynamic_size": True}
 
 
 def test_threads_option_sets_torch_threads(tmp_path):

@@ -15,16 +15,18 @@ and leaving its argument as it is:
     nc.quantize(model, nc.QuantConfig(codec="kbit", bits=4, entropy=True)).save("m.ncq")
     print(nc.evaluate(nc.load("m.ncq", model=MyNet()), data, split="validation")["accuracy"])
 
-Registered models (`list_models()`) load with no `model=`. Codecs and pruning methods live in
+Layers: compress/ holds pure model -> model transforms (one pruning step, factorize, quantize, fold);
+schedule/ fine-tunes between them (`Finetune`: training settings, teaching, validation, device, run
+folder). Registered models (`list_models()`) load with no `model=`. Codecs and pruning methods live in
 registries (`register_codec`, `register_pruner`).
 """
 
 from .compress.codecs import Codec, list_codecs, register_codec
-from .compress.lowrank import LowRankConfig, factorize, factorize_and_finetune
-from .compress.prune import PruneConfig, prune, prune_iteratively
+from .compress.lowrank import LowRankConfig, factorize
+from .compress.prune import PruneConfig, prune
 from .compress.pruners import Pruner, list_pruners, register_pruner
 from .compress.quant_config import QuantConfig
-from .compress.quantize import QuantizedModel, quantize
+from .compress.quantize import QuantizedModel
 from .data.augment import AugmentConfig
 from .data.folder import ImageFolderData
 from .data.split import Split
@@ -36,7 +38,8 @@ from .measure.cost import count_macs, count_parameters, latency_ms
 from .measure.evaluate import evaluate, predict
 from .measure.latency import LatencyConfig, LatencyTarget, Runtime, latency, list_runtimes, register_runtime
 from .models import create_model, list_models, register_model
-from .spec import ModelSpec, new_model, spec_of
+from .schedule import Finetune, factorize_and_finetune, prune_iteratively, quantize
+from .spec import ModelInfo, ModelSpec, PruningRecord, new_model, spec_of
 from .train.distill import DistillConfig
 from .train.fit import TrainConfig, fit
 from .train.views import TeacherViews, ViewConfig
@@ -46,9 +49,9 @@ __all__ = [
     # data
     "ImageFolderData", "Split", "AugmentConfig",
     # models
-    "create_model", "new_model", "list_models", "register_model", "ModelSpec", "spec_of",
+    "create_model", "new_model", "list_models", "register_model", "ModelSpec", "ModelInfo", "PruningRecord", "spec_of",
     # training and distillation
-    "fit", "TrainConfig", "DistillConfig", "TeacherViews", "ViewConfig",
+    "fit", "TrainConfig", "DistillConfig", "TeacherViews", "ViewConfig", "Finetune",
     # compression
     "prune", "prune_iteratively", "PruneConfig", "Pruner", "register_pruner", "list_pruners",
     "factorize", "factorize_and_finetune", "LowRankConfig",

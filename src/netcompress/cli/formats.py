@@ -98,7 +98,7 @@ def import_course(
         net = import_course_checkpoint(checkpoint, class_names=names, input_size=image_size, pool_after=pools)
     save(net, out)
     spec = spec_of(net)
-    note = f"; MaxPool positions {spec.info['pool_after']}" if "pool_after" in spec.info else ""
+    note = f"; MaxPool positions {spec.info.extra['pool_after']}" if "pool_after" in spec.info.extra else ""
     console.print(f"wrote {out} ({out.stat().st_size:,} bytes): {spec.arch} widths {spec.kwargs['widths']}{note}")
 
 

@@ -146,12 +146,12 @@ def summary(
 
         graph = onnx.load(str(path)).graph
         table = "\n".join(f"{op:24s}{n:5d}" for op, n in Counter(node.op_type for node in graph.node).most_common())
-        totals = {"model": model, "arch": spec.arch or spec.info.get("module"), "input_size": size,
+        totals = {"model": model, "arch": spec.arch or spec.info.module, "input_size": size,
                   "runtime": "onnxruntime",
                   "initializer_elements": sum(int(np.prod(t.dims)) for t in graph.initializer)}
     else:
         table = layer_table(net, size)
-        totals = {"model": model, "arch": spec.arch or spec.info.get("module"), "input_size": size,
+        totals = {"model": model, "arch": spec.arch or spec.info.module, "input_size": size,
                   "parameters": count_parameters(net), "macs": count_macs(net, size)}
     if path.exists():
         totals["file_bytes"] = path.stat().st_size

@@ -79,21 +79,21 @@ def choose_widths(table: dict[str, dict[int, tuple[float, int]]], budget: int) -
 
 def allocate_bits(model, cfg: QuantConfig, images: torch.Tensor, budget: int,
                   progress: bool = True, table: dict | None = None) -> QuantConfig:
-    """A config whose per-tensor widths (2..cfg.bits) keep the whole file within `budget` bytes.
+    """A config whose per-tensor widths (2..cfg.width) keep the whole file within `budget` bytes.
 
     Every tensor with 2 or more dims is a candidate (min_elements 0): the knapsack itself keeps the
     small sensitive ones at 6-8 bits. `table` reuses a `sensitivity` result measured with the
     same codec, widths and BatchNorm folding.
     """
     cfg = replace(cfg, min_elements=0, budget=None)
-    widths = [b for b in WIDTHS if b <= cfg.bits]
+    widths = [b for b in WIDTHS if b <= cfg.width]
     smallest = len(encode_model(model, replace(cfg, bits=min(widths), tensor_bits=None)))
     if smallest > budget:  # known before the (slow) sensitivity measurement
         raise NetcompressError(f"budget = {budget:,} bytes is below the smallest this codec reaches "
                                f"({smallest:,} bytes at {min(widths)} bits); raise the budget or prune the model first")
     table = table or sensitivity(model, cfg, images, widths, progress)
-    base = replace(cfg, tensor_bits={n: cfg.bits for n in table}, entropy=False)
-    fixed = len(encode_model(model, base)) - sum(t[cfg.bits][1] for t in table.values())
+    base = replace(cfg, tensor_bits={n: cfg.width for n in table}, entropy=False)
+    fixed = len(encode_model(model, base)) - sum(t[cfg.width][1] for t in table.values())
     best, best_kl, target = None, np.inf, budget - fixed - 64  # 64: room for the JSON's list of widths
     for _ in range(6):  # --entropy makes files smaller than the estimate: spend the slack, then stop
         chosen = choose_widths(table, target)

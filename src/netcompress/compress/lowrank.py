@@ -16,32 +16,26 @@ A layer is left as it is when its factorized form would not have fewer parameter
 multiply-accumulates than the original by at least `min_saving` (three small layers cost more
 time than their MACs say), and the report says so.
 
-A factorized layer becomes an nn.Sequential of Conv2d/Linear layers, and the model file records
+The factorizations themselves are in factorization.py; `factorize_and_finetune` (schedule/lowrank.py)
+fine-tunes the result. A factorized layer becomes an nn.Sequential of Conv2d/Linear layers, and the model file records
 it in `ModelSpec.overrides` (surgery.py), so it reloads with no pickle and no new file format.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from ..errors import NetcompressError
-from ..files import atomic_write_text
-from ..formats import model_file
-from ..measure.cost import count_parameters, measure_model, ms
+from ..measure.cost import count_parameters
 from ..models.surgery import describe, set_submodule
-from ..runtime import log, model_device, resolve_device
-from ..spec import attach, copy_model, spec_of
-from ..train.distill import DistillConfig
-from ..train.fit import TrainConfig, fit, training_splits
-
-HOOI_SWEEPS = 5
+from ..runtime import model_device
+from ..spec import attach, copy_model, example_input_for, spec_of, with_input_of
+from .factorization import factorize_layer, rank_for_energy, rank_for_ratio, singular_values
 
 
 @dataclass(frozen=True)
@@ -72,123 +66,6 @@ class LowRankConfig:
         if not 0 <= self.min_saving < 1:
             raise NetcompressError(f"min_saving = {self.min_saving} must lie in [0, 1): the fraction of a layer's "
                                    "parameters and MACs its factorization must save")
-
-
-# ---- the factorizations ---------------------------------------------------------------------------
-
-def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
-    """The smallest rank r whose top-r squared singular values hold at least `energy` of the total (>= 1)."""
-    sq = singular_values.double() ** 2
-    total = float(sq.sum())
-    if total == 0:
-        return 1
-    cumulative = torch.cumsum(sq, 0) / total
-    r = int((cumulative < energy - 1e-9).sum()) + 1
-    return max(1, min(r, len(singular_values)))
-
-
-def rank_for_ratio(full_rank: int, ratio: float) -> int:
-    return max(1, min(full_rank, math.ceil(ratio * full_rank - 1e-9)))
-
-
-def svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """W [out, in] ≈ A [out, r] @ B [r, in] with A = U·S^½ and B = S^½·Vᵀ (balanced factors)."""
-    u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
-    root = s[:rank].sqrt()
-    return (u[:, :rank] * root).to(weight.dtype), (root[:, None] * vh[:rank]).to(weight.dtype)
-
-
-def _leading(matrix: torch.Tensor, rank: int) -> torch.Tensor:
-    """The `rank` leading left singular vectors of `matrix` [m, n]: eigenvectors of M·Mᵀ (m x m, cheap for wide M)."""
-    _, vectors = torch.linalg.eigh(matrix @ matrix.T)  # ascending eigenvalues
-    return vectors.flip(1)[:, :rank]
-
-
-def singular_values(matrix: torch.Tensor) -> torch.Tensor:
-    """Singular values (descending) of `matrix`, via the eigenvalues of its smaller Gram matrix."""
-    m = matrix.double()
-    gram = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
-    return torch.linalg.eigvalsh(gram).flip(0).clamp(min=0).sqrt()
-
-
-def tucker2(weight: torch.Tensor, r_in: int, r_out: int, sweeps: int = HOOI_SWEEPS):
-    """Tucker-2 of a conv weight [out, in, kh, kw] over its channel modes.
-
-    Returns (U_in [in, r_in] or None, core [r_out, r_in, kh, kw], U_out [out, r_out] or None); a
-    factor is None when its mode keeps its full size (then it would be an invertible rotation).
-    W ≈ core ×_out U_out ×_in U_in. HOSVD initialisation, then `sweeps` HOOI refinements.
-    """
-    w = weight.double()
-    c_out, c_in = w.shape[:2]
-    keep_in, keep_out = r_in < c_in, r_out < c_out
-
-    def unfold_out(t):  # [out, in*kh*kw]
-        return t.reshape(t.shape[0], -1)
-
-    def unfold_in(t):  # [in, out*kh*kw]
-        return t.transpose(0, 1).reshape(t.shape[1], -1)
-
-    u_out = _leading(unfold_out(w), r_out) if keep_out else None
-    u_in = _leading(unfold_in(w), r_in) if keep_in else None
-    if keep_in and keep_out:
-        for _ in range(sweeps):
-            u_in = _leading(unfold_in(torch.einsum("oikl,or->rikl", w, u_out)), r_in)
-            u_out = _leading(unfold_out(torch.einsum("oikl,is->oskl", w, u_in)), r_out)
-    core = w
-    if u_out is not None:
-        core = torch.einsum("oikl,or->rikl", core, u_out)
-    if u_in is not None:
-        core = torch.einsum("rikl,is->rskl", core, u_in)
-    cast = lambda t: None if t is None else t.to(weight.dtype).contiguous()  # noqa: E731
-    return cast(u_in), cast(core), cast(u_out)
-
-
-def _conv_desc(conv: nn.Conv2d, **changes) -> dict:
-    return {**describe(conv), **changes}
-
-
-@torch.no_grad()
-def factorize_layer(layer: nn.Module, ranks: tuple[int, ...]) -> nn.Sequential:
-    """The factorized replacement of `layer` at `ranks` ((r,) for SVD, (r_in, r_out) for Tucker-2)."""
-    dtype, device = layer.weight.dtype, layer.weight.device
-    bias = layer.bias
-    if isinstance(layer, nn.Linear):
-        a, b = svd_factors(layer.weight, ranks[0])
-        first, second = nn.Linear(layer.in_features, ranks[0], bias=False), nn.Linear(ranks[0], layer.out_features,
-                                                                                     bias=bias is not None)
-        first.weight.copy_(b)
-        second.weight.copy_(a)
-        parts = [first, second]
-    elif not isinstance(layer, nn.Conv2d) or layer.groups != 1:
-        raise NetcompressError(f"cannot factorize {type(layer).__name__} (only Linear and groups=1 Conv2d)")
-    elif tuple(layer.kernel_size) == (1, 1):
-        r = ranks[0]
-        a, b = svd_factors(layer.weight.flatten(1), r)
-        first = nn.Conv2d(**{k: v for k, v in _conv_desc(layer, out_channels=r, bias=False).items() if k != "type"})
-        second = nn.Conv2d(r, layer.out_channels, 1, bias=bias is not None)
-        first.weight.copy_(b[:, :, None, None])
-        second.weight.copy_(a[:, :, None, None])
-        parts = [first, second]
-    else:
-        r_in, r_out = ranks
-        u_in, core, u_out = tucker2(layer.weight, r_in, r_out)
-        parts = []
-        if u_in is not None:
-            conv_in = nn.Conv2d(layer.in_channels, r_in, 1, bias=False)
-            conv_in.weight.copy_(u_in.t()[:, :, None, None])
-            parts.append(conv_in)
-        core_desc = _conv_desc(layer, in_channels=core.shape[1], out_channels=core.shape[0],
-                               bias=u_out is None and bias is not None)
-        conv_core = nn.Conv2d(**{k: v for k, v in core_desc.items() if k != "type"})
-        conv_core.weight.copy_(core)
-        parts.append(conv_core)
-        if u_out is not None:
-            conv_out = nn.Conv2d(r_out, layer.out_channels, 1, bias=bias is not None)
-            conv_out.weight.copy_(u_out[:, :, None, None])
-            parts.append(conv_out)
-    if bias is not None:
-        parts[-1].bias.copy_(bias)
-    return nn.Sequential(*parts).to(device=device, dtype=dtype).train(layer.training)
 
 
 # ---- planning: which layers, which ranks ------------------------------------------------------------
@@ -387,10 +264,7 @@ class LowRankResult:
 def factorize_model(model: nn.Module, cfg: LowRankConfig, example_input: torch.Tensor | None = None) -> LowRankResult:
     """A copy of `model` with every worthwhile Conv2d/Linear replaced by its low-rank form, and the per-layer plan."""
     spec = spec_of(model)
-    if example_input is None:
-        if not spec.input_size:
-            raise NetcompressError("pass example_input=torch.randn(1, 3, S, S): the model's input size is not known yet")
-        example_input = torch.zeros(spec.input_shape())
+    example_input = example_input_for(model, example_input)
     model = copy_model(model)
     before = count_parameters(model)
     plans = plan_layers(model, cfg, example_input)
@@ -406,7 +280,7 @@ def factorize_model(model: nn.Module, cfg: LowRankConfig, example_input: torch.T
     lowrank = {"config": {k: v for k, v in asdict(cfg).items() if v is not None}, "selection": selection,
                "layers": [{k: r[k] for k in ("layer", "method", "shape", "ranks")}
                           for r in layers if r["method"] != "none" and not r["skipped"]]}
-    attach(model, spec.replace(overrides=overrides).with_info(lowrank=lowrank))
+    attach(model, with_input_of(spec, example_input).replace(overrides=overrides).with_info(lowrank=lowrank))
     after = count_parameters(model)
     assert after == _total_params(before, plans), (after, _total_params(before, plans))
     return LowRankResult(model, layers, selection, before, after)
@@ -424,72 +298,6 @@ def factorize(model: nn.Module, config: LowRankConfig | None = None, *, example_
     except TypeError as exc:
         raise NetcompressError(f"factorize: {exc}") from exc
     return factorize_model(model, cfg, example_input).model
-
-
-# ---- factorize, measure, fine-tune, measure --------------------------------------------------------
-
-@dataclass
-class LowRankRun:
-    """What `factorize_and_finetune` made: the model of each stage and the log (also run_dir/lowrank.json)."""
-
-    models: dict[str, nn.Module] = field(repr=False)
-    log: dict
-
-
-def factorize_and_finetune(model: nn.Module, config: LowRankConfig, data, finetune: TrainConfig | None = None, *,
-                           val=None, teacher=None, distill: DistillConfig | None = None,
-                           run_dir: str | Path | None = None, device: str | torch.device = "auto",
-                           settings: dict | None = None, progress: bool = True) -> LowRankRun:
-    """Factorize, then fine-tune (finetune None: no fine-tuning); measure the model at each stage.
-
-    Stages: original, factorized (before fine-tuning), finetuned (the best-validation model of the
-    fine-tuning, distilled from `teacher` when given). With `run_dir`, it gets <stage>.safetensors,
-    finetune/ (the resumable fine-tuning run) and lowrank.json: the settings (`settings` adds to
-    them), every layer's decision and one row per stage with parameters, bytes, MACs, latency at
-    batch 1 and 64, and validation accuracy.
-    """
-    dev = resolve_device(device)
-    train, val_split = training_splits(data, val)
-    if val_split is None:
-        raise NetcompressError("factorize_and_finetune measures every stage: pass validation data (val=...)")
-    run_dir = None if run_dir is None else Path(run_dir)
-    record_log: dict = {"settings": {"lowrank": {k: v for k, v in asdict(config).items() if v is not None},
-                                     **(settings or {}), "finetune": asdict(finetune) if finetune else None},
-                        "rows": []}
-    models: dict[str, nn.Module] = {}
-
-    def record(stage: str, net: nn.Module) -> None:
-        blob = model_file.encode(net)
-        row = {"stage": stage, **measure_model(net, val_split, dev, len(blob))}
-        row.pop("widths", None)
-        if run_dir is not None:
-            model_file.save_model(net, run_dir / f"{stage}.safetensors")
-            row["model_file"] = f"{stage}.safetensors"
-            atomic_write_text(run_dir / "lowrank.json", json.dumps(record_log | {"rows": record_log["rows"] + [row]},
-                                                                   indent=2))
-        record_log["rows"].append(row)
-        models[stage] = net
-        if progress:
-            log(f"{stage}: {row['params']:,} params, {row['file_bytes']:,} bytes, {row['macs']:,} MACs, "
-                f"val acc {row['val_accuracy']:.4f}, {ms(row['latency_ms']['ort@1'])} ms at batch 1 (ONNX Runtime)")
-
-    original = copy_model(model).to(dev)
-    record("original", original)
-    result = factorize_model(original, config)
-    record_log["selection"], record_log["layers"] = result.selection, result.layers
-    if progress:
-        log(f"factorized {len(result.factorized)} of {len(result.layers)} Conv2d/Linear layers "
-            f"({len(result.skipped)} skipped): {result.params_before:,} -> {result.params_after:,} parameters")
-    record("factorized", result.model.to(dev))
-    if finetune is not None:
-        tuned = fit(result.model, train, finetune, val=val_split, teacher=teacher, distill=distill,
-                    run_dir=None if run_dir is None else run_dir / "finetune", device=dev, progress=progress,
-                    settings={**record_log["settings"], "phase": "lowrank-finetune"})
-        record("finetuned", tuned.to(dev))
-        record_log["rows"][-1]["best_epoch"] = spec_of(tuned).info.get("epoch")
-        if run_dir is not None:
-            atomic_write_text(run_dir / "lowrank.json", json.dumps(record_log, indent=2))
-    return LowRankRun(models, record_log)
 
 
 def format_layers(layers: list[dict]) -> str:

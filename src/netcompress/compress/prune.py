@@ -1,34 +1,27 @@
-"""Structured pruning that really removes channels (and unstructured magnitude pruning).
+"""Structured pruning that really removes channels (and unstructured magnitude pruning): one step, a new module.
 
-`prune(model, PruneConfig(...))` is one step: a new, narrower module (the methods live in
-pruners.py). `prune_iteratively` is the course's schedule: prune, fine-tune (distilled when a
-teacher is given), keep the best model of the step, repeat, and measure every step.
+`prune(model, PruneConfig(...))` is one step by rate (the methods live in pruners.py), `prune_layer` removes
+some channels of one layer (what latency pruning proposes). The schedules that prune, fine-tune and repeat
+live in schedule/. A model may declare its own pruning: `architecture_kwargs()` (the constructor arguments of
+its current shape, so a pruned file records arguments rather than replaced layers) and `prune_channels(config,
+step, start)` (its own selection for some methods; None otherwise), as StudentNet does for the course's rule.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 
 from ..data.split import split_of
 from ..errors import NetcompressError
-from ..files import atomic_write_text
-from ..formats import model_file
-from ..measure.cost import measure_model, ms
 from ..measure.latency import LatencyTarget
-from ..measure.evaluate import classification_metrics, predict_logits
-from ..models.studentnet import StudentNet
 from ..models.surgery import record_changes
-from ..runtime import log, model_device, resolve_device
-from ..spec import ModelSpec, attach, copy_model, spec_of
-from ..train.batchnorm import recalibrate_batchnorm
-from ..train.distill import DistillConfig
-from ..train.fit import TrainConfig, fit, training_splits
-from .pruners import get_pruner, list_pruners
+from ..runtime import model_device, resolve_device
+from ..spec import ModelSpec, PruningRecord, attach, copy_model, example_input_for, spec_of, with_input_of
+from .batchnorm import recalibrate_batchnorm
+from .pruners import get_pruner, list_pruners, prune_group
 
 
 @dataclass(frozen=True)
@@ -44,7 +37,7 @@ class PruneConfig:
     the number of steps planned to reach it, and `method` ranks channels within a layer.
     proposal_images: training images each of those steps' proposals is briefly fine-tuned on.
     recalibrate: training images whose BatchNorm statistics replace the running ones after a structured
-    step, when `prune` gets data (0: keep the stale ones, as the course did; see train/batchnorm.py).
+    step, when `prune` gets data (0: keep the stale ones, as the course did; see compress/batchnorm.py).
     """
 
     method: str = "slim"
@@ -95,25 +88,25 @@ def prune(model: nn.Module, config: PruneConfig | None = None, *, example_input:
         raise NetcompressError(f"prune: {exc}") from exc
     pruner = get_pruner(cfg.method)
     dev = model_device(model) if device is None else resolve_device(device)
-    spec = spec_of(model)
     if pruner.needs_batchnorm and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise NetcompressError(f"method {cfg.method} ranks channels by BatchNorm γ, but this model has no BatchNorm; "
                                f"use one of {', '.join(n for n in list_pruners() if not get_pruner(n).needs_batchnorm)}")
     if pruner.needs_data and data is None:
         raise NetcompressError(f"method {cfg.method} ranks channels by gradients: pass training data (data=...)")
-    if example_input is None:
-        if not spec.input_size:
-            raise NetcompressError("pass example_input=torch.randn(1, 3, S, S): the model's input size is not known yet")
-        example_input = torch.rand(spec.input_shape())
-    before = spec.info.get("pruned", {})
-    step = before["step"] + 1 if (before.get("method"), before.get("rate")) == (cfg.method, cfg.rate) else 1
+    example_input = example_input_for(model, example_input).to(dev)
+    spec = with_input_of(spec_of(model), example_input)
+    before = spec.info.pruned
+    continues = before is not None and (before.method, before.rate) == (cfg.method, cfg.rate)
+    step = before.step + 1 if continues else 1
+    start = before.start if continues else architecture_kwargs(model)
     original = copy_model(model).to(dev)
-    pruned = pruner.prune(copy_model(model).to(dev), cfg, step=step, example_input=example_input.to(dev),
-                          data=None if data is None else split_of(data, "training"))
-    record = {"method": cfg.method, "rate": cfg.rate, "step": step, "kept": round(cfg.rate**step, 5)}
-    if isinstance(original, StudentNet):
-        record["original_widths"] = before.get("original_widths") if step > 1 else list(original.widths)
-    new_spec = spec.with_info(pruned=record, **({"sparse": True} if not pruner.structured else {}))
+    own_rule = getattr(original, "prune_channels", None)
+    pruned = own_rule(cfg, step, start) if callable(own_rule) and pruner.structured else None
+    if pruned is None:
+        pruned = pruner.prune(copy_model(model).to(dev), cfg, step=step, example_input=example_input,
+                              data=None if data is None else split_of(data, "training"))
+    record = PruningRecord(cfg.method, step, cfg.rate, round(cfg.rate**step, 5), start=start)
+    new_spec = spec.with_info(pruned=record, sparse=spec.info.sparse or not pruner.structured)
     if pruner.structured:
         pruned, new_spec = respec_pruned(original, pruned, new_spec)
         if data is not None and cfg.recalibrate:
@@ -122,110 +115,28 @@ def prune(model: nn.Module, config: PruneConfig | None = None, *, example_input:
     return attach(pruned, new_spec).train(model.training)
 
 
+def prune_layer(model: nn.Module, layer: str, remove: int, method: str, example_input: torch.Tensor,
+                record: PruningRecord) -> nn.Module:
+    """A copy of `model` without the `remove` least important output channels of `layer` (and of every layer
+    coupled to them), ranked by `method`'s importance; its spec says `record`."""
+    pruned = prune_group(copy_model(model), layer, remove, get_pruner(method), example_input)
+    pruned, spec = respec_pruned(model, pruned, with_input_of(spec_of(model), example_input).with_info(pruned=record))
+    return attach(pruned, spec)
+
+
+def architecture_kwargs(model: nn.Module) -> dict:
+    """The constructor arguments of the model's current shape, for models that declare them (else {})."""
+    declared = getattr(model, "architecture_kwargs", None)
+    return dict(declared()) if callable(declared) else {}
+
+
 def respec_pruned(before: nn.Module, after: nn.Module, spec: ModelSpec) -> tuple[nn.Module, ModelSpec]:
-    """The pruned architecture in the spec: a StudentNet as its per-layer widths, anything else as replaced layers."""
-    if isinstance(after, StudentNet):
-        widths = [after.cnn[0][0].out_channels] + [b[3].out_channels for b in after.cnn[1:-1]]
-        clean = StudentNet(num_classes=after.fc[0].out_features, widths=widths, pool_after=after.pool_after,
-                           in_channels=after.cnn[0][0].in_channels)
-        clean.load_state_dict(after.state_dict())
-        kwargs = {**spec.kwargs, "widths": widths} if spec.arch else spec.kwargs
-        overrides = spec.overrides if spec.arch else record_changes(spec.overrides, before, clean)
-        return clean.to(model_device(after)), spec.replace(kwargs=kwargs, overrides=overrides)
-    return after, spec.replace(overrides=record_changes(spec.overrides, before, after))
-
-
-def bn_l1_penalty(weight: float):
-    """Network Slimming's regularizer: weight * sum |γ| over every BatchNorm of the model being trained."""
-    def penalty(model: nn.Module) -> torch.Tensor:
-        return weight * sum(m.weight.abs().sum() for m in model.modules()
-                            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine)
-    return penalty
-
-
-@dataclass
-class PruneRun:
-    """What `prune_iteratively` made: the best model of every step (step 0 = the input) and one row of metrics each."""
-
-    models: list[nn.Module] = field(repr=False)
-    rows: list[dict]
-
-    @property
-    def final(self) -> nn.Module:
-        return self.models[-1]
-
-
-class StepLog:
-    """Measures and keeps every step's model: one row each in rows (and run_dir/pruning.jsonl), the model in
-    run_dir/step{k}.safetensors."""
-
-    def __init__(self, config: PruneConfig, val, device: torch.device, run_dir: Path | None, progress: bool):
-        self.config, self.val, self.device, self.run_dir, self.progress = config, val, device, run_dir, progress
-        self.sparse = not get_pruner(config.method).structured
-        self.run = PruneRun([], [])
-
-    def record(self, k: int, net: nn.Module, extra: dict) -> dict:
-        blob = model_file.encode(net)
-        sparse_bytes = len(model_file.encode(net, sparse=True)) if self.sparse else None
-        row = {"step": k, "method": self.config.method, "rate": self.config.rate, "kept": round(self.config.rate**k, 5),
-               **measure_model(net, self.val, self.device, len(blob), sparse_bytes), **extra}
-        if self.config.latency is not None:  # no fixed rate: the share of parameters kept
-            row["rate"], row["kept"] = None, round(row["params"] / (self.run.rows or [row])[0]["params"], 5)
-        if self.run_dir is not None:
-            model_file.save_model(net, self.run_dir / f"step{k}.safetensors")
-            if self.sparse:
-                model_file.save_model(net, self.run_dir / f"step{k}.sparse.safetensors", sparse=True)
-            row["model_file"] = f"step{k}.safetensors"
-            atomic_write_text(self.run_dir / "pruning.jsonl", "".join(json.dumps(r) + "\n"
-                                                                      for r in self.run.rows + [row]))
-        self.run.models.append(net)
-        self.run.rows.append(row)
-        if self.progress:
-            log(f"step {k}: {row['params']:,} params, {row['file_bytes']:,} bytes, val acc "
-                f"{row['val_accuracy']:.4f}, {ms(row['latency_ms']['ort@1'])} ms at batch 1 (ONNX Runtime)")
-        return row
-
-
-def prune_iteratively(model: nn.Module, config: PruneConfig, data, finetune: TrainConfig | None = None, *,
-                      val=None, teacher=None, distill: DistillConfig | None = None, run_dir: str | Path | None = None,
-                      device: str | torch.device = "auto", example_input: torch.Tensor | None = None,
-                      progress: bool = True) -> PruneRun:
-    """Prune `config.steps` times, fine-tuning after each step with a fresh optimizer (the course forgot to).
-
-    Each step fine-tunes (`finetune`, default 5 epochs) from the best model of the step before,
-    distilled from `teacher` when given, and keeps its best-validation model. With `run_dir`,
-    every step's fine-tuning resumes after an interruption, run_dir/step{k}.safetensors holds its
-    model and run_dir/pruning.jsonl one row per step (step 0 = the input): parameters, bytes, MACs,
-    latency, and validation accuracy before and after fine-tuning. With `config.latency`, the steps
-    prune to that latency target instead (`prune_to_latency`).
-    """
-    finetune = finetune or TrainConfig(epochs=5)
-    dev = resolve_device(device)
-    train, val_split = training_splits(data, val)
-    if val_split is None:
-        raise NetcompressError("prune_iteratively keeps the best model of each step: pass validation data (val=...)")
-    run_dir = None if run_dir is None else Path(run_dir)
-    steps = StepLog(config, val_split, dev, run_dir, progress)
-    common = dict(val=val_split, teacher=teacher, distill=distill, device=dev, progress=progress)
-    if config.latency is not None:
-        from .netadapt import prune_to_latency  # netadapt builds on this module
-
-        return prune_to_latency(copy_model(model).to(dev), config, train, finetune, steps, example_input, **common)
-    settings = {"prune": asdict(config)}
-    current = copy_model(model).to(dev)
-    if config.sparsity > 0:
-        current = fit(current, train, replace(finetune, epochs=config.sparsity_epochs), penalty=bn_l1_penalty(
-            config.sparsity), run_dir=None if run_dir is None else run_dir / "sparsity",
-            settings={**settings, "phase": "sparsity"}, **common)
-    steps.record(0, current, {})
-    for k in range(1, config.steps + 1):
-        pruned = prune(current, config, example_input=example_input, data=train, device=dev)
-        before = accuracy(pruned, val_split, dev)
-        current = fit(pruned, train, finetune, run_dir=None if run_dir is None else run_dir / f"step{k}",
-                      settings={**settings, "step": k}, **common)
-        steps.record(k, current.to(dev), {"val_accuracy_before_finetune": round(before, 5)})
-    return steps.run
-
-
-def accuracy(model: nn.Module, val, device: torch.device) -> float:
-    return classification_metrics(predict_logits(model, val, device), val.labels, val.num_classes)["accuracy"]
+    """The pruned architecture in the spec: a registered model that declares `architecture_kwargs` as its new
+    constructor arguments (rebuilt clean from them), anything else as the layers that changed."""
+    kwargs = architecture_kwargs(after)
+    if spec.arch is None or not kwargs:
+        return after, spec.replace(overrides=record_changes(spec.overrides, before, after))
+    clean_spec = spec.replace(kwargs={**spec.kwargs, **kwargs})
+    clean = clean_spec.build()
+    clean.load_state_dict(after.state_dict())
+    return clean.to(model_device(after)).train(after.training), clean_spec

@@ -4,9 +4,9 @@ A method is a `Pruner` subclass registered with `@register_pruner`; `PruneConfig
 recipes read the registry. Built in:
   slim       the course's rule: each prunable layer keeps its channels with the largest |γ| of the
              BatchNorm that follows them; every prunable layer shrinks by the same factor per step
-             (width R^k after step k). On StudentNet this is the course's exact selection; with
-             global ranking, or on other models, Torch-Pruning's BN-scale importance over its
-             dependency graph.
+             (width R^k after step k): Torch-Pruning's BN-scale importance over its dependency graph.
+             A model may declare its own rule (`prune_channels`, see compress/prune.py): StudentNet
+             does, to select exactly the course's channels.
   l1, l2     Torch-Pruning group magnitude importance (L1 or L2 norm of every weight a channel touches)
   taylor     Torch-Pruning first-order Taylor importance (|weight x gradient|) from a few training batches
   magnitude  unstructured: zero the smallest weights globally (kept at zero through fine-tuning). The
@@ -23,9 +23,6 @@ import torch.nn.functional as F
 from ..data.augment import iterate_batches
 from ..data.split import Split
 from ..errors import NetcompressError
-from ..models.studentnet import StudentNet
-from ..runtime import model_device
-from ..spec import spec_of
 
 
 class Pruner:
@@ -137,11 +134,6 @@ class Slim(TorchPruningPruner):
 
         return tp.importance.BNScaleImportance()
 
-    def prune(self, model, cfg, *, step, example_input, data):
-        if isinstance(model, StudentNet) and not cfg.global_ranking:
-            original = spec_of(model).info.get("pruned", {}).get("original_widths") if step > 1 else None
-            return slim_studentnet(model, course_widths_at(original or model.widths, cfg.rate, step))
-        return super().prune(model, cfg, step=step, example_input=example_input, data=data)
 
 
 @register_pruner
@@ -179,58 +171,6 @@ class Taylor(TorchPruningPruner):
         batches = iterate_batches(data, 64, device=device, shuffle=True, generator=gen, channels_last=False)
         for _, batch in zip(range(cfg.taylor_batches), batches):
             F.cross_entropy(model(batch.images), batch.labels).backward()
-
-
-# ---- the course's rule on StudentNet -------------------------------------------------------------
-
-def course_widths_at(widths: list[int], rate: float, step: int) -> list[int]:
-    """Widths after `step` steps: the course scales widths 3..n-2 by rate^step (int truncation)."""
-    mult = 1.0
-    for _ in range(step):
-        mult *= rate  # repeated products, as the course computed its width_mult
-    return [int(w * mult) if 3 <= i < len(widths) - 1 else w for i, w in enumerate(widths)]
-
-
-def slim_selection(model: StudentNet, new_widths: list[int]) -> list[torch.Tensor]:
-    """Kept channels per width: the largest |γ| of the BatchNorm after them (block i+1's), in index order."""
-    keep = []
-    for i, (old, new) in enumerate(zip(model.widths, new_widths)):
-        if i + 1 == len(model.widths):
-            if new != old:
-                raise NetcompressError("the course's rule never prunes the classifier's input width")
-            keep.append(torch.arange(old))
-            continue
-        gamma = model.cnn[i + 1][1].weight.detach().abs()
-        keep.append(torch.argsort(gamma, descending=True, stable=True)[:new].sort().values)
-    return keep
-
-
-@torch.no_grad()
-def slim_studentnet(model: StudentNet, new_widths: list[int]) -> StudentNet:
-    """A new StudentNet of `new_widths` holding the surviving slices of `model`'s weights."""
-    keep = slim_selection(model, new_widths)
-    new = StudentNet(num_classes=model.fc[0].out_features, widths=list(new_widths), pool_after=model.pool_after,
-                     in_channels=model.cnn[0][0].in_channels)
-    new.to(model_device(model))
-    old_state, new_state = model.state_dict(), {}
-    for name, target in new.state_dict().items():
-        value = old_state[name]
-        parts = name.split(".")
-        if parts[0] == "cnn":
-            block, layer = int(parts[1]), int(parts[2])
-            if value.dim() > 0:
-                if block == 0:
-                    value = value[keep[0]]  # first conv's outputs and their BatchNorm
-                elif layer in (0, 1):
-                    value = value[keep[block - 1]]  # depthwise conv and BatchNorm on widths[block-1]
-                elif parts[3] == "weight":
-                    value = value[keep[block]][:, keep[block - 1]]  # pointwise: outputs x inputs
-                else:
-                    value = value[keep[block]]
-        new_state[name] = value.clone()
-        assert new_state[name].shape == target.shape, name
-    new.load_state_dict(new_state)
-    return new.train(model.training)
 
 
 # ---- unstructured magnitude pruning ---------------------------------------------------------------

@@ -28,14 +28,16 @@ class QuantConfig:
     StudentNet at 4 bits: keeping the four tensors under 1,024 elements (first conv, first
     depthwise and pointwise convs) in fp16 cost 2.1 kB (+1.5%) and halved the change in the logits
     (relative L2 0.33 -> 0.18). `fold_bn` folds each BatchNorm into the conv before it, leaving
-    constant (4-byte) BN tensors (None: the codec's default). `tensor_bits` overrides `bits` per
+    constant (4-byte) BN tensors (None: the codec's default; see `folds_batchnorm`). Both are
+    resolved where they are used, never stored resolved, so `dataclasses.replace(cfg, codec=...)` never
+    carries one codec's default over to another. `tensor_bits` overrides `bits` per
     tensor name. `budget` (bytes) chooses `tensor_bits` from the sensitivity measured on
     `calibration` training images; `finetune_epochs` > 0 trains through the codec first
     (distilled from the fp32 model, AdamW at `finetune_lr`, cosine). Both need training data.
     """
 
     codec: str = "int8-minmax"
-    bits: int = 8
+    bits: int | None = None  # None: the codec's own width (its fixed width, else 8); see `width`
     entropy: bool = False
     fold_bn: bool | None = None
     min_elements: int = 1024
@@ -47,11 +49,11 @@ class QuantConfig:
 
     def __post_init__(self):
         codec = get_codec(self.codec)
-        if codec.fixed_bits is not None and self.bits not in (codec.fixed_bits, 8):
+        if self.bits is not None and codec.fixed_bits is not None and self.bits not in (codec.fixed_bits, 8):
             raise NetcompressError(f"bits = {self.bits}: codec {self.codec} is always {codec.fixed_bits}-bit; "
                                    "use codec kbit or kmeans for other widths")
         if codec.fixed_bits is None:
-            for b in [self.bits, *(self.tensor_bits or {}).values()]:
+            for b in [self.width, *(self.tensor_bits or {}).values()]:
                 if not 2 <= b <= 8:
                     raise NetcompressError(f"bits = {b}: codec {self.codec} takes 2 to 8 bits")
         if (self.tensor_bits or self.budget is not None) and codec.fixed_bits is not None:
@@ -67,15 +69,22 @@ class QuantConfig:
                                    "epochs must be >= 0 and the learning rate > 0")
         if self.min_elements < 0:
             raise NetcompressError(f"min_elements = {self.min_elements} must be >= 0")
-        object.__setattr__(self, "bits", codec.fixed_bits or self.bits)
-        object.__setattr__(self, "fold_bn", codec.fold_bn if self.fold_bn is None else self.fold_bn)
+
+    @property
+    def width(self) -> int:
+        """Bits per code: the codec's fixed width, else `bits` (8 when not given)."""
+        return get_codec(self.codec).fixed_bits or self.bits or 8
+
+    @property
+    def folds_batchnorm(self) -> bool:
+        return get_codec(self.codec).fold_bn if self.fold_bn is None else self.fold_bn
 
     @property
     def needs_data(self) -> bool:
         return self.budget is not None or self.finetune_epochs > 0
 
     def bits_for(self, name: str) -> int:
-        return (self.tensor_bits or {}).get(name, self.bits)
+        return (self.tensor_bits or {}).get(name, self.width)
 
     def encode(self, name: str, t: torch.Tensor) -> bytes:
         """The record of state_dict entry `name`."""
@@ -91,13 +100,14 @@ class QuantConfig:
 
     def storage(self) -> dict:
         """The fields a .ncq file records: enough to read it, nothing about how it was chosen."""
-        return {k: v for k, v in asdict(self).items() if k in STORAGE_FIELDS}
+        resolved = {**asdict(self), "bits": self.width, "fold_bn": self.folds_batchnorm}
+        return {k: v for k, v in resolved.items() if k in STORAGE_FIELDS}
 
 
 def prepared(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     """A copy of `model` in eval mode, BatchNorm folded when the config asks: what the codec stores."""
     copy_ = copy.deepcopy(model).cpu().eval()
-    if cfg.fold_bn:
+    if cfg.folds_batchnorm:
         spec, seeded = spec_of(model), torch.Generator().manual_seed(0)
         example = (torch.rand(1, spec.channels, spec.input_size, spec.input_size, generator=seeded)
                    if spec.input_size else None)
@@ -108,5 +118,5 @@ def prepared(model: nn.Module, cfg: QuantConfig) -> nn.Module:
 def encode_model(model: nn.Module, cfg: QuantConfig) -> bytes:
     """The whole .ncq file of `model` (its spec attached) under `cfg` (per-tensor widths as given)."""
     net = prepared(model, cfg)
-    meta = {"netcompress": __version__, "spec": asdict(spec_of(model)), "quant": cfg.storage()}
+    meta = {"netcompress": __version__, "spec": spec_of(model).to_dict(), "quant": cfg.storage()}
     return ncq.pack(meta, [cfg.encode(k, t) for k, t in net.state_dict().items()], cfg.entropy)

@@ -1,10 +1,10 @@
 """Quantization for storage: a model's tensors written with a codec into a compact `.ncq` file.
 
 Quantization here buys bytes on disk, not speed (the int8 runtime is ONNX Runtime, see
-formats/onnx.py). `quantize(model, QuantConfig(...))` returns a `QuantizedModel`: the file's bytes,
+formats/onnx.py). `store(model, QuantConfig(...))` returns a `QuantizedModel`: the file's bytes,
 ready to `.save()` or `.decode()` back into an fp32 module that computes what the file holds.
-With `budget`, each tensor gets its own width by measured sensitivity (bit_allocation.py); with
-`finetune_epochs`, the weights first adapt to the codec (qat.py).
+With `budget`, each tensor gets its own width by measured sensitivity (bit_allocation.py). The
+public verb `quantize` (schedule/qat.py) first adapts the weights to the codec when asked.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
-from ..data.split import calibration_images, split_of
 from ..errors import NetcompressError
 from ..files import atomic_write
 from ..formats import ncq
 from .bit_allocation import allocate_bits
-from .qat import finetune_quantized
 from .quant_config import QuantConfig, encode_model
 
 
@@ -46,24 +45,21 @@ class QuantizedModel:
         return ncq.decode_model(self.data, "<quantized model>", model)
 
 
-def quantize(model: nn.Module, config: QuantConfig | None = None, data=None, *, progress: bool = True,
-             **overrides) -> QuantizedModel:
-    """Store `model` with a codec; `model` is left as it is.
-
-    data: training images (a dataset folder, Split or torch Dataset), needed for `budget` and
-    `finetune_epochs`. Keyword overrides replace config fields: quantize(m, codec="kbit", bits=4).
-    """
+def quant_config(config: QuantConfig | None, overrides: dict) -> QuantConfig:
+    """`config` with keyword overrides (or a config made of them): quantize(m, codec="kbit", bits=4)."""
     try:
-        cfg = replace(config or QuantConfig(), **overrides)
+        return replace(config, **overrides) if config is not None else QuantConfig(**overrides)
     except TypeError as exc:
         raise NetcompressError(f"quantize: {exc}") from exc
-    if cfg.needs_data and data is None:
-        raise NetcompressError("budget and finetune_epochs need training data: pass data=")
-    stored = model
-    if cfg.needs_data:
-        train = split_of(data, "training")
-        if cfg.budget is not None:
-            cfg = allocate_bits(model, cfg, calibration_images(train, cfg.calibration), cfg.budget, progress)
-        if cfg.finetune_epochs:
-            stored = finetune_quantized(model, cfg, train, progress=progress)
-    return QuantizedModel(encode_model(stored, cfg), cfg)
+
+
+def store(model: nn.Module, cfg: QuantConfig, calibration: torch.Tensor | None = None, *,
+          progress: bool = True) -> QuantizedModel:
+    """`model` stored with `cfg`'s codec (left as it is); with `cfg.budget` (and no `tensor_bits` yet), each tensor's
+    width is chosen first from the sensitivity measured on `calibration` images."""
+    if cfg.budget is not None and cfg.tensor_bits is None:
+        if calibration is None:
+            raise NetcompressError("budget chooses each tensor's bits from their measured sensitivity: pass training "
+                                   "data (data=)")
+        cfg = allocate_bits(model, cfg, calibration, cfg.budget, progress)
+    return QuantizedModel(encode_model(model, cfg), cfg)

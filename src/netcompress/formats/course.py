@@ -86,7 +86,7 @@ def check_course_model(model: nn.Module, source) -> None:
     """The course's formats hold a plain StudentNet: nothing else, and no replaced layers."""
     spec = spec_of(model)
     if not (spec.arch or "").startswith("studentnet"):
-        raise NetcompressError(f"{source} is a {spec.arch or spec.info.get('module')}; the course's formats hold "
+        raise NetcompressError(f"{source} is a {spec.arch or spec.info.module}; the course's formats hold "
                                "StudentNet only")
     if spec.overrides:
         raise NetcompressError(f"{source} has replaced layers ({', '.join(spec.overrides)}), e.g. low-rank factors, "

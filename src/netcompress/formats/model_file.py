@@ -9,7 +9,6 @@ own module from a fresh instance of its class.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from safetensors.torch import save as safetensors_bytes
 from ..errors import NetcompressError
 from ..files import atomic_write
 from .integrity import check_digest, check_size, digest, validate_spec_fields
-from ..spec import ModelSpec, spec_of
+from ..spec import ModelInfo, ModelSpec, spec_of
 from ..version import __version__
 
 FORMAT = "netcompress-model"
@@ -34,17 +33,20 @@ def spec_from_dict(meta: dict, source: str) -> ModelSpec:
     validate_spec_fields(meta, source)
     try:
         return ModelSpec(meta["arch"], meta["kwargs"], meta["class_names"], meta["input_size"],
-                         meta.get("preprocessing", {}), meta.get("info", {}), meta.get("overrides", {}),
-                         meta.get("channels", 3))
+                         meta.get("preprocessing", {}), ModelInfo.from_dict(meta.get("info", {})),
+                         meta.get("overrides", {}), meta.get("channels", 3))
     except (KeyError, TypeError) as exc:
         raise NetcompressError(f"{source}: its model spec lacks {exc}; re-create the file with netcompress") from exc
+    except NetcompressError as exc:
+        raise NetcompressError(f"{source}: its model spec is damaged ({exc}); re-create the file with netcompress") \
+            from None
 
 
 def encode(model: nn.Module, *, sparse: bool = False) -> bytes:
     """The model file as bytes (see `save_model`)."""
     spec = spec_of(model)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "netcompress": __version__, **asdict(spec)}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "netcompress": __version__, **spec.to_dict()}
     if sparse:
         meta["sparse"] = {}
         for name, t in list(tensors.items()):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -66,9 +65,9 @@ def _export_fp32(model: nn.Module, path: Path, opset: int, dynamic_size: bool) -
                                     dynamic_shapes=(dims,), opset_version=opset,
                                     dynamo=True, external_data=False, verbose=False)
     except Exception as exc:  # the exporter raises many types for unsupported graphs
-        raise NetcompressError(f"could not export {spec.arch or spec.info.get('module')} to ONNX ({type(exc).__name__}: {exc})") from exc
+        raise NetcompressError(f"could not export {spec.arch or spec.info.module} to ONNX ({type(exc).__name__}: {exc})") from exc
     proto = program.model_proto
-    _set_spec(proto, spec.with_info(onnx={"input_size": spec.input_size, "dynamic_size": dynamic_size}))
+    _set_spec(proto, spec.with_export("onnx", {"input_size": spec.input_size, "dynamic_size": dynamic_size}))
     return atomic_write(Path(path), lambda tmp: onnx.save_model(proto, str(tmp)))
 
 
@@ -106,7 +105,8 @@ def quantize_onnx_int8(fp32_path: str | Path, out_path: str | Path, calibration:
                         calibrate_method=methods[method])
         proto = onnx.load(str(out))
     if spec is not None:
-        _set_spec(proto, spec.with_info(onnx_int8={"calibration_images": n, "method": method, "per_channel": per_channel}))
+        _set_spec(proto, spec.with_export("onnx_int8", {"calibration_images": n, "method": method,
+                                                       "per_channel": per_channel}))
     return atomic_write(Path(out_path), lambda t: onnx.save_model(proto, str(t)))
 
 
@@ -189,7 +189,7 @@ def _set_spec(proto, spec: ModelSpec) -> None:
     for p in list(proto.metadata_props):
         if p.key in (META_KEY, CHECKSUM_KEY):
             proto.metadata_props.remove(p)
-    spec_json = json.dumps(asdict(spec))
+    spec_json = json.dumps(spec.to_dict())
     for key, value in ((META_KEY, spec_json), (CHECKSUM_KEY, _checksum(spec_json, proto))):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

@@ -73,6 +73,17 @@ class StudentNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.cnn(x).flatten(1))
 
+    def architecture_kwargs(self) -> dict:
+        """The constructor arguments of this network's current shape (channel pruning changes the widths)."""
+        return {"widths": [self.cnn[0][0].out_channels] + [block[3].out_channels for block in self.cnn[1:-1]]}
+
+    def prune_channels(self, config, step: int, start: dict) -> StudentNet | None:
+        """The course's own rule for `slim` (per-layer, not global): each layer keeps the channels with the
+        largest |γ| of the BatchNorm after them, at widths start·rate^step. None: no rule of its own."""
+        if config.method != "slim" or config.global_ranking:
+            return None
+        return slim_studentnet(self, course_widths_at(start.get("widths", self.widths), config.rate, step))
+
     @staticmethod
     def kwargs_from_state(state: dict) -> dict:
         """Widths, class count and input channels of a StudentNet state_dict (pool positions leave no trace)."""
@@ -94,3 +105,55 @@ def studentnet(**kwargs) -> StudentNet:
 def studentnet9(**kwargs) -> StudentNet:
     """The seed report's 9-block student: 224,011 parameters at 11 classes."""
     return StudentNet(**kwargs)
+
+
+# ---- the course's pruning rule ----------------------------------------------------------------------
+
+def course_widths_at(widths: list[int], rate: float, step: int) -> list[int]:
+    """Widths after `step` steps: the course scales widths 3..n-2 by rate^step (int truncation)."""
+    mult = 1.0
+    for _ in range(step):
+        mult *= rate  # repeated products, as the course computed its width_mult
+    return [int(w * mult) if 3 <= i < len(widths) - 1 else w for i, w in enumerate(widths)]
+
+
+def slim_selection(model: StudentNet, new_widths: list[int]) -> list[torch.Tensor]:
+    """Kept channels per width: the largest |γ| of the BatchNorm after them (block i+1's), in index order."""
+    keep = []
+    for i, (old, new) in enumerate(zip(model.widths, new_widths)):
+        if i + 1 == len(model.widths):
+            if new != old:
+                raise NetcompressError("the course's rule never prunes the classifier's input width")
+            keep.append(torch.arange(old))
+            continue
+        gamma = model.cnn[i + 1][1].weight.detach().abs()
+        keep.append(torch.argsort(gamma, descending=True, stable=True)[:new].sort().values)
+    return keep
+
+
+@torch.no_grad()
+def slim_studentnet(model: StudentNet, new_widths: list[int]) -> StudentNet:
+    """A new StudentNet of `new_widths` holding the surviving slices of `model`'s weights."""
+    keep = slim_selection(model, new_widths)
+    new = StudentNet(num_classes=model.fc[0].out_features, widths=list(new_widths), pool_after=model.pool_after,
+                     in_channels=model.cnn[0][0].in_channels)
+    new.to(model.fc[0].weight.device)
+    old_state, new_state = model.state_dict(), {}
+    for name, target in new.state_dict().items():
+        value = old_state[name]
+        parts = name.split(".")
+        if parts[0] == "cnn":
+            block, layer = int(parts[1]), int(parts[2])
+            if value.dim() > 0:
+                if block == 0:
+                    value = value[keep[0]]  # first conv's outputs and their BatchNorm
+                elif layer in (0, 1):
+                    value = value[keep[block - 1]]  # depthwise conv and BatchNorm on widths[block-1]
+                elif parts[3] == "weight":
+                    value = value[keep[block]][:, keep[block - 1]]  # pointwise: outputs x inputs
+                else:
+                    value = value[keep[block]]
+        new_state[name] = value.clone()
+        assert new_state[name].shape == target.shape, name
+    new.load_state_dict(new_state)
+    return new.train(model.training)

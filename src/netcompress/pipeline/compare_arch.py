@@ -16,11 +16,11 @@ import torch
 from ..compress.quant_config import QuantConfig, encode_model
 from ..errors import NetcompressError
 from ..files import atomic_write, atomic_write_text
-from ..measure.cost import count_parameters, measure_model
-from ..runtime import resolve_device
+from ..measure.cost import count_parameters
+from ..schedule import Finetune
 from ..spec import new_model, spec_of
 from ..train.distill import DistillConfig
-from ..train.fit import TrainConfig, fit, training_splits
+from ..train.fit import TrainConfig
 
 # family -> (registered model, base multipliers, extra kwargs)
 FAMILIES = {
@@ -87,18 +87,19 @@ def compare(data, cfg: TrainConfig, out: str | Path, *, val=None, device: str | 
             params: int | None = None, bytes_int8: int | None = None, groups: int = 2, teacher=None,
             distill: DistillConfig | None = None, progress: bool = True) -> list[dict]:
     """Build each family at the budget, train it (resumable, out/<family>/), measure; out/compare.json."""
-    out, dev = Path(out), resolve_device(device)
-    train, val = training_splits(data, val)
+    out = Path(out)
+    finetune = Finetune.on(data, cfg, val=val, teacher=teacher, distill=distill, device=device, run_dir=out,
+                           progress=progress)
+    train = finetune.train
     rows = []
     for family in FAMILIES:
         torch.manual_seed(cfg.seed)
         model, scale = fit_budget(family, train.class_names, train.image_size, params=params,
                                   bytes_int8=bytes_int8, groups=groups, channels=train.channels)
-        best = fit(model, train, cfg, val=val, teacher=teacher, distill=distill, run_dir=out / family, device=dev,
-                   settings={"family": family}, progress=progress)
+        best = finetune.at(family).run(model, settings={"family": family})
         spec = spec_of(best)
         row = {"architecture": family, "arch": spec.arch, "widths": spec.kwargs["widths"], "scale": round(scale, 4),
-               **measure_model(best, val, dev, (out / family / "best.safetensors").stat().st_size),
+               **finetune.measure(best, (out / family / "best.safetensors").stat().st_size),
                "int8_bytes": int8_bytes(best)}
         if family == "group":
             row["groups"] = groups

@@ -21,6 +21,7 @@ import torch
 from .. import (AugmentConfig, ImageFolderData, NetcompressError, evaluate, factorize_and_finetune, fit, load,
                new_model, prune_iteratively, quantize, spec_of)
 from ..files import RunLock, atomic_write_text
+from ..formats.model_file import read_spec
 from ..measure.cost import measure_model
 from ..measure.latency import LatencyTarget, latency
 from ..runtime import log, seed_everything
@@ -51,7 +52,7 @@ class Run:
 
     def teacher_data(self, teacher_file: str) -> ImageFolderData:
         """Training images at the teacher's size where it is larger: it sees them as they are, the student shrunk."""
-        return self.data_at(max(spec_of(load(teacher_file)).input_size, self.recipe.data.image_size))
+        return self.data_at(max(read_spec(teacher_file).input_size, self.recipe.data.image_size))
 
     def settings(self, *sections: str, **more) -> dict:
         """The recipe settings a stage is made from: the data, the seed, the named sections and `more`."""
@@ -205,7 +206,7 @@ def _lowrank_stage(run: Run, lr, student_file: str, teacher_file: str):
                                         progress=run.progress)
         artifacts = [{**r, "name": f"{name}, {r['stage']}", "stage": name, "file": f"{name}/{r['model_file']}",
                       "format": "safetensors fp32", "candidate": r["stage"] != "factorized" or not lr.finetune_epochs}
-                     for r in result.log["rows"] if r["stage"] != "original"]
+                     for r in result.rows if r["stage"] != "original"]
         return {"artifacts": artifacts}
 
     return run.stage(name, work, run.settings("teacher", "student", lowrank=asdict(lr)))
@@ -222,7 +223,7 @@ def _quantize_stage(run: Run, q, sources: list[dict]):
         for i, src in enumerate(sources):
             try:
                 stored = quantize(load(run.dir / src["file"]), cfg, run.data if cfg.needs_data else None,
-                                  progress=run.progress)
+                                  device=run.device, progress=run.progress)
             except NetcompressError as exc:
                 if cfg.budget is None:
                     raise

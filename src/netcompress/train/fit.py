@@ -35,7 +35,8 @@ from ..formats.model_file import save_model
 from ..measure.evaluate import classification_metrics, predict_logits
 from ..runtime import bars_off, log, model_device, resolve_device
 from ..spec import attach, copy_model, spec_of
-from .batchnorm import recalibrate_batchnorm
+from ..compress.batchnorm import recalibrate_batchnorm
+from ..compress.pruners import apply_masks, weight_tensors
 from .distill import DistillConfig, DistillLoss, check_teacher
 from .distributed import World
 from .views import TeacherViews
@@ -61,6 +62,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     input_size: int | None = None  # the model's input; None: the data's size. A teacher sees the data's size.
     precise_bn: int = 0  # > 0: BatchNorm statistics recomputed on this many training images before each validation
+    eval_mode: bool = False  # train with the network in eval mode: BatchNorm keeps its statistics, no dropout (QAT)
 
     def __post_init__(self):
         problems = []
@@ -195,13 +197,13 @@ def fit(
         if cfg.augment is None:
             loss_fn.precompute(train)
         settings.update(distill=asdict(distill), teacher=str(teacher) if isinstance(teacher, (str, Path)) else
-                        spec_of(teacher).arch or spec_of(teacher).info.get("module"))
+                        spec_of(teacher).arch or spec_of(teacher).info.module)
         attach(net, spec.with_info(distilled_from=settings["teacher"]))
     spec = spec_of(net)
     if penalty is not None:
         base_loss = loss_fn
         loss_fn = lambda logits, batch: base_loss(logits, batch) + penalty(net)  # noqa: E731
-    if spec.info.get("sparse"):
+    if spec.info.sparse:
         after_step = _keep_zeros(net, after_step)
     loop = _Loop(net, train, val_split, cfg, loss_fn, dev, world, progress, after_step, views)
     run_info = {"config": asdict(cfg), "arch": spec.arch, "kwargs": spec.kwargs, "train_images": len(train),
@@ -246,13 +248,10 @@ def _check_outputs(net: nn.Module, train: Split, device: torch.device, what: str
 
 def _keep_zeros(net: nn.Module, then: Callable | None) -> Callable[[nn.Module], None]:
     """after_step that re-applies the zeros of every conv and linear weight (unstructured pruning's masks)."""
-    weights = [m.weight for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    masks = [(w != 0).to(w.dtype) for w in weights]
+    masks = [(w != 0).to(w.dtype) for w in weight_tensors(net)]
 
     def keep(model: nn.Module) -> None:
-        with torch.no_grad():
-            for w, m in zip(weights, masks):
-                w.mul_(m)
+        apply_masks(net, masks)
         if then is not None:
             then(model)
 
@@ -315,7 +314,7 @@ class _Loop:
         cfg, world, device = self.cfg, self.world, self.device
         torch.manual_seed(cfg.seed + epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        self.net.train()
+        self.net.train(not cfg.eval_mode)
         t0 = time.perf_counter()
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -385,7 +384,8 @@ def _resume(run_dir: Path, run_info: dict, model, opt, sched, device) -> tuple[i
     except (OSError, ValueError) as exc:
         raise NetcompressError(f"{run_dir} holds state.pt but no readable run.json ({type(exc).__name__}): it was not "
                                "made by netcompress or is damaged; choose another output folder") from None
-    old_cfg, new_cfg = old.get("config", {}), json.loads(json.dumps(run_info["config"]))
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))  # a field added since the run began: at its default
+    old_cfg, new_cfg = {**defaults, **old.get("config", {})}, json.loads(json.dumps(run_info["config"]))
     differ = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
     new = json.loads(json.dumps(run_info))
     differ += sorted(k for k in set(old) | set(new) if k != "config" and old.get(k) != new.get(k))
