@@ -208,3 +208,18 @@ def with_input_of(spec: ModelSpec, example_input) -> ModelSpec:
             example_input.shape[-1] != example_input.shape[-2]:
         return spec
     return spec.replace(input_size=int(example_input.shape[-1]), channels=int(example_input.shape[1]))
+
+
+@torch.no_grad()
+def index_class_names(model: nn.Module, spec: ModelSpec) -> list[str]:
+    """"0", "1", ... for each output of `model` on one input of `spec`'s shape (a model with no class names)."""
+    was_training = model.training
+    try:
+        weights = next(model.parameters(), None)
+        device = weights.device if weights is not None else torch.device("cpu")
+        out = model.eval()(torch.zeros(spec.input_shape(), device=device))
+    finally:
+        model.train(was_training)
+    if out.dim() != 2:
+        raise NetcompressError(f"the model outputs shape {list(out.shape)}, not [batch, classes]: pass class_names")
+    return [str(i) for i in range(out.shape[1])]

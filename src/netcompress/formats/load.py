@@ -8,7 +8,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from ..errors import NetcompressError
-from ..spec import attach, copy_model, spec_of
+from ..spec import attach, copy_model, index_class_names, spec_of
 from .course import import_course_checkpoint, load_course_pkl
 from .model_file import load_model, save_model
 from .ncq import load_ncq
@@ -55,8 +55,8 @@ def save(model: nn.Module, path: str | Path, *, class_names: list[str] | None = 
          sparse: bool = False) -> Path:
     """Write `model` as a .safetensors model file with its spec (architecture, replaced layers, classes, input size).
 
-    A module netcompress has not seen needs `class_names` and `input_size` unless a verb (fit)
-    already recorded them. Load it back with `load(path, model=YourModule())`.
+    A module netcompress has not seen needs `input_size` unless a verb already recorded it (fit, or
+    prune/factorize given an example_input); `class_names` default to the output indices "0", "1", ... Load it back with `load(path, model=YourModule())`.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -65,8 +65,11 @@ def save(model: nn.Module, path: str | Path, *, class_names: list[str] | None = 
     spec = spec_of(model)
     if class_names is not None or input_size is not None:
         spec = spec.replace(class_names=list(class_names or spec.class_names), input_size=input_size or spec.input_size)
+    if not spec.input_size:
+        raise NetcompressError(f"{path}: the model's input size is unknown; pass save(model, path, input_size=N), "
+                               "or an example_input to the verb that made it, or fit it on data first")
+    if not spec.class_names:  # as torchvision and timm do: the indices of the classifier's outputs
+        spec = spec.replace(class_names=index_class_names(model, spec))
+    if spec is not spec_of(model):
         model = attach(copy_model(model), spec)
-    if not spec.class_names or not spec.input_size:
-        raise NetcompressError(f"{path}: the model's class names and input size are unknown; pass "
-                               "save(model, path, class_names=[...], input_size=N) or fit it on data first")
     return save_model(model, path, sparse=sparse)
