@@ -307,7 +307,7 @@ def test_onnx_fp32_matches_pytorch_and_int8_runs(course, food_images, tmp_path, 
     net = course
     path = nc.export_onnx(net, tmp_path / "m.onnx")
     onnx_net = load_onnx(path, threads=1)
-    assert nc.spec_of(onnx_net) == nc.spec_of(net).with_info(onnx={"input_size": 32, "dynamic_size": False})
+    assert nc.spec_of(onnx_net) == nc.spec_of(net).with_export("onnx", {"input_size": 32, "dynamic_size": False})
     ref = net(food_images)
     assert torch.allclose(onnx_net(food_images), ref, atol=1e-4)
     assert torch.allclose(onnx_net(food_images[:1]), ref[:1], atol=1e-4)  # dynamic batch

@@ -192,6 +192,6 @@ def _class_names(ds, world) -> list[str]:
 
 def _report(best, out: Path, head: dict, as_json: bool, title: str) -> None:
     info = spec_of(best).info
-    summary = {**head, "best_val_accuracy": info.get("val_accuracy"), "best_epoch": info.get("epoch"),
+    summary = {**head, "best_val_accuracy": info.val_accuracy, "best_epoch": info.epoch,
                "model_file": str(out / "best.safetensors")}
     emit(summary, as_json, kv_table(title, summary))

@@ -56,7 +56,8 @@ def finetune_quantized(model: nn.Module, cfg: QuantConfig, finetune: Finetune) -
     """A copy of `model` (BatchNorm folded where `cfg` folds it) trained through `cfg`'s codec with `finetune`'s
     training settings (`qat_training` applied), distilled from `model` itself with `finetune.distill` (default
     DistillConfig()); the best-validation epoch where `finetune` has validation data."""
-    student = prepared(model, cfg)
+    clean = prepared(model, cfg)
+    student = copy_model(clean)
     for name, param in list(student.named_parameters()):
         if cfg.quantizes(name, param.data):
             owner, _, attribute = name.rpartition(".")
@@ -68,7 +69,8 @@ def finetune_quantized(model: nn.Module, cfg: QuantConfig, finetune: Finetune) -
         if parametrize.is_parametrized(module):
             for attribute in list(module.parametrizations):
                 parametrize.remove_parametrizations(module, attribute, leave_parametrized=False)
-    return tuned.cpu().eval()
+    clean.load_state_dict(tuned.state_dict())  # the prepared module's own layout: its tensors in their order
+    return clean.eval()
 
 
 class StoredAs(nn.Module):
