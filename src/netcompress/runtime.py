@@ -1,4 +1,4 @@
-"""Process-level settings: device choice, seeding, and the allocator tuning measured in design.md."""
+"""Process-level settings: device choice, seeding, logging and the allocator tuning (measured: see tune_allocator)."""
 
 from __future__ import annotations
 

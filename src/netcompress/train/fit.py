@@ -401,21 +401,11 @@ def _resume(run_dir: Path, run_info: dict, model, opt, sched, device) -> tuple[i
     except Exception as exc:  # torch raises many types for damaged files
         raise NetcompressError(f"{state_path} is damaged ({type(exc).__name__}); delete it to start the run over, "
                                "or choose another output folder") from None
-    history = [r for r in (state["history"] if "history" in state else _read_metrics(run_dir)) if r["epoch"] <= epoch]
+    history = state.get("history")
+    if not isinstance(history, list) or not all(isinstance(r, dict) and isinstance(r.get("epoch"), int)
+                                                for r in history):
+        raise NetcompressError(f"{state_path} holds no readable history of its epochs; delete it to start the run "
+                               "over, or choose another output folder")
+    history = [r for r in history if r["epoch"] <= epoch]
     _write_metrics(run_dir, history)  # a kill between state.pt and metrics.jsonl lost no row: write it again
     return epoch + 1, best_acc, best_epoch, history
-
-
-def _read_metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl of a run from before state.pt held the history; unreadable lines are refused by name."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            if line.strip():
-                rows.append(json.loads(line))
-        except ValueError:
-            raise NetcompressError(f"{path}: line {number} is not JSON; delete the file to rebuild it") from None
-    return rows
