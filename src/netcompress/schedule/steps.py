@@ -41,8 +41,9 @@ class StepRecorder:
     def rows(self) -> list[dict]:
         return self.run.rows
 
-    def record(self, name: str, net: nn.Module, key: dict, extra: dict | None = None) -> dict:
-        """Measure `net`, keep it as `name`, and log a row that starts with `key` ({"step": k}, {"stage": s})."""
+    def record(self, name: str, net: nn.Module, key: dict, extra: dict | None = None, label: str = "") -> dict:
+        """Measure `net`, keep it as `name`, and log a row that starts with `key` ({"step": k}, {"stage": s});
+        `label` names it in the progress line (default: `name`)."""
         ft = self.finetune
         sparse_bytes = len(model_file.encode(net, sparse=True)) if self.sparse else None
         row = {**key, **ft.measure(net, len(model_file.encode(net)), sparse_bytes), **(extra or {})}
@@ -55,7 +56,7 @@ class StepRecorder:
         self.run.rows.append(row)
         self.save()
         if ft.progress:
-            log(f"{name}: {row['params']:,} params, {row['file_bytes']:,} bytes, {row['macs']:,} MACs, val acc "
+            log(f"{label or name}: {row['params']:,} params, {row['file_bytes']:,} bytes, {row['macs']:,} MACs, val acc "
                 f"{row['val_accuracy']:.4f}, {ms(row['latency_ms']['ort@1'])} ms at batch 1 (ONNX Runtime)")
         return row
 
@@ -81,7 +82,7 @@ class PruningSteps(StepRecorder):
     def step(self, k: int, net: nn.Module, extra: dict | None = None) -> dict:
         cfg = self.config
         row = self.record(f"step{k}", net, {"step": k, "method": cfg.method, "rate": cfg.rate,
-                                             "kept": round(cfg.rate**k, 5)}, extra)
+                                             "kept": round(cfg.rate**k, 5)}, extra, label=f"step {k}")
         if cfg.latency is not None:
             row["rate"], row["kept"] = None, round(row["params"] / self.rows[0]["params"], 5)
             self.save()
