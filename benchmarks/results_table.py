@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from netcompress.pipeline.artifact import Artifact
 from netcompress.pipeline.recipe import load_recipe
 from netcompress.pipeline.stages import run_recipe
 from netcompress.runtime import resolve_device, tune_allocator
@@ -40,8 +41,9 @@ def main() -> None:
     wall = time.perf_counter() - started
 
     test = summary["test"]
-    models = [{"model": a["name"], "format": a["format"], "params": a["params"], "bytes": a["file_bytes"],
-               "val": a["val_accuracy"], "test": test.get(a["name"])} for a in summary["artifacts"]]
+    records = [Artifact.from_dict(a) for a in summary["artifacts"]]
+    models = [{"model": a.name, "format": a.label, "params": a.params, "bytes": a.file_bytes, "val": a.val_accuracy,
+               "test": test.get(a.name)} for a in records]
     by_name = {m["model"]: m for m in models}
     budgets = [{"budget_bytes": b["target_bytes"], "chosen": b["chosen"], **{k: by_name[b["chosen"]][k]
                                                                              for k in ("bytes", "val", "test")}}

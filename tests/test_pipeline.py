@@ -10,6 +10,7 @@ import torch
 
 import netcompress as nc
 from netcompress.errors import NetcompressError
+from netcompress.pipeline.artifact import DECODED, Artifact
 from netcompress.pipeline.recipe import load_recipe
 from netcompress.pipeline.stages import choose, run_recipe
 
@@ -200,16 +201,26 @@ def test_overrides_from_the_command_line(tmp_path):
 
 
 def test_budget_choice_and_an_impossible_budget():
-    artifacts = [{"name": "a", "file_bytes": 500_000, "params": 120_000, "val_accuracy": 0.7},
-                 {"name": "b", "file_bytes": 250_000, "params": 60_000, "val_accuracy": 0.6},
-                 {"name": "c", "file_bytes": 90_000, "params": 20_000, "val_accuracy": 0.5}]
-    for a in artifacts:
-        a["file"] = a["name"]
+    artifacts = [Artifact.measured({"file_bytes": size, "params": params, "macs": 0, "val_accuracy": acc},
+                                   name=name, stage="s", file=name)
+                 for name, size, params, acc in [("a", 500_000, 120_000, 0.7), ("b", 250_000, 60_000, 0.6),
+                                                 ("c", 90_000, 20_000, 0.5)]]
     assert choose(artifacts, target_bytes=300_000)["chosen"] == "b"
     assert choose(artifacts, target_params=25_000)["chosen"] == "c"
     assert [t["fits"] for t in choose(artifacts, target_bytes=300_000)["tried"]] == [False, True, True]
-    with pytest.raises(NetcompressError, match="no model meets the budget.*smallest is c: 90,000 bytes"):
+    with pytest.raises(NetcompressError, match=r"no model meets the budget \(bytes <= 50,000\); the smallest is c: "
+                                                "90,000 bytes"):
         choose(artifacts, target_bytes=50_000)
+
+
+def test_artifacts_of_older_runs_read_as_records():
+    older = {"name": "s, kbit-4bit", "stage": "quantize-kbit-4bit", "file": "q/00-best.ncq", "format": "ncq kbit-4bit",
+             "params": 10, "macs": 20, "file_bytes": 30, "val_accuracy": 0.5, "latency_ms": "decoded to fp32",
+             "step": 1}
+    record = Artifact.from_dict(older)
+    assert (record.format, record.precision, record.runtime, record.latency_ms) == ("ncq", "kbit-4bit", DECODED, {})
+    assert record.details == {"step": 1} and record.candidate and record.label == "ncq kbit-4bit"
+    assert Artifact.from_dict(record.to_dict()) == record
 
 
 def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset, tmp_path):

@@ -9,6 +9,7 @@ from ..errors import NetcompressError
 from ..files import atomic_write, atomic_write_text
 from ..measure.cost import LATENCY_HEADINGS, latency_texts, ms
 from ..version import __version__
+from .artifact import DECODED, Artifact
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -211,8 +212,10 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     blocks: list[tuple] = [("h1", f"netcompress report: {run_dir.name}")]
 
     header = ["model", "format", "bytes", "params", "MACs", "val acc", "test acc", *LATENCY_HEADINGS.values()]
-    rows = [[a["name"], a["format"], a["file_bytes"], a["params"], a["macs"], a["val_accuracy"],
-             test.get(a["name"]), *latency_texts(a).values()] for a in artifacts]
+    records = [Artifact.from_dict(a) for a in artifacts]
+    rows = [[a.name, a.label, a.file_bytes, a.params, a.macs, a.val_accuracy, test.get(a.name),
+             *(latency_texts({"latency_ms": a.latency_ms if a.runtime != DECODED else DECODED}).values())]
+            for a in records]
     blocks += [("h2", "Models"),
                ("p", "Every model the run made. Bytes are the file on disk in the named format; parameters are "
                      "counted like torchsummary. Latency is the median of interleaved rounds in milliseconds: "

@@ -26,6 +26,7 @@ from ..measure.cost import measure_model
 from ..measure.latency import LatencyTarget, latency
 from ..runtime import log, seed_everything
 from ..train.views import TeacherViews, ViewConfig
+from .artifact import DECODED, Artifact
 from .compare_arch import compare
 from .recipe import SECTIONS, PruneSection, Recipe, StudentVariantSection
 
@@ -84,14 +85,14 @@ class Run:
         return result
 
     def artifact(self, name: str, path: Path, stage: str) -> dict:
-        """One row for the model file at `path`: what it costs and its validation accuracy."""
+        """The record of the model file at `path` (as done.json keeps it): what it costs, its validation accuracy."""
         path = Path(path).resolve()
         model = load(path)
         val = self.data_at(spec_of(model).input_size).split("validation")
         row = measure_model(model, val, self.device, path.stat().st_size)
         inside = path.is_relative_to(self.dir.resolve())
-        return {"name": name, "stage": stage, "file": str(path.relative_to(self.dir.resolve()) if inside else path),
-                "format": "safetensors fp32", **row}
+        file = str(path.relative_to(self.dir.resolve()) if inside else path)
+        return Artifact.measured(row, name=name, stage=stage, file=file).to_dict()
 
 
 def _with_new_fields(before: dict | None) -> dict | None:
@@ -187,8 +188,8 @@ def _prune_stage(run: Run, p, student_file: str, teacher_file: str):
         source = teacher_file if p.source == "teacher" else student_file
         result = prune_iteratively(load(source), cfg, train, finetune, val=run.data.split("validation"),
                                    teacher=teacher, distill=kd, run_dir=out, device=run.device, progress=run.progress)
-        artifacts = [{"name": f"{name}, step {r['step']}", "stage": name, "file": f"{name}/{r['model_file']}",
-                      "format": "safetensors fp32", **r} for r in result.rows[1:]]
+        artifacts = [Artifact.measured(r, name=f"{name}, step {r['step']}", stage=name,
+                                       file=f"{name}/{r['model_file']}").to_dict() for r in result.rows[1:]]
         return {"rows": result.rows, "artifacts": artifacts}
 
     return run.stage(name, work, run.settings("teacher", "student", prune=asdict(p)))
@@ -204,8 +205,12 @@ def _lowrank_stage(run: Run, lr, student_file: str, teacher_file: str):
         result = factorize_and_finetune(load(student_file), cfg, train, finetune, val=run.data.split("validation"),
                                         teacher=teacher, distill=kd, run_dir=out, device=run.device,
                                         progress=run.progress)
-        artifacts = [{**r, "name": f"{name}, {r['stage']}", "stage": name, "file": f"{name}/{r['model_file']}",
-                      "format": "safetensors fp32", "candidate": r["stage"] != "factorized" or not lr.finetune_epochs}
+        tuned = bool(lr.finetune_epochs)
+        artifacts = [Artifact.measured({**r, "step": r["stage"]}, name=f"{name}, {r['stage']}", stage=name,
+                                       file=f"{name}/{r['model_file']}",
+                                       candidate=r["stage"] != "factorized" or not tuned,
+                                       why_not="a step on the way: its fine-tuned model follows"
+                                       if r["stage"] == "factorized" and tuned else "").to_dict()
                      for r in result.rows if r["stage"] != "original"]
         return {"artifacts": artifacts}
 
@@ -222,22 +227,22 @@ def _quantize_stage(run: Run, q, sources: list[dict]):
         artifacts, skipped = [], []
         for i, src in enumerate(sources):
             try:
-                stored = quantize(load(run.dir / src["file"]), cfg, run.data if cfg.needs_data else None,
+                stored = quantize(load(run.dir / src.file), cfg, run.data if cfg.needs_data else None,
                                   device=run.device, progress=run.progress)
             except NetcompressError as exc:
                 if cfg.budget is None:
                     raise
-                skipped.append({"source": src["name"], "why": str(exc)})  # this model cannot get that small
+                skipped.append({"source": src.name, "why": str(exc)})  # this model cannot get that small
                 continue
-            path = stored.save(out / f"{i:02d}-{Path(src['file']).stem}.ncq")
+            path = stored.save(out / f"{i:02d}-{Path(src.file).stem}.ncq")
             acc = evaluate(stored.decode(), run.data, "validation", device=run.device)["accuracy"]
-            artifacts.append({**src, "name": f"{src['name']}, {label}", "stage": name,
-                              "file": str(path.relative_to(run.dir)), "format": f"ncq {label}",
-                              "file_bytes": stored.nbytes, "val_accuracy": round(acc, 5),
-                              "latency_ms": "decoded to fp32"})
+            artifacts.append(src.replace(name=f"{src.name}, {label}", stage=name, file=str(path.relative_to(run.dir)),
+                                         format="ncq", precision=label, runtime=DECODED, latency_ms={},
+                                         file_bytes=stored.nbytes, val_accuracy=round(acc, 5),
+                                         details={**src.details, "source": src.name}).to_dict())
         return {"artifacts": artifacts, "skipped": skipped}
 
-    return run.stage(name, work, run.settings(quantize=asdict(q), sources=[src["file"] for src in sources]),
+    return run.stage(name, work, run.settings(quantize=asdict(q), sources=[src.file for src in sources]),
                      redo_when_changed=True)
 
 
@@ -249,41 +254,42 @@ def _compare_arch_stage(run: Run):
         rows = compare(run.data, cfg, out, device=run.device, params=c.budget_params, groups=c.groups,
                        progress=run.progress)
         return {"rows": rows, "artifacts": [
-            {**r, "name": f"architecture: {r['architecture']}", "stage": "compare-arch",
-             "file": f"compare-arch/{r['architecture']}/best.safetensors", "format": "safetensors fp32"} for r in rows]}
+            Artifact.measured(r, name=f"architecture: {r['architecture']}", stage="compare-arch",
+                              file=f"compare-arch/{r['architecture']}/best.safetensors").to_dict() for r in rows]}
 
     return run.stage("compare-arch", work, run.settings("compare_arch"))
 
 
-def choose(artifacts: list[dict], target_bytes: int | None = None, target_params: int | None = None) -> dict:
+def choose(artifacts: list[Artifact], target_bytes: int | None = None, target_params: int | None = None) -> dict:
     """The candidate with the best validation accuracy within the budgets, and what was tried.
 
     Models that are steps on the way (a factorized model before its fine-tuning) are listed but
     never chosen.
     """
-    candidates = [a for a in artifacts if a.get("candidate", True)]
-    fits = [a for a in candidates if (target_bytes is None or a["file_bytes"] <= target_bytes)
-            and (target_params is None or a["params"] <= target_params)]
-    tried = [{"name": a["name"], "file_bytes": a["file_bytes"], "params": a["params"],
-              "val_accuracy": a["val_accuracy"], "candidate": a.get("candidate", True), "fits": a in fits}
-             for a in artifacts]
+    candidates = [a for a in artifacts if a.candidate]
+    fits = [a for a in candidates if (target_bytes is None or a.file_bytes <= target_bytes)
+            and (target_params is None or a.params <= target_params)]
+    tried = [{"name": a.name, "file_bytes": a.file_bytes, "params": a.params, "val_accuracy": a.val_accuracy,
+              "candidate": a.candidate, "fits": a in fits} for a in artifacts]
     if not fits:
-        smallest = min(candidates, key=lambda a: a["file_bytes"])
-        raise NetcompressError(f"no model meets the budget (bytes <= {target_bytes}, params <= {target_params}); "
-                               f"the smallest is {smallest['name']}: {smallest['file_bytes']:,} bytes, "
-                               f"{smallest['params']:,} params; add a pruning run with a lower rate or more steps")
-    best = max(fits, key=lambda a: a["val_accuracy"])
-    return {"chosen": best["name"], "file": best["file"], "target_bytes": target_bytes,
-            "target_params": target_params, "tried": tried}
+        smallest = min(candidates, key=lambda a: a.file_bytes)
+        limits = " and ".join(text for text in (f"bytes <= {target_bytes:,}" if target_bytes else "",
+                                                f"params <= {target_params:,}" if target_params else "") if text)
+        raise NetcompressError(f"no model meets the budget ({limits}); the smallest is {smallest.name}: "
+                               f"{smallest.file_bytes:,} bytes, {smallest.params:,} params; add a pruning run with a "
+                               "lower rate or more steps")
+    best = max(fits, key=lambda a: a.val_accuracy)
+    return {"chosen": best.name, "file": best.file, "target_bytes": target_bytes, "target_params": target_params,
+            "tried": tried}
 
 
-def measure_on_target(run: Run, artifacts: list[dict], target: LatencyTarget, tries: int = 3) -> dict[str, dict]:
-    """Every fp32 candidate's latency on the target's runtime, measured together in interleaved rounds (again,
-    up to `tries` times, for those the machine was too busy to measure). Kept in RUN/latency/, so a rerun
-    measures only new models. Storage codecs are left out: their files decode to the fp32 model."""
+def measure_on_target(run: Run, artifacts: list[Artifact], target: LatencyTarget, tries: int = 3) -> dict[str, dict]:
+    """Every candidate that runs as it is, its latency on the target's runtime, measured together in interleaved
+    rounds (again, up to `tries` times, for those the machine was too busy to measure). Kept in RUN/latency/, so
+    a rerun measures only new models. Storage codecs are left out: their files decode to the fp32 model."""
     path = run.dir / "latency" / f"{target.runtime}-b{target.batch}-t{target.threads}.json"
     found = json.loads(path.read_text()) if path.exists() else {}
-    wanted = {a["name"]: a for a in artifacts if a["format"].startswith("safetensors") and a.get("candidate", True)}
+    wanted = {a.name: a for a in artifacts if a.runtime != DECODED and a.candidate}
     for _ in range(tries):
         missing = [name for name in wanted if found.get(name, {}).get("median_ms") is None]
         if not missing:
@@ -291,18 +297,18 @@ def measure_on_target(run: Run, artifacts: list[dict], target: LatencyTarget, tr
         if run.progress:
             log(f"[latency] measuring {len(missing)} models on {target.runtime}, batch {target.batch}, "
                 f"{target.threads} thread(s)")
-        measured = latency({name: load(run.dir / wanted[name]["file"]) for name in missing}, target.config)
+        measured = latency({name: load(run.dir / wanted[name].file) for name in missing}, target.config)
         found.update({name: {"median_ms": r.median_ms, "p90_ms": r.p90_ms, "spread": r.spread, "note": r.note}
                       for name, r in measured.items()})
         atomic_write_text(path, json.dumps(found, indent=2))
     return {name: found[name] for name in wanted}
 
 
-def choose_by_latency(artifacts: list[dict], target: LatencyTarget, measured: dict[str, dict]) -> dict:
+def choose_by_latency(artifacts: list[Artifact], target: LatencyTarget, measured: dict[str, dict]) -> dict:
     """The measured candidate with the best validation accuracy that runs within the target, and what was tried."""
-    tried = [{"name": a["name"], **measured[a["name"]], "val_accuracy": a["val_accuracy"],
-              "fits": measured[a["name"]]["median_ms"] is not None and measured[a["name"]]["median_ms"] <= target.ms}
-             for a in artifacts if a["name"] in measured]
+    tried = [{"name": a.name, **measured[a.name], "val_accuracy": a.val_accuracy,
+              "fits": measured[a.name]["median_ms"] is not None and measured[a.name]["median_ms"] <= target.ms}
+             for a in artifacts if a.name in measured]
     fits = [t for t in tried if t["fits"]]
     if not fits:
         timed = [t for t in tried if t["median_ms"] is not None]
@@ -311,11 +317,11 @@ def choose_by_latency(artifacts: list[dict], target: LatencyTarget, measured: di
         raise NetcompressError(f"no model runs within {target}: {fastest}; add a [[prune]] table with "
                                f"target_latency_ms = {target.ms}, or rerun on an idle machine")
     best = max(fits, key=lambda t: t["val_accuracy"])
-    file = next(a["file"] for a in artifacts if a["name"] == best["name"])
+    file = next(a.file for a in artifacts if a.name == best["name"])
     return {"chosen": best["name"], "file": file, "target": asdict(target), "tried": tried}
 
 
-def _evaluate(run: Run, artifacts: list[dict], chosen: list[str]) -> dict:
+def _evaluate(run: Run, artifacts: list[Artifact], chosen: list[str]) -> dict:
     """Test accuracy of the teacher, the student and the models the budgets chose: once each.
 
     Results are kept in RUN/evaluate/test.json, so a rerun with another budget only evaluates
@@ -323,15 +329,15 @@ def _evaluate(run: Run, artifacts: list[dict], chosen: list[str]) -> dict:
     """
     path = run.dir / "evaluate" / "test.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    wanted = [a for a in artifacts if (a["stage"] in ("teacher", "student") or a["name"] in chosen)
-              and a["name"] not in results]
+    wanted = [a for a in artifacts if (a.stage in ("teacher", "student") or a.name in chosen)
+              and a.name not in results]
     if wanted:
         if not run.data.split("testing").labeled:
             return {}
         for a in wanted:
-            model = load(run.dir / a["file"])
+            model = load(run.dir / a.file)
             metrics = evaluate(model, run.data_at(spec_of(model).input_size), "testing", device=run.device)
-            results[a["name"]] = round(metrics["accuracy"], 5)
+            results[a.name] = round(metrics["accuracy"], 5)
         atomic_write_text(path, json.dumps(results, indent=2))
     return results
 
@@ -361,24 +367,24 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
     atomic_write_text(run.dir / "recipe.json", json.dumps(asdict(recipe), indent=2))
     teacher = _teacher_stage(run)
     student = _student_stage(run, teacher["model_file"])
-    artifacts = teacher["artifacts"] + student["artifacts"]
+    artifacts = artifacts_of(teacher) + artifacts_of(student)
     for variant in recipe.student_variant:
-        artifacts += _student_stage(run, teacher["model_file"], variant)["artifacts"]
+        artifacts += artifacts_of(_student_stage(run, teacher["model_file"], variant))
     for p in recipe.prune:
-        artifacts += _prune_stage(run, p, student["model_file"], teacher["model_file"])["artifacts"]
+        artifacts += artifacts_of(_prune_stage(run, p, student["model_file"], teacher["model_file"]))
     for lr in recipe.lowrank:
-        artifacts += _lowrank_stage(run, lr, student["model_file"], teacher["model_file"])["artifacts"]
+        artifacts += artifacts_of(_lowrank_stage(run, lr, student["model_file"], teacher["model_file"]))
     if recipe.compare_arch.run:
-        artifacts += _compare_arch_stage(run)["artifacts"]
-    sources = [a for a in artifacts if a["stage"] not in ("teacher", "compare-arch") and a.get("candidate", True)]
+        artifacts += artifacts_of(_compare_arch_stage(run))
+    sources = [a for a in artifacts if a.stage not in ("teacher", "compare-arch") and a.candidate]
     for q in recipe.quantize:
-        artifacts += _quantize_stage(run, q, sources)["artifacts"]
-    candidates = [a for a in artifacts if a["stage"] != "teacher"]
+        artifacts += artifacts_of(_quantize_stage(run, q, sources))
+    candidates = [a for a in artifacts if a.stage != "teacher"]
     budget = None
     if target_bytes is not None or target_params is not None:
         budget = choose(candidates, target_bytes, target_params)
     budgets = [choose(candidates, b) for b in recipe.evaluate.budgets
-               if any(a["file_bytes"] <= b for a in candidates if a.get("candidate", True))]
+               if any(a.file_bytes <= b for a in candidates if a.candidate)]
     latency_budget = None
     if target_latency is not None:
         latency_budget = choose_by_latency(candidates, target_latency,
@@ -386,7 +392,13 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
     chosen = [c["chosen"] for c in ([budget] if budget else []) + budgets + ([latency_budget] if latency_budget
                                                                                else [])]
     test = _evaluate(run, artifacts, chosen) if recipe.evaluate.test else {}
-    summary = {"artifacts": artifacts, "budget": budget, "budgets": budgets, "latency_budget": latency_budget,
-               "test": test, "val_images": len(run.data.split("validation"))}
+    summary = {"artifacts": [a.replace(test_accuracy=test.get(a.name)).to_dict() for a in artifacts],
+               "budget": budget, "budgets": budgets, "latency_budget": latency_budget, "test": test,
+               "val_images": len(run.data.split("validation"))}
     atomic_write_text(run.dir / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def artifacts_of(stage_result: dict) -> list[Artifact]:
+    """A stage's models as records (done.json keeps them as JSON, older runs' included)."""
+    return [Artifact.from_dict(a) for a in stage_result["artifacts"]]
