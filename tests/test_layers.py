@@ -153,3 +153,22 @@ def test_quantization_aware_training_leaves_a_plain_module_whose_weights_moved(j
     moved = [k for k, v in tuned.state_dict().items() if k.endswith("3.weight") and not torch.equal(v, net.state_dict()[k])]
     assert moved  # the pointwise weights were trained
     nc.quantize(tuned, cfg.__class__(codec="kbit", bits=2))  # and store like any module
+
+
+def test_recipe_tables_take_every_field_of_their_configs(tmp_path):
+    from netcompress.pipeline.recipe import load_recipe
+
+    path = tmp_path / "r.toml"
+    path.write_text("[[prune]]\nmethod = \"taylor\"\nsparsity = 1e-4\nsparsity_epochs = 2\ntaylor_batches = 4\n"
+                    "recalibrate = 0\n\n[[quantize]]\ncodec = \"kbit\"\nbits = 4\nfold_bn = false\nmin_elements = 0\n\n"
+                    "[[quantize]]\ncodec = \"kbit\"\nbits = 4\n")
+    recipe = load_recipe(path)
+    prune_cfg, _ = recipe.prune[0].configs(0)
+    assert (prune_cfg.sparsity, prune_cfg.sparsity_epochs, prune_cfg.taylor_batches, prune_cfg.recalibrate) == \
+        (1e-4, 2, 4, 0)
+    (quant_cfg,) = recipe.quantize[0].configs(0)
+    assert quant_cfg == QuantConfig(codec="kbit", bits=4, fold_bn=False, min_elements=0)
+    assert recipe.quantize[0].stage != recipe.quantize[1].stage  # two runs, two stage folders
+    path.write_text("[[quantize]]\ncodec = \"fp16\"\nbits = 3\n")
+    with pytest.raises(NetcompressError, match=r"r.toml: \[\[quantize\]\] bits = 3: codec fp16 is always 16-bit"):
+        load_recipe(path)

@@ -24,8 +24,10 @@ line (e.g. student.epochs=5; prune.* applies to every [[prune]] table).
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import typing
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,6 +153,10 @@ class PruneSection:
     proposal_images: int = 1024
     source: str = "student"  # the model pruned: the distilled student, or the teacher itself
     precise_bn: int = 0  # > 0: BatchNorm statistics recomputed on this many images before each validation
+    sparsity: float = 0.0  # with sparsity_epochs: Network Slimming's L1 on BatchNorm γ before the first step
+    sparsity_epochs: int = 0
+    taylor_batches: int = 8
+    recalibrate: int = 1024
 
     def configs(self, seed: int) -> tuple[PruneConfig, TrainConfig]:
         if self.source not in ("student", "teacher"):
@@ -158,7 +164,9 @@ class PruneSection:
         target = (LatencyTarget(self.target_latency_ms, self.runtime, self.batch, self.threads)
                   if self.target_latency_ms else None)
         return (PruneConfig(method=self.method, rate=self.rate, steps=self.steps, global_ranking=self.global_ranking,
-                            latency=target, proposal_images=self.proposal_images),
+                            sparsity=self.sparsity, sparsity_epochs=self.sparsity_epochs,
+                            taylor_batches=self.taylor_batches, latency=target, proposal_images=self.proposal_images,
+                            recalibrate=self.recalibrate),
                 TrainConfig(epochs=self.finetune_epochs, seed=seed, precise_bn=self.precise_bn))
 
     @property
@@ -170,7 +178,10 @@ class PruneSection:
                 + ("-global" if self.global_ranking else "")
                 + f"-ft{self.finetune_epochs}" + (f"-lr{self.lr:g}" if self.lr else "")
                 + (f"-proposals{self.proposal_images}" if proposals else "") + ("" if self.distill else "-nodistill")
-                + (f"-precisebn{self.precise_bn}" if self.precise_bn else ""))
+                + (f"-precisebn{self.precise_bn}" if self.precise_bn else "")
+                + (f"-sparsity{self.sparsity:g}x{self.sparsity_epochs}" if self.sparsity else "")
+                + (f"-taylor{self.taylor_batches}" if self.taylor_batches != PruneSection.taylor_batches else "")
+                + (f"-recalibrate{self.recalibrate}" if self.recalibrate != PruneSection.recalibrate else ""))
 
 
 @dataclass(frozen=True)
@@ -201,27 +212,25 @@ class LowRankSection:
 
 
 @dataclass(frozen=True)
-class QuantizeSection:
-    codec: str = "int8-minmax"
-    bits: int = 8
-    entropy: bool = False
-    budget: int | None = None
-    calibration: int = 256
-    finetune_epochs: int = 0
-    finetune_lr: float = 3e-4
+class QuantizeSection(QuantConfig):
+    """QuantConfig's own fields, checked by QuantConfig."""
 
     def configs(self, seed: int) -> tuple[QuantConfig]:
         return (QuantConfig(**dataclasses.asdict(self)),)
 
     @property
     def stage(self) -> str:
-        cfg = self.configs(0)[0]
-        label = cfg.codec + ("" if get_codec(cfg.codec).fixed_bits else f"-{cfg.bits}bit")
+        cfg = self
+        label = cfg.codec + ("" if get_codec(cfg.codec).fixed_bits else f"-{cfg.width}bit")
         return ("quantize-" + label + ("-lzma" if cfg.entropy else "") + (f"-budget{cfg.budget}" if cfg.budget else "")
                 + (f"-qat{cfg.finetune_epochs}" if cfg.finetune_epochs else "")
                 + (f"-lr{cfg.finetune_lr:g}" if cfg.finetune_epochs and cfg.finetune_lr != QuantizeSection.finetune_lr
                    else "")
-                + (f"-calib{cfg.calibration}" if cfg.calibration != QuantizeSection.calibration else ""))
+                + (f"-calib{cfg.calibration}" if cfg.calibration != QuantizeSection.calibration else "")
+                + ("" if cfg.fold_bn is None else "-fold" if cfg.fold_bn else "-nofold")
+                + (f"-min{cfg.min_elements}" if cfg.min_elements != QuantizeSection.min_elements else "")
+                + (f"-tensorbits{zlib.crc32(json.dumps(cfg.tensor_bits, sort_keys=True).encode()):08x}"
+                   if cfg.tensor_bits else ""))
 
 
 @dataclass(frozen=True)
@@ -296,8 +305,8 @@ def _section(name: str, cls, table, where: str, seed: int):
         if key not in hints:
             raise NetcompressError(f"{where}: {label} has no field {key!r}; allowed: {', '.join(hints)}")
         values[key] = _check_type(value, hints[key], f"{where}: {label} {key}")
-    section = cls(**values)
     try:
+        section = cls(**values)
         section.configs(seed)
     except NetcompressError as exc:
         raise NetcompressError(f"{where}: {label} {exc}") from exc
