@@ -1,6 +1,8 @@
 """Knowledge distillation losses, in a registry: the course's logit matching (Hinton et al. 2015), DKD
 (Zhao et al. 2022: target and non-target classes matched apart), DIST (Huang et al. 2022: Pearson
-correlation of the class distributions, within and across samples) and relational KD.
+correlation of the class distributions, within and across samples) and relational KD. A new loss is a
+`KDLoss` subclass registered with `@register_kd_loss`; it declares what it needs (`needs_features`:
+the penultimate features of the student and the live teacher) and `DistillLoss` provides it.
 
 The teacher runs in eval mode without gradients on the very batch the student sees (augmentation
 included). Its forward pass dominates the cost of distillation, so where the hardware computes
@@ -13,8 +15,6 @@ less than the noise of augmentation. Without augmentation the teacher's outputs 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,20 +24,34 @@ from ..data.split import Split
 from ..errors import NetcompressError
 from ..runtime import model_device
 
-_KD_LOSSES: dict[str, Callable] = {}
+class KDLoss:
+    """One distillation loss. Subclass it, set `name`, implement `__call__`, and register it with `@register_kd_loss`;
+    `DistillConfig(method=name)`, `fit`, the recipes and `netcompress distill --method` then offer it."""
+
+    name: str = ""
+    # gets the penultimate features (the input of the last Linear layer) of the student and of the live teacher;
+    # cached teacher outputs (TeacherViews) hold logits only, so such a loss needs the teacher itself
+    needs_features: bool = False
+
+    def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, cfg,
+                 features: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The loss of a batch: targets are class indices or soft labels [B, classes] (mixed batches); cfg is the
+        DistillConfig; features (student, teacher) when `needs_features`."""
+        raise NotImplementedError
 
 
-def register_kd_loss(name: str):
-    """Decorator: loss(student_logits, teacher_logits, targets, cfg) -> scalar, selectable as DistillConfig.method."""
-
-    def wrap(fn: Callable) -> Callable:
-        _KD_LOSSES[name] = fn
-        return fn
-
-    return wrap
+_KD_LOSSES: dict[str, KDLoss] = {}
 
 
-def get_kd_loss(name: str) -> Callable:
+def register_kd_loss(cls: type[KDLoss]) -> type[KDLoss]:
+    """Class decorator: make a distillation loss selectable by its name."""
+    if not cls.name:
+        raise ValueError(f"distillation loss {cls.__name__} needs a name")
+    _KD_LOSSES[cls.name] = cls()
+    return cls
+
+
+def get_kd_loss(name: str) -> KDLoss:
     if name not in _KD_LOSSES:
         raise NetcompressError(f"method = {name!r}: choose one of {', '.join(list_kd_losses())}")
     return _KD_LOSSES[name]
@@ -48,8 +62,9 @@ def list_kd_losses() -> list[str]:
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            temperature: float = 20.0, alpha: float = 0.5) -> torch.Tensor:
-    """The course's loss: (1 - a)·CE(s, y) + a·T²·KL(softmax(t/T) || softmax(s/T)), batch-mean KL.
+            temperature: float, alpha: float) -> torch.Tensor:
+    """The course's loss: (1 - a)·CE(s, y) + a·T²·KL(softmax(t/T) || softmax(s/T)), batch-mean KL (the settings:
+    DistillConfig).
 
     labels: class indices, or soft labels [B, classes] (mixed batches)."""
     hard = F.cross_entropy(student_logits, labels)
@@ -93,24 +108,36 @@ def _hard_term(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return F.cross_entropy(student_logits, targets)
 
 
-@register_kd_loss("logits")
-def _logit_matching(s, t, targets, cfg) -> torch.Tensor:
-    return kd_loss(s, t, targets, cfg.temperature, cfg.alpha)
+@register_kd_loss
+class LogitMatching(KDLoss):
+    """The course's loss (Hinton et al. 2015), `kd_loss`."""
+
+    name = "logits"
+
+    def __call__(self, s, t, targets, cfg, features=None) -> torch.Tensor:
+        return kd_loss(s, t, targets, cfg.temperature, cfg.alpha)
 
 
-register_kd_loss("rkd")(_logit_matching)  # + the relational term, added by DistillLoss
+@register_kd_loss
+class Decoupled(KDLoss):
+    """DKD (`dkd_loss`) with the hard term weighted 1 - alpha; DKD's beta is `cfg.dkd_beta`."""
+
+    name = "dkd"
+
+    def __call__(self, s, t, targets, cfg, features=None) -> torch.Tensor:
+        classes = targets.argmax(1) if targets.dim() == 2 else targets  # a mixed image counts as its larger part
+        return (1 - cfg.alpha) * _hard_term(s, targets) + cfg.alpha * dkd_loss(s, t, classes, cfg.temperature,
+                                                                              beta=cfg.dkd_beta)
 
 
-@register_kd_loss("dkd")
-def _decoupled(s, t, targets, cfg) -> torch.Tensor:
-    classes = targets.argmax(1) if targets.dim() == 2 else targets  # a mixed image counts as its larger part
-    return (1 - cfg.alpha) * _hard_term(s, targets) + cfg.alpha * dkd_loss(s, t, classes, cfg.temperature,
-                                                                          beta=cfg.dkd_beta)
+@register_kd_loss
+class Correlation(KDLoss):
+    """DIST (`dist_loss`) with the hard term weighted 1 - alpha."""
 
+    name = "dist"
 
-@register_kd_loss("dist")
-def _correlation(s, t, targets, cfg) -> torch.Tensor:
-    return (1 - cfg.alpha) * _hard_term(s, targets) + cfg.alpha * dist_loss(s, t, cfg.temperature)
+    def __call__(self, s, t, targets, cfg, features=None) -> torch.Tensor:
+        return (1 - cfg.alpha) * _hard_term(s, targets) + cfg.alpha * dist_loss(s, t, cfg.temperature)
 
 
 def _pairwise_distances(e: torch.Tensor) -> torch.Tensor:
@@ -137,13 +164,24 @@ def rkd_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, distance_weig
             + angle_weight * F.smooth_l1_loss(_angles(s), t_angle))
 
 
+@register_kd_loss
+class Relational(LogitMatching):
+    """The course's loss plus `cfg.rkd_weight` times relational KD (`rkd_loss`) on the penultimate features."""
+
+    name = "rkd"
+    needs_features = True
+
+    def __call__(self, s, t, targets, cfg, features=None) -> torch.Tensor:
+        return super().__call__(s, t, targets, cfg) + cfg.rkd_weight * rkd_loss(*features)
+
+
 class Embedding:
     """Captures the input of a network's last Linear layer (its penultimate features) on each forward."""
 
     def __init__(self, model: nn.Module):
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         if not linears:
-            raise NetcompressError("relational distillation needs a model that ends in a Linear classifier")
+            raise NetcompressError("distilling penultimate features needs a model that ends in a Linear classifier")
         self.value: torch.Tensor | None = None
         linears[-1].register_forward_hook(self._capture)
 
@@ -153,14 +191,20 @@ class Embedding:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """How a student learns from its teacher; the defaults are the course's (T=20, alpha=0.5)."""
+    """How a student learns from its teacher. The defaults (T=4, alpha=0.9) did best in this project's runs and are
+    what every verb and recipe uses; `DistillConfig.course()` is the course's (T=20, alpha=0.5)."""
 
-    temperature: float = 20.0
-    alpha: float = 0.5  # weight of the teacher's term; 0 = plain cross-entropy
-    method: str = "logits"  # a registered loss: logits | rkd (logits + relational terms) | dkd | dist
+    temperature: float = 4.0
+    alpha: float = 0.9  # weight of the teacher's term; 0 = plain cross-entropy
+    method: str = "logits"  # a registered loss (list_kd_losses()): logits | rkd (logits + relational) | dkd | dist
     rkd_weight: float = 1.0
     dkd_beta: float = 8.0  # DKD's weight of the non-target term (the paper: 8 on CIFAR-100)
     teacher_precision: str = "auto"  # auto (bf16 where the hardware has it natively) | fp32 | bf16
+
+    @classmethod
+    def course(cls, **changes) -> DistillConfig:
+        """The course's settings: T=20, alpha=0.5 (other fields as given)."""
+        return cls(**{"temperature": 20.0, "alpha": 0.5, **changes})
 
     def __post_init__(self):
         get_kd_loss(self.method)
@@ -194,10 +238,12 @@ class DistillLoss:
                 p.requires_grad_(False)
             if channels_last:
                 teacher.to(memory_format=torch.channels_last)
-        elif cfg.method == "rkd":
-            raise NetcompressError("method rkd needs the live teacher's features; cached teacher views hold logits only")
-        self.student_emb = Embedding(student) if cfg.method == "rkd" else None
-        self.teacher_emb = Embedding(teacher) if cfg.method == "rkd" else None
+        self.loss = get_kd_loss(cfg.method)
+        if self.loss.needs_features and teacher is None:
+            raise NetcompressError(f"method {cfg.method} needs the live teacher's features; cached teacher views hold "
+                                   "logits only: distill from the teacher itself (no views)")
+        self.student_emb = Embedding(student) if self.loss.needs_features else None
+        self.teacher_emb = Embedding(teacher) if self.loss.needs_features else None
         self.cached: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def _teacher(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -222,10 +268,8 @@ class DistillLoss:
             teacher_emb = None if self.cached[1] is None else self.cached[1][index].to(logits.device)
         else:
             teacher_logits, teacher_emb = self._teacher(batch.images)
-        loss = get_kd_loss(self.cfg.method)(logits, teacher_logits, batch.targets, self.cfg)
-        if self.student_emb is not None:
-            loss = loss + self.cfg.rkd_weight * rkd_loss(self.student_emb.value, teacher_emb)
-        return loss
+        features = None if self.student_emb is None else (self.student_emb.value, teacher_emb)
+        return self.loss(logits, teacher_logits, batch.targets, self.cfg, features)
 
 
 def check_teacher(teacher_classes: list[str], data_classes: list[str], teacher_name) -> None:
