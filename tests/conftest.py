@@ -42,3 +42,24 @@ def jpeg_dataset(tmp_path) -> Path:
                 Image.fromarray(pixels).save(tmp_path / split / f"{label}_{k}.jpg", quality=90)
     (tmp_path / "classes.txt").write_text("0\tsoup\n1\trice\n2\tbread\n")
     return tmp_path
+
+
+def _registries() -> list[dict]:
+    """Every registry a test may add to: runtimes, codecs (by name and by record kind), pruners, distillation losses."""
+    from netcompress.compress import codecs, pruners
+    from netcompress.measure import latency
+    from netcompress.train import distill
+
+    return [latency._RUNTIMES, codecs._CODECS, codecs._BY_KIND, pruners._PRUNERS, distill._KD_LOSSES]
+
+
+@pytest.fixture(autouse=True)
+def restore_registries():
+    """What a test registers (a runtime, codec, pruner or distillation loss) is gone after it: each registry gets
+    back the very entries it had before, in place (the modules keep their dict objects)."""
+    registries = _registries()
+    saved = [dict(registry) for registry in registries]
+    yield
+    for registry, entries in zip(registries, saved):
+        registry.clear()
+        registry.update(entries)
