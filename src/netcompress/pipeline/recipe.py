@@ -90,9 +90,9 @@ class StudentSection:
     epochs: int = 40
     lr: float = 1e-3
     batch_size: int = 64
-    temperature: float = 4.0
-    alpha: float = 0.9
-    method: str = "logits"
+    temperature: float = DistillConfig.temperature  # the distillation defaults live in DistillConfig
+    alpha: float = DistillConfig.alpha
+    method: str = DistillConfig.method
     mixup: float = 0.0  # the teacher sees the same mixed images
     cutmix: float = 0.0
     views: int = 0  # > 0: the teacher's outputs cached for this many fixed views of every image (TeacherViews)
