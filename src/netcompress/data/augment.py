@@ -1,10 +1,10 @@
-"""The course's augmentation, applied to whole batches of tensors, mixing, and the batch iterator.
+"""The course's augmentation, applied to whole batches of tensors, and the batch iterator.
 
 Random crop with symmetric padding, horizontal flip and rotation are one affine warp per image;
 `grid_sample` with reflection padding does all of them for a batch in one call, on the CPU or GPU.
-Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) blend each image with another of the batch
-and give soft labels; a teacher sees the very same mixed images, which keeps distillation
-consistent (Beyer et al. 2022, "a good teacher is patient and consistent").
+Mixup and CutMix (mix.py) blend each image with another of the batch and give soft labels; a
+teacher sees the very same mixed images, which keeps distillation consistent (Beyer et al. 2022,
+"a good teacher is patient and consistent").
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import math
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import NetcompressError
+from .mix import mix_batch
 from .split import Split, to_float
 
 
@@ -99,27 +99,13 @@ class Batch(NamedTuple):
         return self.labels if self.soft_labels is None else self.soft_labels
 
 
-def mix_batch(x: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: AugmentConfig,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup or CutMix of a batch with a shuffled copy of itself -> (images, soft labels [B, classes])."""
-    b, _, h, w = x.shape
-    seed = int(torch.randint(2**62, (1,), generator=generator))
-    rng = np.random.default_rng(seed)
-    use_cutmix = cfg.cutmix > 0 and (cfg.mixup == 0 or rng.random() < 0.5)
-    lam = float(rng.beta(cfg.cutmix, cfg.cutmix) if use_cutmix else rng.beta(cfg.mixup, cfg.mixup))
-    perm = torch.from_numpy(rng.permutation(b)).to(x.device)
-    if use_cutmix:  # paste a box of the partner covering 1 - lam of the image; lam is then the exact kept area
-        cut_h, cut_w = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
-        cy, cx = int(rng.integers(h)), int(rng.integers(w))
-        top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
-        left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
-        x = x.clone()
-        x[:, :, top:bottom, left:right] = x[perm][:, :, top:bottom, left:right]
-        lam = 1 - (bottom - top) * (right - left) / (h * w)
-    else:
-        x = lam * x + (1 - lam) * x[perm]
-    onehot = F.one_hot(labels, num_classes).to(x.dtype)
-    return x, lam * onehot + (1 - lam) * onehot[perm]
+def shard_order(order: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
+    """Rank `rank`'s share of an order of positions that all `ranks` ranks drew alike (shard = (rank, ranks)):
+    every ranks-th position, the order padded by wrapping around so that every rank gets as many as the others."""
+    rank, ranks = shard
+    if ranks <= 1:
+        return order
+    return torch.cat([order, order[: (-len(order)) % ranks]])[rank::ranks]
 
 
 def iterate_batches(
@@ -141,11 +127,10 @@ def iterate_batches(
     """
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = shard_order(order, shard)
     rank, ranks = shard
-    if ranks > 1:
-        order = torch.cat([order, order[: (-n) % ranks]])[rank::ranks]
-        if generator is not None:  # each rank augments its own images with its own draws
-            generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)) + rank)
+    if ranks > 1 and generator is not None:  # each rank augments its own images with its own draws
+        generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)) + rank)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         if shuffle and len(idx) == 1 and start > 0:

@@ -19,11 +19,11 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from ..data.augment import AugmentConfig, Batch, warp, warp_params
+from ..data.augment import AugmentConfig, Batch, shard_order, warp, warp_params
+from ..data.mix import cutmix_boxes, mix_pairs
 from ..data.split import Split, to_float
 from ..errors import NetcompressError
 from ..files import atomic_write
@@ -79,14 +79,9 @@ class TeacherViews:
             cut = rng.random((n, k)) < (0.5 if a.mixup > 0 and a.cutmix > 0 else float(a.cutmix > 0))
             lams = torch.from_numpy(np.where(cut, rng.beta(max(a.cutmix, 1e-3), max(a.cutmix, 1e-3), (n, k)),
                                              rng.beta(max(a.mixup, 1e-3), max(a.mixup, 1e-3), (n, k)))).float()
-            side = np.sqrt(1 - lams.numpy())
             cy, cx = rng.integers(0, size, (n, k)), rng.integers(0, size, (n, k))
-            half = (side * size / 2).astype(np.int64)
-            top, left = np.clip(cy - half, 0, size), np.clip(cx - half, 0, size)
-            bottom, right = np.clip(cy + half, 0, size), np.clip(cx + half, 0, size)
-            box = np.stack([top, left, bottom, right], -1) * cut[..., None]
-            boxes = torch.from_numpy(box)
-            kept = 1 - (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1]) / size**2
+            box, kept = cutmix_boxes(lams.numpy(), cy, cx, size, size)
+            boxes = torch.from_numpy(box * cut[..., None])
             lams = torch.where(torch.from_numpy(cut), torch.from_numpy(kept).float(), lams)
         else:
             partners = torch.arange(n)[:, None].expand(n, k).clone()
@@ -98,18 +93,8 @@ class TeacherViews:
         partner = self.partners[index, view]
         x = warp(to_float(split.images[index].to(device)), self.warps[index, view])
         other = warp(to_float(split.images[partner].to(device)), self.warps[partner, view])
-        lam = self.lams[index, view].to(device)
-        box = self.boxes[index, view]
-        rows = torch.arange(x.shape[-2], device=device)
-        cols = torch.arange(x.shape[-1], device=device)
-        top, left, bottom, right = (v.to(device)[:, None] for v in box.unbind(1))
-        inside = (((rows >= top) & (rows < bottom))[:, :, None] & ((cols >= left) & (cols < right))[:, None, :])
-        cutmix = (box[:, 2] > box[:, 0]).to(device)
-        blend = torch.where(cutmix[:, None, None, None], (~inside)[:, None].to(x.dtype), lam[:, None, None, None])
-        images = blend * x + (1 - blend) * other
-        onehot = F.one_hot(split.labels, split.num_classes).to(x.dtype)
-        soft = lam[:, None] * onehot[index].to(device) + (1 - lam[:, None]) * onehot[partner].to(device)
-        return images, soft
+        return mix_pairs(x, other, split.labels[index], split.labels[partner], self.lams[index, view],
+                         self.boxes[index, view], split.num_classes)
 
     @classmethod
     @torch.no_grad()
@@ -194,9 +179,7 @@ class TeacherViews:
         n = len(split)
         order = torch.randperm(n, generator=generator)
         view = torch.randint(self.views, (n,), generator=generator)
-        rank, ranks = shard
-        if ranks > 1:
-            order = torch.cat([order, order[: (-n) % ranks]])[rank::ranks]
+        order = shard_order(order, shard)
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             if len(index) == 1 and start > 0:
