@@ -30,7 +30,7 @@ def _tiny_student():
 
 @pytest.mark.parametrize("runtime", ["torch", "ort", pytest.param("openvino", marks=pytest.mark.skipif(
     importlib.util.find_spec("openvino") is None, reason="the openvino extra is not installed"))])
-def test_latency_measures_several_models_in_interleaved_rounds(runtime):
+def test_latency_measures_several_models_together_on_each_runtime(runtime):
     import netcompress as nc
 
     small = _tiny_student()
@@ -41,6 +41,33 @@ def test_latency_measures_several_models_in_interleaved_rounds(runtime):
         assert result.trusted and result.runtime == runtime and result.batch == 1 and result.threads == 1
         assert 0 < result.median_ms <= result.p90_ms and result.calls >= 3
     assert found["small"].median_ms < found["big"].median_ms
+
+
+def test_latency_measures_several_models_in_interleaved_rounds():
+    import netcompress as nc
+
+    models = {name: _tiny_student() for name in ("a", "b", "c")}
+    names, order = {id(m): name for name, m in models.items()}, []
+
+    @nc.register_runtime
+    class Logger(Runtime):
+        """Calls that return at once and note which model ran, once per run of consecutive calls of one model."""
+
+        name = "logger"
+
+        def prepare(self, model, x, threads, workdir):
+            name = names[id(model)]
+
+            def call():
+                if not order or order[-1] != name:
+                    order.append(name)
+
+            return call
+
+    found = nc.latency(models, runtime="logger", rounds=4, seconds=0.005, warmup=0, max_spread=100)
+    assert set(found) == {"a", "b", "c"} and all(r.calls >= 4 for r in found.values())
+    # each round runs a, then b, then c (and so does the warm-up): never all rounds of one model, then the next
+    assert len(order) >= 3 * 4 and order == ["a", "b", "c"] * (len(order) // 3)
 
 
 class _Sleeper(Runtime):
