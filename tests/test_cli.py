@@ -32,15 +32,48 @@ def test_every_verb_has_help_with_an_example():
 
 
 def test_choices_come_from_the_registries():
-    from typer.main import get_command
+    """A codec, pruner, runtime or distillation loss registered after import is offered in its verbs' help."""
+    from typer.testing import CliRunner
 
+    import netcompress as nc
     from netcompress.cli import app
+    from netcompress.train.distill import KDLoss, register_kd_loss
 
-    def option_help(verb, name):
-        return next(p.help for p in get_command(app).commands[verb].params if name in p.opts)
+    runner = CliRunner()
+    places = {"testcodec": [("quantize", "--codec")], "testpruner": [("prune", "--method")],
+              "testkd": [("distill", "--method")],
+              "testruntime": [("latency", "--runtime"), ("prune", "--runtime"), ("run", "--runtime")]}
 
-    assert "fp16, int8-minmax, kbit, int8-channel, kmeans" in option_help("quantize", "--codec")
-    assert "slim, l1, l2, taylor, magnitude" in option_help("prune", "--method")
+    def offered(name: str) -> list[tuple[str, str]]:
+        found = []
+        for verb, option in places[name]:
+            result = runner.invoke(app, [verb, "--help"], terminal_width=200)
+            assert result.exit_code == 0, result.output
+            text = " ".join(result.output.split())
+            assert option in text, (verb, option)
+            found += [(verb, option)] if name in text else []
+        return found
+
+    assert all(offered(name) == [] for name in places)  # not there before: the help is no fixed text
+
+    @nc.register_codec
+    class TestCodec(nc.Codec):
+        name, kind = "testcodec", 250
+
+    @nc.register_pruner
+    class TestPruner(nc.Pruner):
+        name = "testpruner"
+
+    @nc.register_runtime
+    class TestRuntime(nc.Runtime):
+        name = "testruntime"
+
+    @register_kd_loss
+    class TestKD(KDLoss):
+        name = "testkd"
+
+    for name, where in places.items():
+        assert offered(name) == where, name
 
 
 def test_missing_data_folder_is_one_clear_line(tmp_path):
