@@ -1,7 +1,15 @@
-"""`save` and `load`: one entry point for every model file, the format picked by the file's suffix."""
+"""`save`, `load` and `export`: every model file format in one registry, read by the file's suffix and
+written by the format's name.
+
+A format is a `ModelFormat` subclass registered with `@register_format`: `suffixes` and `load` make
+`load` read its files, `name` and `export` make it an export target (`export(model, name, path)`,
+`netcompress export --format NAME`). Built in: .safetensors (netcompress model files), .ncq
+(quantized), .onnx (read and written), the course's .bin/.pt/.pth state_dicts and .pkl pickles.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -12,17 +20,70 @@ from ..spec import attach, copy_model, index_class_names, spec_of
 from .course import import_course_checkpoint, load_course_pkl
 from .model_file import load_model, save_model
 from .ncq import load_ncq
-from .onnx import load_onnx
+from .onnx import export_onnx, load_onnx
 
-LOADERS = {
-    ".safetensors": lambda path, base, verify: load_model(path, base, verify=verify),
-    ".ncq": lambda path, base, verify: load_ncq(path, base, verify=verify),
-    ".onnx": lambda path, base, verify: load_onnx(path, verify=verify),
-    ".bin": lambda path, base, verify: import_course_checkpoint(path),  # the course's files carry no checksum
-    ".pt": lambda path, base, verify: import_course_checkpoint(path),
-    ".pth": lambda path, base, verify: import_course_checkpoint(path),
-    ".pkl": lambda path, base, verify: load_course_pkl(path),
-}
+
+class ModelFormat:
+    """One kind of model file. Subclass it; to read it set `suffixes` and implement `load`; to write it (an export
+    target) set `name` and implement `export`; then register it."""
+
+    name: str = ""  # export target name; "" for a format that is only read
+    suffixes: tuple[str, ...] = ()  # its files' lower-case suffixes, e.g. (".onnx",): `load` reads them, and an
+    # --out file with one of them picks this export target
+    takes_model: bool = False  # load(path, model=MyNet()) rebuilds the file onto a fresh instance of a user's module
+
+    def load(self, path: Path, model: nn.Module | None, verify: bool) -> nn.Module:
+        """The file as a module with its spec attached; `verify`: check its checksum where it has one."""
+        raise NotImplementedError
+
+    def export(self, model: nn.Module, path: Path, data=None, **options) -> Path:
+        """Write `model` to `path` (atomically); `data`: a dataset folder, Split or torch Dataset for formats that
+        calibrate on images; `options`: the format's own settings."""
+        raise NotImplementedError
+
+
+_READERS: dict[str, ModelFormat] = {}
+_EXPORTERS: dict[str, ModelFormat] = {}
+
+
+def register_format(cls: type[ModelFormat]) -> type[ModelFormat]:
+    """Class decorator: `load` reads the format's suffixes; with `export`, `export(model, name, path)` writes it."""
+    fmt = cls()
+    reads, writes = cls.load is not ModelFormat.load, cls.export is not ModelFormat.export
+    if (reads and not cls.suffixes) or (writes and not cls.name) or not (reads or writes):
+        raise ValueError(f"format {cls.__name__}: `load` needs suffixes, `export` a name, and it needs one of them")
+    for suffix in cls.suffixes if reads else ():
+        _READERS[suffix.lower()] = fmt
+    if writes:
+        _EXPORTERS[cls.name] = fmt
+    return cls
+
+
+def list_exporters() -> list[str]:
+    """The export targets' names."""
+    return list(_EXPORTERS)
+
+
+def readable_suffixes() -> list[str]:
+    return list(_READERS)
+
+
+def get_exporter(name: str) -> ModelFormat:
+    if name not in _EXPORTERS:
+        raise NetcompressError(f"export format {name!r}: choose one of {', '.join(list_exporters())}")
+    return _EXPORTERS[name]
+
+
+def exporter_for(path: str | Path) -> ModelFormat | None:
+    """The export target that writes files with `path`'s suffix, if one does."""
+    suffix = Path(path).suffix.lower()
+    return next((fmt for fmt in _EXPORTERS.values() if suffix in fmt.suffixes), None)
+
+
+def graph_file(model: nn.Module) -> Path | None:
+    """The graph file (.onnx, ...) a model loaded from one runs as, or None for a torch module: such a model has no
+    torch layers to measure, quantize or export, and only the runtimes that read its file run it."""
+    return getattr(model, "graph_file", None)
 
 
 def load(path: str | Path, model: nn.Module | None = None, *, input_size: int | None = None,
@@ -31,24 +92,40 @@ def load(path: str | Path, model: nn.Module | None = None, *, input_size: int | 
 
     .safetensors (netcompress model file), .ncq (quantized; decoded to fp32), .onnx (run by ONNX
     Runtime), .bin/.pt/.pth (the course's StudentNet state_dict, read with weights_only) and .pkl
-    (the course's 8/16-bit pickle, read without running code). `model`: a fresh instance of your
-    own module class, for files made from a module that is not registered; it is not changed. The
-    course's files record no input size: give `input_size` (any other state_dict: `load_state_dict`).
-    verify: check a netcompress file's checksum and that its weights are finite (default: yes, unless
-    the environment sets NETCOMPRESS_NO_VERIFY=1); the course's files carry no checksum to check.
+    (the course's 8/16-bit pickle, read without running code), and any registered format. `model`: a
+    fresh instance of your own module class, for files made from a module that is not registered; it
+    is not changed. The course's files record no input size: give `input_size` (any other state_dict:
+    `load_state_dict`). verify: check a netcompress file's checksum and that its weights are finite
+    (default: yes, unless the environment sets NETCOMPRESS_NO_VERIFY=1); the course's files carry no
+    checksum to check.
     """
     path = Path(path)
-    loader = LOADERS.get(path.suffix.lower())
-    if loader is None:
+    fmt = _READERS.get(path.suffix.lower())
+    if fmt is None:
         raise NetcompressError(f"{path}: unknown model file type {path.suffix!r}; netcompress reads "
-                               f"{', '.join(LOADERS)}")
-    if model is not None and path.suffix.lower() not in (".safetensors", ".ncq"):
-        raise NetcompressError(f"{path}: model= applies to .safetensors and .ncq files; for a state_dict use "
+                               f"{', '.join(readable_suffixes())}")
+    if model is not None and not fmt.takes_model:
+        rebuilt = ", ".join(s for s, f in _READERS.items() if f.takes_model)
+        raise NetcompressError(f"{path}: model= applies to {rebuilt} files; for a state_dict use "
                                "nc.load_state_dict(path, model)")
     if verify is None:
         verify = os.environ.get("NETCOMPRESS_NO_VERIFY") != "1"
-    net = loader(path, model, verify)
+    net = fmt.load(path, model, verify)
     return net if input_size is None else attach(net, spec_of(net).replace(input_size=input_size))
+
+
+def export(model: nn.Module, target: str, path: str | Path, data=None, **options) -> Path:
+    """Write `model` as a deployment file of a registered format (`list_exporters()`), e.g.
+    export(model, "onnx", "m.onnx", data, int8=True): `data` calibrates formats that quantize on images;
+    `options` are the format's own (ONNX: see `export_onnx`). The model is not changed."""
+    fmt = get_exporter(target)
+    if graph_file(model) is not None:
+        raise NetcompressError(f"{graph_file(model)} is already a graph file; export a .safetensors or .ncq model")
+    try:
+        inspect.signature(fmt.export).bind(model, Path(path), data, **options)
+    except TypeError as exc:  # an option this format does not take
+        raise NetcompressError(f"export to {target}: {exc}") from None
+    return fmt.export(model, Path(path), data, **options)
 
 
 def save(model: nn.Module, path: str | Path, *, class_names: list[str] | None = None, input_size: int | None = None,
@@ -61,7 +138,7 @@ def save(model: nn.Module, path: str | Path, *, class_names: list[str] | None = 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise NetcompressError(f"{path}: model files end in .safetensors (use quantize(...).save() for .ncq and "
-                               "export_onnx for .onnx)")
+                               "export(model, 'onnx', path) for .onnx)")
     spec = spec_of(model)
     if class_names is not None or input_size is not None:
         spec = spec.replace(class_names=list(class_names or spec.class_names), input_size=input_size or spec.input_size)
@@ -73,3 +150,50 @@ def save(model: nn.Module, path: str | Path, *, class_names: list[str] | None = 
     if spec is not spec_of(model):
         model = attach(copy_model(model), spec)
     return save_model(model, path, sparse=sparse)
+
+
+# ---- the built-in formats ----------------------------------------------------------------------------------------
+
+@register_format
+class Safetensors(ModelFormat):
+    suffixes, takes_model = (".safetensors",), True
+
+    def load(self, path, model, verify):
+        return load_model(path, model, verify=verify)
+
+
+@register_format
+class Quantized(ModelFormat):
+    suffixes, takes_model = (".ncq",), True
+
+    def load(self, path, model, verify):
+        return load_ncq(path, model, verify=verify)
+
+
+@register_format
+class Onnx(ModelFormat):
+    """fp32, or static int8 (QDQ) for ONNX Runtime with int8=True and `data` to calibrate on."""
+
+    name, suffixes = "onnx", (".onnx",)
+
+    def load(self, path, model, verify):
+        return load_onnx(path, verify=verify)
+
+    def export(self, model, path, data=None, **options):
+        return export_onnx(model, path, calibration=data, **options)
+
+
+@register_format
+class CourseCheckpoint(ModelFormat):
+    suffixes = (".bin", ".pt", ".pth")
+
+    def load(self, path, model, verify):
+        return import_course_checkpoint(path)  # the course's files carry no checksum
+
+
+@register_format
+class CoursePickle(ModelFormat):
+    suffixes = (".pkl",)
+
+    def load(self, path, model, verify):
+        return load_course_pkl(path)

@@ -110,28 +110,71 @@ def quantize_onnx_int8(fp32_path: str | Path, out_path: str | Path, calibration:
     return atomic_write(Path(out_path), lambda t: onnx.save_model(proto, str(t)))
 
 
+def ort_session(path: str | Path, threads: int, *, spinning: bool = True):
+    """An ONNX Runtime CPU session with the settings that serve one image fastest: `threads` intra-op threads
+    (0: ONNX Runtime's default, every core), sequential execution, every graph optimization (EXTENDED made int8
+    slower than none); spinning=False keeps idle threads from burning a core (what latency measurements use)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise NetcompressError(f"{path}: ONNX Runtime cannot load it ({exc}); re-export it with "
+                               "`netcompress export MODEL --out FILE.onnx`") from exc
+
+
 class OnnxModel(nn.Module):
-    """An ONNX Runtime session behind the nn.Module call interface, so `predict_logits` and
-    `latency_ms` run it like any model (tensors in, tensors out, on the CPU)."""
+    """An ONNX Runtime session behind the nn.Module call interface, so `predict` and `evaluate` run it like any
+    model (tensors in, tensors out, on the CPU). It has no torch layers: `graph_file` says so (see
+    `formats.load.graph_file`), and the runtimes that read .onnx files run the file itself."""
 
     def __init__(self, path: str | Path, threads: int = 0):  # 0: ONNX Runtime's default (every core)
         super().__init__()
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise NetcompressError(f"{path}: ONNX Runtime cannot load it ({exc}); re-export it with "
-                                   "`netcompress export MODEL --out FILE.onnx`") from exc
+        self.session = ort_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
-        self.path = Path(path)
+        self.graph_file = Path(path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feed = {self.input_name: x.detach().cpu().float().contiguous().numpy()}
         return torch.from_numpy(self.session.run(None, feed)[0])
+
+
+def layer_graph(layer: nn.Module, x: torch.Tensor, path: Path) -> Path:
+    """One layer of a latency table as a one-node ONNX graph, written with onnx.helper (an exporter run per layer
+    would cost more than the measurement): nn.Identity, nn.Linear (Gemm), or nn.Sequential(Conv2d, ReLU) (Conv+Relu)
+    with numeric padding, run on `x`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def arrays(module: nn.Module) -> list:
+        return [numpy_helper.from_array(module.weight.detach().numpy(), "w"),
+                numpy_helper.from_array(module.bias.detach().numpy(), "b")]
+
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if isinstance(layer, nn.Identity):
+        nodes, weights = [helper.make_node("Identity", ["x"], ["y"])], []
+    elif isinstance(layer, nn.Linear):
+        nodes, weights = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)], arrays(layer)
+    else:
+        conv = layer[0]
+        ph, pw = conv.padding
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=list(conv.kernel_size),
+                                  strides=list(conv.stride), pads=[ph, pw, ph, pw], dilations=list(conv.dilation),
+                                  group=conv.groups),
+                 helper.make_node("Relu", ["c"], ["y"])]
+        weights = arrays(conv)
+    graph = helper.make_graph(nodes, "layer", inputs, outputs, weights)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8  # what opset 17 needs; runtimes refuse IR versions newer than they know
+    onnx.save_model(proto, str(path))
+    return path
 
 
 def read_onnx_spec(path: str | Path) -> ModelSpec | None:

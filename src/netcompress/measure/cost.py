@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from ..errors import NetcompressError
 from ..runtime import model_device
 from ..spec import spec_of
 from .evaluate import classification_metrics, predict_logits
+from .latency import Latency, consistent, get_runtime, latency
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -18,16 +22,26 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def layer_table(model: nn.Module, input_size: int, device: torch.device | str = "cpu"):
-    """torchinfo's per-layer table (layer, output shape, parameters, MACs) at batch 1."""
+def layer_table(model: nn.Module, input_size: int | None = None, device: torch.device | str = "cpu"):
+    """torchinfo's per-layer table (layer, output shape, parameters, MACs) at batch 1 (default size: the spec's)."""
     from torchinfo import summary
 
-    return summary(model, input_size=(1, spec_of(model).channels, input_size, input_size), device=device, verbose=0,
+    size = _input_size(model, input_size)
+    return summary(model, input_size=(1, spec_of(model).channels, size, size), device=device, verbose=0,
                    col_names=("output_size", "num_params", "mult_adds"), row_settings=("var_names",))
 
 
-def count_macs(model: nn.Module, input_size: int) -> int:
-    """Multiply-accumulates of the convolutions and linear layers in one forward pass at batch 1.
+def _input_size(model: nn.Module, input_size: int | None) -> int:
+    """`input_size`, else the one the model's spec records."""
+    size = input_size or spec_of(model).input_size
+    if not size:
+        raise NetcompressError("input_size: the model records no input size; pass input_size=N (the image side)")
+    return size
+
+
+def count_macs(model: nn.Module, input_size: int | None = None) -> int:
+    """Multiply-accumulates of the convolutions and linear layers in one forward pass at batch 1, on
+    `input_size` x `input_size` images (default: the size the model's spec records).
 
     Counted with forward hooks on the layers themselves, so convs with their own forward code
     (EfficientNet-Lite's same-padding convs, which torchinfo misses) count too.
@@ -42,13 +56,14 @@ def count_macs(model: nn.Module, input_size: int) -> int:
         nonlocal total
         total += out[0].numel() * m.in_features
 
+    size = _input_size(model, input_size)
     hooks = [m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else linear)
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     device = model_device(model)
     was_training = model.training
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, spec_of(model).channels, input_size, input_size, device=device))
+            model.eval()(torch.zeros(1, spec_of(model).channels, size, size, device=device))
     finally:
         model.train(was_training)
         for h in hooks:
@@ -56,9 +71,11 @@ def count_macs(model: nn.Module, input_size: int) -> int:
     return total
 
 
-def latency_ms(model: nn.Module, input_size: int, batch_size: int = 1, *, device: torch.device | str = "cpu",
-               warmup: int = 10, repeats: int = 50, channels_last: bool = True, min_seconds: float = 0.0) -> float:
-    """Median wall time of one forward pass in milliseconds, after warm-up."""
+def latency_ms(model: nn.Module, input_size: int | None = None, batch_size: int = 1, *,
+               device: torch.device | str = "cpu", warmup: int = 10, repeats: int = 50, channels_last: bool = True,
+               min_seconds: float = 0.0) -> float:
+    """Median wall time of one forward pass in milliseconds, after warm-up (default size: the spec's)."""
+    input_size = _input_size(model, input_size)
     device = torch.device(device)
     was_training = model.training
     model = model.eval().to(device)
@@ -88,9 +105,21 @@ def zero_fraction(model: nn.Module) -> float:
     return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
 
 
-# what every measured model reports: deployment at batch 1 on one thread, eager PyTorch, and throughput
-LATENCIES = {"ort@1": dict(runtime="ort", batch=1, threads=1), "torch@1": dict(runtime="torch", batch=1, threads=1),
-             "torch@64": dict(runtime="torch", batch=64, threads=torch.get_num_threads())}
+@dataclass(frozen=True)
+class Measurement:
+    """One latency every measured model reports: a heading for tables, and where it is measured (threads None:
+    as many as torch uses when it is measured)."""
+
+    heading: str
+    runtime: str
+    batch: int
+    threads: int | None = 1
+
+
+# what every measured model reports, by key: deployment at batch 1 on one thread, and eager throughput at batch 64
+LATENCIES = {"ort@1": Measurement("ms @1 ORT", "ort", 1), "torch@1": Measurement("ms @1 torch", "torch", 1),
+             "torch@64": Measurement("ms @64 torch", "torch", 64, threads=None)}
+LATENCY_HEADINGS = {key: m.heading for key, m in LATENCIES.items()}
 
 
 def ms(value: float | str | None) -> str:
@@ -100,22 +129,28 @@ def ms(value: float | str | None) -> str:
     return value if isinstance(value, str) else f"{value:.3f}"
 
 
-LATENCY_HEADINGS = {"ort@1": "ms @1 ORT", "torch@1": "ms @1 torch", "torch@64": "ms @64 torch"}
-
-
 def latency_texts(row: dict) -> dict[str, str]:
     """A row's latencies by LATENCIES key as text: milliseconds, 'busy', or the row's reason for having none."""
     found = row.get("latency_ms", {})
     return {key: found if isinstance(found, str) else ms(found.get(key)) for key in LATENCIES}
 
 
+def latencies(model: nn.Module, **timing) -> dict[str, Latency]:
+    """`model`'s latency on each of LATENCIES whose runtime runs it (see `Runtime.runs`), measured with `timing`'s
+    LatencyConfig fields (rounds, seconds, ...). A smaller batch cannot honestly take longer than a larger one on
+    the same runtime: when it did, the machine was busy and neither figure is reported (`consistent`)."""
+    found = {key: latency(model, runtime=m.runtime, batch=m.batch, threads=m.threads or torch.get_num_threads(),
+                          **timing)
+             for key, m in LATENCIES.items() if get_runtime(m.runtime).runs(model)}
+    for small, large in itertools.permutations(found, 2):
+        if LATENCIES[small].runtime == LATENCIES[large].runtime and LATENCIES[small].batch < LATENCIES[large].batch:
+            found[small], found[large] = consistent(found[small], found[large])
+    return found
+
+
 def measure_latencies(model: nn.Module, rounds: int = 5) -> dict[str, float | None]:
     """Milliseconds per call on each of LATENCIES (None where the machine was too busy to measure)."""
-    from .latency import consistent, latency
-
-    found = {key: latency(model, rounds=rounds, seconds=0.1, **cfg) for key, cfg in LATENCIES.items()}
-    found["torch@1"], found["torch@64"] = consistent(found["torch@1"], found["torch@64"])
-    return {key: value.median_ms for key, value in found.items()}
+    return {key: value.median_ms for key, value in latencies(model, rounds=rounds, seconds=0.1).items()}
 
 
 def measure_model(model: nn.Module, val, device: torch.device, file_bytes: int, sparse_bytes: int | None = None) -> dict:

@@ -24,26 +24,49 @@ import torch
 import torch.nn as nn
 
 from ..errors import NetcompressError
+from ..formats.load import graph_file
+from ..formats.onnx import export_onnx, layer_graph, ort_session
 from ..spec import copy_model, spec_of
 
 _RUNTIMES: dict[str, "Runtime"] = {}
 
 
 class Runtime:
-    """One way to run a model. Subclass it, set `name`, implement `prepare`, and register it."""
+    """One way to run a model. Subclass it, set `name`, implement `prepare` (and `prepare_layer`, for latency
+    tables), and register it."""
 
     name: str = ""
     install = ""  # what to install when it is missing
+    reads: tuple[str, ...] = ()  # suffixes of graph files it runs as they are (a model loaded from an .onnx file)
 
     def available(self) -> bool:
         return True
+
+    def runs(self, model: nn.Module) -> bool:
+        """Whether it runs `model`: any torch module; a model loaded from a graph file only if it reads that file."""
+        path = graph_file(model)
+        return path is None or path.suffix.lower() in self.reads
 
     def prepare(self, model: nn.Module, x: torch.Tensor, threads: int, workdir: Path) -> Callable[[], object]:
         """A function that runs one forward pass of `model` on `x` with `threads` threads."""
         raise NotImplementedError
 
+    def prepare_layer(self, layer: nn.Module, x: torch.Tensor, threads: int, workdir: Path) -> Callable[[], object]:
+        """The same for one layer of a latency table (see latency_table.py): nn.Identity, nn.Linear, or
+        nn.Sequential(Conv2d, ReLU), on `x` (no spec attached)."""
+        raise NetcompressError(f"runtime {self.name} cannot time single layers, which a latency table (pruning to a "
+                               f"latency target) needs: give {type(self).__name__} a prepare_layer method, or "
+                               f"choose one of {', '.join(n for n in list_runtimes() if _times_layers(_RUNTIMES[n]))}")
+
+
+def _times_layers(runtime: Runtime) -> bool:
+    return type(runtime).prepare_layer is not Runtime.prepare_layer
+
 
 def register_runtime(cls: type[Runtime]) -> type[Runtime]:
+    """Class decorator: make a runtime available by its name (latency, latency budgets, `netcompress latency`)."""
+    if not cls.name:
+        raise ValueError(f"runtime {cls.__name__} needs a name")
     _RUNTIMES[cls.name] = cls()
     return cls
 
@@ -62,13 +85,14 @@ def list_runtimes(installed: bool = False) -> list[str]:
     return [name for name, runtime in _RUNTIMES.items() if not installed or runtime.available()]
 
 
-def onnx_file(model: nn.Module, workdir: Path) -> Path:
-    """The model as an .onnx file: its own file when it is one, else an fp32 export in workdir."""
-    from ..formats.onnx import OnnxModel, export_onnx
+def runtimes_for(model: nn.Module) -> list[str]:
+    """The registered runtimes that run `model` (all of them for a torch module)."""
+    return [name for name, runtime in _RUNTIMES.items() if runtime.runs(model)]
 
-    if isinstance(model, OnnxModel):
-        return model.path
-    return export_onnx(model, workdir / "model.onnx")
+
+def onnx_file(model: nn.Module, workdir: Path) -> Path:
+    """The model as an .onnx file: its own file when it was loaded from one, else an fp32 export in workdir."""
+    return graph_file(model) or export_onnx(model, workdir / "model.onnx")
 
 
 @register_runtime
@@ -76,16 +100,15 @@ class Eager(Runtime):
     name = "torch"
 
     def prepare(self, model, x, threads, workdir):
-        from ..formats.onnx import OnnxModel
+        net = copy_model(model).to(memory_format=torch.channels_last)
+        return self.prepare_layer(net, x.contiguous(memory_format=torch.channels_last), threads, workdir)
 
-        if isinstance(model, OnnxModel):
-            raise NetcompressError("an .onnx file runs on the ort or openvino runtime, not torch")
-        net = copy_model(model).eval().to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    def prepare_layer(self, layer, x, threads, workdir):
+        layer.eval()
 
         def run():
             with torch.inference_mode():
-                net(x)
+                layer(x)
 
         return run
 
@@ -93,8 +116,13 @@ class Eager(Runtime):
 class OnnxBased(Runtime):
     """A runtime that runs .onnx files: models are exported (fp32) or taken as the .onnx file they are."""
 
+    reads = (".onnx",)
+
     def prepare(self, model, x, threads, workdir):
         return self.prepare_file(onnx_file(model, workdir), x, threads)
+
+    def prepare_layer(self, layer, x, threads, workdir):
+        return self.prepare_file(layer_graph(layer, x, workdir / "layer.onnx"), x, threads)
 
     def prepare_file(self, path: Path, x: torch.Tensor, threads: int) -> Callable[[], object]:
         raise NotImplementedError
@@ -105,15 +133,7 @@ class OnnxRuntime(OnnxBased):
     name = "ort"
 
     def prepare_file(self, path, x, threads):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = ort_session(path, threads, spinning=False)
         feed = {session.get_inputs()[0].name: x.numpy()}
         return lambda: session.run(None, feed)
 
@@ -215,6 +235,10 @@ def latency(models: nn.Module | dict[str, nn.Module], config: LatencyConfig | No
     single = isinstance(models, nn.Module)
     named = {"model": models} if single else dict(models)
     runtime = get_runtime(cfg.runtime)
+    for model in named.values():
+        if not runtime.runs(model):
+            raise NetcompressError(f"{graph_file(model)} runs on the {' or '.join(runtimes_for(model))} runtime, "
+                                   f"not {cfg.runtime}")
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)  # eager PyTorch's threads; the other runtimes set their own
     try:

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..data.folder import default_cache_dir
 from ..files import atomic_write_text
-from .latency import LatencyConfig, OnnxBased, get_runtime, time_calls
+from .latency import LatencyConfig, get_runtime, time_calls
 
 # a layer's shape: kind, in, out, kernel h/w, stride h/w, padding h/w, dilation h/w, groups, input h/w
 LayerKey = tuple
@@ -104,20 +104,9 @@ class LatencyTable:
                                                  "entries": dict(sorted(self.entries.items()))}, indent=1))
 
     def _call(self, key: LayerKey | None, workdir: Path):
-        batch = self.config.batch
-        layer, x = _layer(key, batch)
-        if isinstance(self.runtime, OnnxBased):
-            workdir.mkdir()
-            path = workdir / "layer.onnx"
-            _onnx_layer(layer, key, x, path)
-            return self.runtime.prepare_file(path, x, self.config.threads)
-        layer.eval()
-
-        def run():
-            with torch.inference_mode():
-                layer(x)
-
-        return run
+        layer, x = _layer(key, self.config.batch)
+        workdir.mkdir()
+        return self.runtime.prepare_layer(layer, x, self.config.threads, workdir)
 
 
 def _name(key: LayerKey) -> str:
@@ -133,35 +122,6 @@ def _layer(key: LayerKey | None, batch: int) -> tuple[nn.Module, torch.Tensor]:
     _, cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, groups, h, w = key
     conv = nn.Conv2d(cin, cout, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups)
     return nn.Sequential(conv, nn.ReLU()), torch.rand(batch, cin, h, w)
-
-
-def _onnx_layer(layer: nn.Module, key: LayerKey | None, x: torch.Tensor, path: Path) -> None:
-    """The layer as a one-node ONNX graph (Conv+Relu, Gemm or Identity), written with onnx.helper: an exporter
-    run per entry would cost more than the measurement."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
-    if key is None:
-        nodes, weights = [helper.make_node("Identity", ["x"], ["y"])], []
-    elif key[0] == "linear":
-        weights = [numpy_helper.from_array(layer.weight.detach().numpy(), "w"),
-                   numpy_helper.from_array(layer.bias.detach().numpy(), "b")]
-        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
-    else:
-        conv = layer[0]
-        weights = [numpy_helper.from_array(conv.weight.detach().numpy(), "w"),
-                   numpy_helper.from_array(conv.bias.detach().numpy(), "b")]
-        ph, pw = conv.padding
-        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=list(conv.kernel_size),
-                                  strides=list(conv.stride), pads=[ph, pw, ph, pw], dilations=list(conv.dilation),
-                                  group=conv.groups),
-                 helper.make_node("Relu", ["c"], ["y"])]
-    graph = helper.make_graph(nodes, "layer", inputs, outputs, weights)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8  # what opset 17 needs; runtimes refuse IR versions newer than they know
-    onnx.save_model(proto, str(path))
 
 
 def _machine() -> str:
