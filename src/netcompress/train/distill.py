@@ -119,6 +119,17 @@ class LogitMatching(KDLoss):
 
 
 @register_kd_loss
+class Relational(LogitMatching):
+    """The course's loss plus `cfg.rkd_weight` times relational KD (`rkd_loss`) on the penultimate features."""
+
+    name = "rkd"
+    needs_features = True
+
+    def __call__(self, s, t, targets, cfg, features=None) -> torch.Tensor:
+        return super().__call__(s, t, targets, cfg) + cfg.rkd_weight * rkd_loss(*features)
+
+
+@register_kd_loss
 class Decoupled(KDLoss):
     """DKD (`dkd_loss`) with the hard term weighted 1 - alpha; DKD's beta is `cfg.dkd_beta`."""
 
@@ -162,17 +173,6 @@ def rkd_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, distance_weig
         t_dist, t_angle = _pairwise_distances(t), _angles(t)
     return (distance_weight * F.smooth_l1_loss(_pairwise_distances(s), t_dist)
             + angle_weight * F.smooth_l1_loss(_angles(s), t_angle))
-
-
-@register_kd_loss
-class Relational(LogitMatching):
-    """The course's loss plus `cfg.rkd_weight` times relational KD (`rkd_loss`) on the penultimate features."""
-
-    name = "rkd"
-    needs_features = True
-
-    def __call__(self, s, t, targets, cfg, features=None) -> torch.Tensor:
-        return super().__call__(s, t, targets, cfg) + cfg.rkd_weight * rkd_loss(*features)
 
 
 class Embedding:
