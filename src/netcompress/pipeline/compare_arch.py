@@ -110,11 +110,9 @@ def compare(data, cfg: TrainConfig, out: str | Path, *, val=None, device: str | 
 
 
 def plot_compare(rows: list[dict], path: Path) -> Path:
-    import matplotlib
+    from ..plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     names = [r["architecture"] for r in rows]
     bars = ax.bar(names, [r["val_accuracy"] for r in rows], color=["#888", "#2a7", "#37c"][: len(rows)])

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from ..errors import NetcompressError
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write_text
 from ..measure.cost import LATENCY_HEADINGS, latency_texts, ms
+from ..plots import pyplot, save_figure
 from ..version import __version__
 from .artifact import DECODED, Artifact
 
@@ -34,28 +35,12 @@ def _accuracy_axis(ax, accuracies: list[float], images: int) -> None:
             transform=ax.transAxes, fontsize=8, color="dimgrey")
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out: Path) -> Path:
-    fig.tight_layout()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    _pyplot().close(fig)
-    return Path(out)
-
-
 def plot_pruning(run_dirs: list[Path], out: Path, title: str = "Pruning: parameters vs validation accuracy",
                  val_images: int = 750) -> Path:
     """Parameter count (x) against validation accuracy (y), one line per pruning run (the seed's question 3)."""
     import matplotlib.ticker
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     accuracies = []
     for run in run_dirs:
@@ -72,7 +57,7 @@ def plot_pruning(run_dirs: list[Path], out: Path, title: str = "Pruning: paramet
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def pareto_front(artifacts: list[dict]) -> list[dict]:
@@ -92,7 +77,7 @@ def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 3
     choices, the course's byte limit; models that are no candidates (before fine-tuning) drawn hollow."""
     import matplotlib.ticker
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 5))
     markers = "os^Dv"  # tab10's colours repeat after ten stages: the marker changes with each round of them
     for i, stage in enumerate(sorted({a["stage"] for a in artifacts})):
@@ -125,14 +110,14 @@ def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 3
     ax.set_title("Size against accuracy of every model")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_latency_vs_accuracy(points: list[dict], out: Path, runtime: str, target_ms: float | None = None,
                              chosen: str | None = None, val_images: int = 750) -> Path:
     """Latency per call (x) against validation accuracy (y) for models with a measured latency (`points`: name,
     stage, ms, val_accuracy): the fastest-for-its-accuracy frontier, the latency target and its choice."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 5))
     for stage in sorted({p["stage"] for p in points}):
         group = [p for p in points if p["stage"] == stage]
@@ -155,7 +140,7 @@ def plot_latency_vs_accuracy(points: list[dict], out: Path, runtime: str, target
     ax.set_title("Latency against accuracy")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def latency_points(summary: dict) -> tuple[list[dict], str]:
