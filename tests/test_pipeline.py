@@ -12,7 +12,8 @@ import netcompress as nc
 from netcompress.errors import NetcompressError
 from netcompress.pipeline.artifact import DECODED, Artifact
 from netcompress.pipeline.recipe import load_recipe
-from netcompress.pipeline.stages import choose, run_recipe
+from netcompress.pipeline.budgets import choose
+from netcompress.pipeline.stages import run_recipe
 
 TINY = """
 seed = 0

@@ -27,6 +27,7 @@ from ..measure.latency import LatencyTarget, latency
 from ..runtime import log, seed_everything
 from ..train.views import TeacherViews, ViewConfig
 from .artifact import DECODED, Artifact
+from .budgets import choose, choose_by_latency
 from .compare_arch import compare
 from .recipe import SECTIONS, PruneSection, Recipe, StudentVariantSection
 
@@ -260,29 +261,6 @@ def _compare_arch_stage(run: Run):
     return run.stage("compare-arch", work, run.settings("compare_arch"))
 
 
-def choose(artifacts: list[Artifact], target_bytes: int | None = None, target_params: int | None = None) -> dict:
-    """The candidate with the best validation accuracy within the budgets, and what was tried.
-
-    Models that are steps on the way (a factorized model before its fine-tuning) are listed but
-    never chosen.
-    """
-    candidates = [a for a in artifacts if a.candidate]
-    fits = [a for a in candidates if (target_bytes is None or a.file_bytes <= target_bytes)
-            and (target_params is None or a.params <= target_params)]
-    tried = [{"name": a.name, "file_bytes": a.file_bytes, "params": a.params, "val_accuracy": a.val_accuracy,
-              "candidate": a.candidate, "fits": a in fits} for a in artifacts]
-    if not fits:
-        smallest = min(candidates, key=lambda a: a.file_bytes)
-        limits = " and ".join(text for text in (f"bytes <= {target_bytes:,}" if target_bytes else "",
-                                                f"params <= {target_params:,}" if target_params else "") if text)
-        raise NetcompressError(f"no model meets the budget ({limits}); the smallest is {smallest.name}: "
-                               f"{smallest.file_bytes:,} bytes, {smallest.params:,} params; add a pruning run with a "
-                               "lower rate or more steps")
-    best = max(fits, key=lambda a: a.val_accuracy)
-    return {"chosen": best.name, "file": best.file, "target_bytes": target_bytes, "target_params": target_params,
-            "tried": tried}
-
-
 def measure_on_target(run: Run, artifacts: list[Artifact], target: LatencyTarget, tries: int = 3) -> dict[str, dict]:
     """Every candidate that runs as it is, its latency on the target's runtime, measured together in interleaved
     rounds (again, up to `tries` times, for those the machine was too busy to measure). Kept in RUN/latency/, so
@@ -302,23 +280,6 @@ def measure_on_target(run: Run, artifacts: list[Artifact], target: LatencyTarget
                       for name, r in measured.items()})
         atomic_write_text(path, json.dumps(found, indent=2))
     return {name: found[name] for name in wanted}
-
-
-def choose_by_latency(artifacts: list[Artifact], target: LatencyTarget, measured: dict[str, dict]) -> dict:
-    """The measured candidate with the best validation accuracy that runs within the target, and what was tried."""
-    tried = [{"name": a.name, **measured[a.name], "val_accuracy": a.val_accuracy,
-              "fits": measured[a.name]["median_ms"] is not None and measured[a.name]["median_ms"] <= target.ms}
-             for a in artifacts if a.name in measured]
-    fits = [t for t in tried if t["fits"]]
-    if not fits:
-        timed = [t for t in tried if t["median_ms"] is not None]
-        fastest = (f"the fastest is {min(timed, key=lambda t: t['median_ms'])['name']} at "
-                   f"{min(t['median_ms'] for t in timed):.3f} ms" if timed else "the machine was too busy to measure")
-        raise NetcompressError(f"no model runs within {target}: {fastest}; add a [[prune]] table with "
-                               f"target_latency_ms = {target.ms}, or rerun on an idle machine")
-    best = max(fits, key=lambda t: t["val_accuracy"])
-    file = next(a.file for a in artifacts if a.name == best["name"])
-    return {"chosen": best["name"], "file": file, "target": asdict(target), "tried": tried}
 
 
 def _evaluate(run: Run, artifacts: list[Artifact], chosen: list[str]) -> dict:

@@ -1,11 +1,8 @@
 """Fit a model: AdamW, cosine schedule, best-validation model, distillation when a teacher is given.
 
 `fit(model, data, ...)` trains a copy of any nn.Module and returns the best one on the validation
-split. With a run directory it also survives interruptions:
-  run.json         the settings (a rerun with other settings is refused, not mixed in)
-  metrics.jsonl    one JSON line per finished epoch
-  state.pt         model + optimizer + schedule after the last finished epoch (tensors only)
-  best.safetensors the model file with the best validation accuracy so far
+split. With a run directory it also survives interruptions (checkpoint.py: run.json, metrics.jsonl,
+state.pt), and best.safetensors holds the model file with the best validation accuracy so far.
 Rerunning the same call after Ctrl-C or a kill continues after the last finished epoch. Each
 epoch's shuffling, augmentation and dropout draw from seed + epoch, so a resumed run sees the
 same batches as an uninterrupted one.
@@ -17,7 +14,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,68 +23,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data.augment import AugmentConfig, Batch, iterate_batches, resize_batch
+from ..compress.batchnorm import recalibrate_batchnorm
+from ..compress.pruners import apply_masks, weight_tensors
+from ..data.augment import Batch, iterate_batches, resize_batch
 from ..data.split import Split, split_of
 from ..errors import NetcompressError
-from ..files import RunLock, atomic_write, atomic_write_text, remove_stale_temporaries
+from ..files import RunLock, atomic_write_text
 from ..formats.load import load
 from ..formats.model_file import save_model
 from ..measure.evaluate import classification_metrics, predict_logits
 from ..runtime import bars_off, log, model_device, resolve_device
 from ..spec import attach, copy_model, spec_of
-from ..compress.batchnorm import recalibrate_batchnorm
-from ..compress.pruners import apply_masks, weight_tensors
+from .checkpoint import resume, save_checkpoint
+from .config import TrainConfig
 from .distill import DistillConfig, DistillLoss, check_teacher
 from .distributed import World
 from .views import TeacherViews
 
 # loss_fn(student logits, batch) -> scalar loss
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train: AdamW at `lr` with a per-step cosine (or constant) schedule, the course's augmentation."""
-
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    schedule: str = "cosine"  # cosine | constant
-    label_smoothing: float = 0.0
-    seed: int = 0
-    channels_last: bool = True
-    precision: str = "fp32"  # fp32 | bf16 (autocast forward passes; weights and optimizer stay fp32)
-    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
-    eval_batch_size: int = 256
-    input_size: int | None = None  # the model's input; None: the data's size. A teacher sees the data's size.
-    precise_bn: int = 0  # > 0: BatchNorm statistics recomputed on this many training images before each validation
-    eval_mode: bool = False  # train with the network in eval mode: BatchNorm keeps its statistics, no dropout (QAT)
-
-    def __post_init__(self):
-        problems = []
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            problems.append(f"epochs = {self.epochs} (must be an integer >= 1)")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            problems.append(f"batch_size = {self.batch_size} (must be an integer >= 1)")
-        if not 0 < self.lr < float("inf"):
-            problems.append(f"lr = {self.lr} (must be > 0)")
-        if not 0 <= self.weight_decay < float("inf"):
-            problems.append(f"weight_decay = {self.weight_decay} (must be >= 0)")
-        if self.schedule not in ("cosine", "constant"):
-            problems.append(f"schedule = {self.schedule!r} (cosine or constant)")
-        if self.precision not in ("fp32", "bf16"):
-            problems.append(f"precision = {self.precision!r} (fp32 or bf16)")
-        if not 0 <= self.label_smoothing < 1:
-            problems.append(f"label_smoothing = {self.label_smoothing} (must be in [0, 1))")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            problems.append(f"seed = {self.seed!r} (must be an integer)")
-        if not isinstance(self.precise_bn, int) or self.precise_bn < 0:
-            problems.append(f"precise_bn = {self.precise_bn!r} (training images, >= 0; 0: off)")
-        if self.input_size is not None and not 8 <= self.input_size <= 4096:
-            problems.append(f"input_size = {self.input_size} (8..4096, or None for the data's size)")
-        if problems:
-            raise NetcompressError("bad training settings: " + "; ".join(problems))
 
 
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
@@ -277,7 +231,7 @@ class _Loop:
         best_state = None
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
-            start, best_acc, best_epoch, history = _resume(run_dir, run_info, net, opt, sched, self.device)
+            start, best_acc, best_epoch, history = resume(run_dir, run_info, net, opt, sched, self.device)
             world.barrier()  # every rank has read the old run.json before rank 0 rewrites it
             if world.main and start <= cfg.epochs:
                 atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2))
@@ -298,7 +252,7 @@ class _Loop:
             row["best_val_accuracy"] = round(best_acc, 5)
             history.append(row)
             if run_dir is not None and world.main:
-                _checkpoint(run_dir, net, opt, sched, epoch, best_acc, best_epoch, history)
+                save_checkpoint(run_dir, net, opt, sched, epoch, best_acc, best_epoch, history)
             world.barrier()
             if world.main and self.progress:
                 log(f"epoch {epoch:3d}  loss {row['train_loss']:.3f}  train acc {row['train_accuracy']:.3f}  "
@@ -358,54 +312,3 @@ class _Loop:
             row.update(val_loss=round(metrics["loss"], 5), val_accuracy=round(metrics["accuracy"], 5),
                        eval_seconds=round(time.perf_counter() - t0 - train_seconds, 3))
         return row
-
-
-def _checkpoint(run_dir: Path, model, opt, sched, epoch, best_acc, best_epoch, history) -> None:
-    """Commit a finished epoch: state.pt holds the weights, the optimizer and the whole history, so a kill at any
-    instant loses no finished epoch; metrics.jsonl is rewritten from it (and again on resume if a kill came first)."""
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "epoch": epoch, "best_accuracy": best_acc, "best_epoch": best_epoch, "history": history}
-    atomic_write(run_dir / "state.pt", lambda tmp: torch.save(state, tmp))
-    _write_metrics(run_dir, history)
-
-
-def _write_metrics(run_dir: Path, history: list[dict]) -> None:
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-
-
-def _resume(run_dir: Path, run_info: dict, model, opt, sched, device) -> tuple[int, float, int, list[dict]]:
-    """Load state.pt if the run directory holds an interrupted run with the same settings."""
-    state_path = run_dir / "state.pt"
-    remove_stale_temporaries(run_dir)
-    if not state_path.exists():
-        return 1, -1.0, 0, []
-    try:
-        old = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise NetcompressError(f"{run_dir} holds state.pt but no readable run.json ({type(exc).__name__}): it was not "
-                               "made by netcompress or is damaged; choose another output folder") from None
-    defaults = json.loads(json.dumps(asdict(TrainConfig())))  # a field added since the run began: at its default
-    old_cfg, new_cfg = {**defaults, **old.get("config", {})}, json.loads(json.dumps(run_info["config"]))
-    differ = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
-    new = json.loads(json.dumps(run_info))
-    differ += sorted(k for k in set(old) | set(new) if k != "config" and old.get(k) != new.get(k))
-    if differ:
-        raise NetcompressError(f"{run_dir} holds a run with other settings ({', '.join(differ)} differ); "
-                               "rerun with the same settings to resume, or choose another output folder")
-    try:
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        epoch, best_acc, best_epoch = int(state["epoch"]), float(state["best_accuracy"]), int(state["best_epoch"])
-    except Exception as exc:  # torch raises many types for damaged files
-        raise NetcompressError(f"{state_path} is damaged ({type(exc).__name__}); delete it to start the run over, "
-                               "or choose another output folder") from None
-    history = state.get("history")
-    if not isinstance(history, list) or not all(isinstance(r, dict) and isinstance(r.get("epoch"), int)
-                                                for r in history):
-        raise NetcompressError(f"{state_path} holds no readable history of its epochs; delete it to start the run "
-                               "over, or choose another output folder")
-    history = [r for r in history if r["epoch"] <= epoch]
-    _write_metrics(run_dir, history)  # a kill between state.pt and metrics.jsonl lost no row: write it again
-    return epoch + 1, best_acc, best_epoch, history
