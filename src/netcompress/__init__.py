@@ -17,8 +17,10 @@ and leaving its argument as it is:
 
 Layers: compress/ holds pure model -> model transforms (one pruning step, factorize, quantize, fold);
 schedule/ fine-tunes between them (`Finetune`: training settings, teaching, validation, device, run
-folder). Registered models (`list_models()`) load with no `model=`. Codecs and pruning methods live in
-registries (`register_codec`, `register_pruner`).
+folder). Registered models (`list_models()`) load with no `model=`. Codecs, pruning methods, runtimes,
+distillation losses and file formats live in registries (`register_codec`, `register_pruner`,
+`register_runtime`, `register_kd_loss`, `register_format`): one class and one registration each, and
+the CLI's choices and help read them.
 """
 
 from .compress.codecs import Codec, list_codecs, register_codec
@@ -31,7 +33,7 @@ from .data.augment import AugmentConfig
 from .data.folder import ImageFolderData
 from .data.split import Split
 from .errors import NetcompressError
-from .formats.load import load, save
+from .formats.load import ModelFormat, export, list_exporters, load, register_format, save
 from .formats.onnx import export_onnx
 from .formats.state_dict import load_state_dict
 from .measure.cost import count_macs, count_parameters, latency_ms
@@ -40,7 +42,7 @@ from .measure.latency import LatencyConfig, LatencyTarget, Runtime, latency, lis
 from .models import create_model, list_models, register_model
 from .schedule import Finetune, factorize_and_finetune, prune_iteratively, quantize
 from .spec import ModelInfo, ModelSpec, PruningRecord, new_model, spec_of
-from .train.distill import DistillConfig
+from .train.distill import DistillConfig, KDLoss, list_kd_losses, register_kd_loss
 from .train.fit import TrainConfig, fit
 from .train.views import TeacherViews, ViewConfig
 from .version import __version__
@@ -51,13 +53,14 @@ __all__ = [
     # models
     "create_model", "new_model", "list_models", "register_model", "ModelSpec", "ModelInfo", "PruningRecord", "spec_of",
     # training and distillation
-    "fit", "TrainConfig", "DistillConfig", "TeacherViews", "ViewConfig", "Finetune",
+    "fit", "TrainConfig", "DistillConfig", "KDLoss", "register_kd_loss", "list_kd_losses", "TeacherViews", "ViewConfig",
+    "Finetune",
     # compression
     "prune", "prune_iteratively", "PruneConfig", "Pruner", "register_pruner", "list_pruners",
     "factorize", "factorize_and_finetune", "LowRankConfig",
     "quantize", "QuantConfig", "QuantizedModel", "Codec", "register_codec", "list_codecs",
     # files
-    "save", "load", "load_state_dict", "export_onnx",
+    "save", "load", "load_state_dict", "export", "export_onnx", "ModelFormat", "register_format", "list_exporters",
     # measurement
     "evaluate", "predict", "count_parameters", "count_macs", "latency", "LatencyConfig", "LatencyTarget",
     "Runtime", "list_runtimes", "register_runtime", "latency_ms",

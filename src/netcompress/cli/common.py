@@ -6,13 +6,16 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.nn as nn
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.models import OptionInfo
 
-from .. import DistillConfig, ImageFolderData, NetcompressError, load, spec_of
+from .. import DistillConfig, ImageFolderData, NetcompressError, list_models, list_runtimes, load, new_model, spec_of
 from ..measure.cost import LATENCY_HEADINGS, latency_texts
 from ..measure.latency import LatencyTarget
 from ..spec import attach
@@ -37,6 +40,33 @@ def options(no_verify: bool = typer.Option(False, "--no-verify", help="Load netc
     if no_verify:
         os.environ["NETCOMPRESS_NO_VERIFY"] = "1"
 
+class Registered(OptionInfo):
+    """An option whose value is a registered name (codec, pruning method, runtime, distillation loss, export format).
+
+    Its help is written from the registry when the command line is built, which typer does on every run, after
+    every registration: "{names}" in `help` becomes the registered names. A name the registry lacks is refused
+    before the verb runs, naming the option. `also`: values accepted besides the names (e.g. "all").
+    """
+
+    def __init__(self, default, *decls: str, names: Callable[[], list[str]], help: str, also: tuple[str, ...] = ()):
+        super().__init__(default=default, param_decls=decls, help=help, callback=self.check)
+        self.names, self.also, self.flag = names, also, decls[0]
+
+    @property
+    def help(self) -> str:
+        return self.template.replace("{names}", ", ".join(self.names()))
+
+    @help.setter
+    def help(self, template: str) -> None:
+        self.template = template
+
+    def check(self, value: str | None) -> str | None:
+        choices = [*self.names(), *self.also]
+        if value is not None and value not in choices:
+            raise NetcompressError(f"{self.flag} {value!r}: choose one of {', '.join(choices)}")
+        return value
+
+
 DataOpt = typer.Option(..., "--data", help="Dataset folder (Food-11 or ImageFolder layout).")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
 SkipBadOpt = typer.Option(False, "--skip-bad", help="Skip unreadable or odd images with a warning instead of stopping.")
@@ -50,8 +80,9 @@ HeadOpt = typer.Option(None, "--head", help="With --blocks: a fresh 1x1 conv to 
                        "pooling [default: none, the last block feeds the classifier].")
 BatchSizeOpt = typer.Option(64, "--batch-size")
 TeacherOpt = typer.Option(None, "--teacher", help="Fine-tune with distillation from this model file.")
-FinetuneTemperatureOpt = typer.Option(4.0, "--temperature", "-T", help="Distillation temperature (with --teacher).")
-FinetuneAlphaOpt = typer.Option(0.9, "--alpha", help="Weight of the teacher term (with --teacher).")
+FinetuneTemperatureOpt = typer.Option(DistillConfig.temperature, "--temperature", "-T",
+                                      help="Distillation temperature (with --teacher).")
+FinetuneAlphaOpt = typer.Option(DistillConfig.alpha, "--alpha", help="Weight of the teacher term (with --teacher).")
 ModelSizeOpt = typer.Option(None, "--image-size", help="Default: the model's input size.")
 PrecisionOpt = typer.Option("fp32", "--precision", help="fp32, or bf16 autocast (faster where the hardware "
                             "has bf16: AMX CPUs, recent GPUs; weights stay fp32).")
@@ -140,6 +171,29 @@ def data_for(net, model_file: Path, data: Path, image_size, cache_dir, skip_bad:
                   channels=spec.channels, labels=labels, val_fraction=val_fraction)
 
 
+NAME_IMAGE_SIZE = 96  # the input size of a model built from its registered name when --image-size is not given
+
+
+def model_or_name(model: str, image_size: int | None, num_classes: int = 11) -> nn.Module:
+    """A model file, or a registered model name built fresh (random weights) with `num_classes` classes at
+    `image_size` (default NAME_IMAGE_SIZE): what summary and latency take."""
+    path = Path(model)
+    if path.exists():
+        return load(path)
+    if path.suffix or model not in list_models():
+        raise NetcompressError(f"{model}: no such model file, nor a registered model name (netcompress models lists "
+                               "them)")
+    return new_model(model, [str(i) for i in range(num_classes)], image_size or NAME_IMAGE_SIZE)
+
+
+def load_file(path: Path) -> nn.Module:
+    """A model file with trained weights; a registered model name gets a message saying where weights come from."""
+    if not path.exists() and not path.suffix and str(path) in list_models():
+        raise NetcompressError(f"{path} is a registered model name, not a model file: this verb needs trained "
+                               f"weights; train some with `netcompress train --model {path} ...`")
+    return load(path)
+
+
 def input_size_of(spec, model_file) -> int:
     """The model's recorded input size, or a clear error asking for --image-size (course files record none)."""
     if not spec.input_size:
@@ -150,8 +204,8 @@ def input_size_of(spec, model_file) -> int:
 
 TargetLatencyOpt = typer.Option(None, "--target-latency", help="Latency budget in milliseconds per call, measured "
                                 "on --runtime at --batch images and --runtime-threads threads, e.g. 0.12.")
-RuntimeOpt = typer.Option("ort", "--runtime", help="Runtime of the latency budget: ort (ONNX Runtime), openvino "
-                          "or torch (eager PyTorch).")
+RuntimeOpt = Registered("ort", "--runtime", names=list_runtimes, help="Runtime of the latency budget: one of "
+                        "{names} (ort: ONNX Runtime, torch: eager PyTorch).")
 LatencyBatchOpt = typer.Option(1, "--batch", help="Images per call for the latency budget.")
 RuntimeThreadsOpt = typer.Option(1, "--runtime-threads", help="Threads of the runtime for the latency budget "
                                  "(--threads sets training's).")

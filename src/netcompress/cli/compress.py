@@ -17,12 +17,11 @@ from .. import (
     factorize_and_finetune,
     list_codecs,
     list_pruners,
-    load,
     prune_iteratively,
 )
 from .. import quantize as quantize_model
 from ..compress.lowrank import format_layers
-from ..formats.onnx import OnnxModel
+from ..formats.load import graph_file
 from ..pipeline.report import plot_pruning
 from ..runtime import resolve_device, seed_everything
 from .common import (
@@ -43,6 +42,7 @@ from .common import (
     SeedOpt,
     SkipBadOpt,
     TargetLatencyOpt,
+    Registered,
     TeacherOpt,
     ThreadsOpt,
     ValFractionOpt,
@@ -53,6 +53,7 @@ from .common import (
     emit,
     kv_table,
     latency_target,
+    load_file,
     model_and_data,
     rows_table,
     set_threads,
@@ -64,8 +65,8 @@ from .common import (
 def prune(
     model_file: Path = typer.Argument(..., help="Model file (.safetensors) or course checkpoint (.bin) to prune."),
     data: Path = DataOpt,
-    method: str = typer.Option("slim", "--method", help=f"One of {', '.join(list_pruners())}: slim is the course's "
-                               "(BatchNorm |γ|), magnitude is unstructured."),
+    method: str = Registered("slim", "--method", names=list_pruners, help="One of {names}: slim is the course's "
+                             "(BatchNorm |γ|), magnitude is unstructured."),
     rate: float = typer.Option(0.95, "--rate", help="Fraction of each prunable layer kept per step (width rate^k after k steps)."),
     steps: int = typer.Option(5, "--steps", help="Prune-then-fine-tune iterations (course: 5)."),
     finetune_epochs: int = typer.Option(5, "--finetune-epochs", help="Fine-tuning epochs after every step (course: 5)."),
@@ -213,8 +214,8 @@ def plot_pruning_cmd(
 def quantize(
     model_file: Path = typer.Argument(..., help="Model file to compress (.safetensors, or a course .bin)."),
     out: Path = typer.Option(..., "--out", help="Quantized model file to write (.ncq)."),
-    codec: str = typer.Option("int8-minmax", "--codec", help=f"One of {', '.join(list_codecs())}; int8-minmax is the "
-                              "course's, kbit per-channel affine k-bit codes, kmeans weight sharing."),
+    codec: str = Registered("int8-minmax", "--codec", names=list_codecs, help="One of {names}; int8-minmax is the "
+                            "course's, kbit per-channel affine k-bit codes, kmeans weight sharing."),
     bits: int = typer.Option(8, "--bits", help="Bits per weight for kbit and kmeans (2-8)."),
     entropy: bool = typer.Option(False, "--entropy", help="LZMA-compress the stored codes."),
     fold_bn: Optional[bool] = typer.Option(None, "--fold-bn/--no-fold-bn",
@@ -248,9 +249,9 @@ def quantize(
     if cfg.needs_data and data is None:
         raise NetcompressError("--budget and --finetune need --data DIR: they use its training images")
     set_threads(threads)
-    net = load(model_file)
-    if isinstance(net, OnnxModel):
-        raise NetcompressError(f"{model_file} is an ONNX file; quantize a .safetensors model (or use `netcompress "
+    net = load_file(model_file)
+    if graph_file(net) is not None:
+        raise NetcompressError(f"{model_file} is a graph file; quantize a .safetensors model (or use `netcompress "
                                "export --int8` for an int8 ONNX model)")
     ds = None if data is None else data_for(net, model_file, data, image_size, cache_dir, False, progress)
     stored = quantize_model(net, cfg, ds, progress=progress)

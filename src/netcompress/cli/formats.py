@@ -8,20 +8,37 @@ from typing import Optional
 
 import typer
 
-from .. import NetcompressError, evaluate, export_onnx, load, save, spec_of
+from .. import NetcompressError, evaluate, load, save, spec_of
+from .. import export as export_model
 from ..data.folder import read_class_names
 from ..formats.course import export_course_state_dict, import_course_checkpoint, load_course_pkl, save_course_pkl
-from ..formats.onnx import OnnxModel
+from ..formats.load import exporter_for, list_exporters, readable_suffixes
 from ..formats.state_dict import load_into_registered
 from ..spec import attach
-from .common import CacheOpt, JsonOpt, ThreadsOpt, app, console, data_for, emit, kv_table, set_threads
+from .common import (
+    CacheOpt,
+    JsonOpt,
+    Registered,
+    ThreadsOpt,
+    app,
+    console,
+    data_for,
+    emit,
+    kv_table,
+    load_file,
+    set_threads,
+)
 
 
 @app.command()
 def export(
     model_file: Path = typer.Argument(..., help="Model file (.safetensors, .ncq or a course .bin)."),
-    out: Path = typer.Option(..., "--out", help="ONNX file to write (.onnx)."),
-    int8: bool = typer.Option(False, "--int8", help="Static int8 (QDQ) quantization with ONNX Runtime; needs --data."),
+    out: Path = typer.Option(..., "--out", help="File to write; its suffix picks the format unless --format is given "
+                             "(.onnx: ONNX)."),
+    target: Optional[str] = Registered(None, "--format", names=list_exporters, help="Export format: one of {names} "
+                                       "[default: the one that writes --out's suffix]."),
+    int8: bool = typer.Option(False, "--int8", help="Static int8 quantization (ONNX: QDQ for ONNX Runtime), "
+                              "calibrated on training images; needs --data."),
     calibration: int = typer.Option(256, "--calibration", help="Training images used to calibrate int8 ranges."),
     method: str = typer.Option("minmax", "--calibration-method", help="minmax, entropy or percentile."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: calibration images (training split) "
@@ -33,24 +50,30 @@ def export(
     cache_dir: Optional[Path] = CacheOpt,
     as_json: bool = JsonOpt,
 ):
-    """Export a model to ONNX (fp32, dynamic batch), optionally int8 for ONNX Runtime.
+    """Export a model to a deployment format: ONNX (fp32, dynamic batch), optionally int8 for ONNX Runtime.
 
     Example: netcompress export runs/kd/best.safetensors --int8 --calibration 256 --data ../shared/data/food101_10 --out kd-int8.onnx
     """
+    if target is None:
+        fmt = exporter_for(out)
+        if fmt is None:
+            raise NetcompressError(f"--out {out}: no export format writes {out.suffix or 'suffix-less'} files; name "
+                                   f"one with --format ({', '.join(list_exporters())})")
+        target = fmt.name
     if int8 and data is None:
         raise NetcompressError("--int8 needs --data DIR: its training images calibrate the activation ranges")
+    options = {"int8": True, "calibration_images": calibration, "calibration_method": method} if int8 else {}
+    if dynamic_size:
+        options["dynamic_size"] = True
     set_threads(threads)
-    net = load(model_file)
-    if isinstance(net, OnnxModel):
-        raise NetcompressError(f"{model_file} is already ONNX; export a .safetensors or .ncq model")
+    net = load_file(model_file)
     if image_size:
         attach(net, spec_of(net).replace(input_size=image_size))
     ds = None if data is None else data_for(net, model_file, data, image_size, cache_dir, False, True)
-    export_onnx(net, out, int8=int8, calibration=ds, calibration_images=calibration, calibration_method=method,
-                dynamic_size=dynamic_size)
-    result = {"model": str(model_file), "out": str(out), "precision": "int8 (QDQ)" if int8 else "fp32",
+    export_model(net, target, out, ds, **options)
+    result = {"model": str(model_file), "out": str(out), "format": target, "precision": "int8" if int8 else "fp32",
               "input": "dynamic size" if dynamic_size else f"{spec_of(net).input_size}px", "bytes": out.stat().st_size}
-    if ds is not None:
+    if ds is not None and out.suffix.lower() in readable_suffixes():
         result.update(val_accuracy_fp32=evaluate(net, ds, device="cpu")["accuracy"],
                       val_accuracy=evaluate(load(out), ds, device="cpu")["accuracy"])
     emit(result, as_json, kv_table(f"export {model_file.name}", result))

@@ -11,23 +11,25 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from .. import NetcompressError, count_macs, count_parameters, list_models, load, new_model, spec_of
+from .. import count_macs, count_parameters, list_models, spec_of
 from .. import evaluate as evaluate_model
 from .. import predict as predict_logits
 from ..files import atomic_write_text
-from ..formats.onnx import OnnxModel
-from ..measure.cost import LATENCIES, layer_table
-from ..measure.latency import LatencyConfig, consistent, latency as measure_latency, list_runtimes
-from ..spec import attach
+from ..formats.load import graph_file
+from ..measure.cost import LATENCY_HEADINGS, latencies, layer_table
 from ..measure.evaluate import plot_confusion, write_submission
+from ..measure.latency import LatencyConfig, get_runtime, latency as measure_latency, list_runtimes
 from ..runtime import resolve_device
+from ..spec import attach
 from .common import (
     MODEL_FILES,
+    NAME_IMAGE_SIZE,
     CacheOpt,
     DataOpt,
     DeviceOpt,
     JsonOpt,
     LabelsOpt,
+    Registered,
     SkipBadOpt,
     ThreadsOpt,
     app,
@@ -36,8 +38,12 @@ from .common import (
     emit,
     input_size_of,
     kv_table,
+    load_file,
+    model_or_name,
     set_threads,
 )
+
+MODEL_OR_NAME = MODEL_FILES[:-1] + ", or a registered model name (random weights; `netcompress models` lists them)."
 
 
 @app.command()
@@ -69,7 +75,7 @@ def evaluate(
     Example: netcompress evaluate runs/student/best.safetensors --data ../shared/data/food101_10 --split validation
     """
     set_threads(threads)
-    net = load(model_file)
+    net = load_file(model_file)
     ds = data_for(net, model_file, data, image_size, cache_dir, skip_bad, True, labels)
     metrics = evaluate_model(net, ds, split, device=resolve_device(device))
     result = {"model": str(model_file), **metrics}
@@ -108,7 +114,7 @@ def predict(
     Example: netcompress predict model.safetensors --data ../shared/data/food101_10 --out pred.csv --with-filenames
     """
     set_threads(threads)
-    net = load(model_file)
+    net = load_file(model_file)
     ds = data_for(net, model_file, data, image_size, cache_dir, skip_bad, True, labels)
     images = ds.split(split)
     pred = predict_logits(net, images, split, device=resolve_device(device)).argmax(1)
@@ -119,11 +125,12 @@ def predict(
 
 @app.command()
 def summary(
-    model: str = typer.Argument(..., help=MODEL_FILES[:-1] + ", or a registered model name."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's input size (names: 96)."),
+    model: str = typer.Argument(..., help=MODEL_OR_NAME),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's input size (names: "
+                                             f"{NAME_IMAGE_SIZE})."),
     num_classes: int = typer.Option(11, "--num-classes", help="For a model name: its class count."),
-    latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure latency: ONNX Runtime and eager "
-                                 "PyTorch at batch 1 on one thread, PyTorch at batch 64 (see `netcompress latency`)."),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure the latencies every report shows ("
+                                 + ", ".join(LATENCY_HEADINGS.values()) + "; see `netcompress latency`)."),
     threads: Optional[int] = ThreadsOpt,
     as_json: bool = JsonOpt,
 ):
@@ -132,37 +139,27 @@ def summary(
     Example: netcompress summary ../shared/data/hw7/student_custom_small.bin --image-size 256
     """
     set_threads(threads)
-    path = Path(model)
-    if path.exists():
-        net = load(path)
-    elif path.suffix:
-        raise NetcompressError(f"model file {path} does not exist")
-    else:
-        net = new_model(model, [str(i) for i in range(num_classes)], image_size or 96)
+    net = model_or_name(model, image_size, num_classes)
     spec = spec_of(net)
     size = image_size or input_size_of(spec, model)
-    if isinstance(net, OnnxModel):  # no torch modules to walk; list its operators instead
+    graph = graph_file(net)
+    totals = {"model": model, "arch": spec.arch or spec.info.module, "input_size": size}
+    if graph is not None:  # no torch modules to walk; list its operators instead
         import onnx
 
-        graph = onnx.load(str(path)).graph
-        table = "\n".join(f"{op:24s}{n:5d}" for op, n in Counter(node.op_type for node in graph.node).most_common())
-        totals = {"model": model, "arch": spec.arch or spec.info.module, "input_size": size,
-                  "runtime": "onnxruntime",
-                  "initializer_elements": sum(int(np.prod(t.dims)) for t in graph.initializer)}
+        proto = onnx.load(str(graph)).graph
+        table = "\n".join(f"{op:24s}{n:5d}" for op, n in Counter(node.op_type for node in proto.node).most_common())
+        totals.update(runtime="onnxruntime",
+                      initializer_elements=sum(int(np.prod(t.dims)) for t in proto.initializer))
     else:
         table = layer_table(net, size)
-        totals = {"model": model, "arch": spec.arch or spec.info.module, "input_size": size,
-                  "parameters": count_parameters(net), "macs": count_macs(net, size)}
-    if path.exists():
-        totals["file_bytes"] = path.stat().st_size
+        totals.update(parameters=count_parameters(net), macs=count_macs(net, size))
+    if Path(model).exists():
+        totals["file_bytes"] = Path(model).stat().st_size
     if latency:
         if image_size:
             attach(net, spec.replace(input_size=size))
-        runs = {"ort@1": LATENCIES["ort@1"]} if isinstance(net, OnnxModel) else LATENCIES
-        found = {key: measure_latency(net, **cfg) for key, cfg in runs.items()}
-        if "torch@1" in found:
-            found["torch@1"], found["torch@64"] = consistent(found["torch@1"], found["torch@64"])
-        totals.update({f"latency {key} (ms)": str(value) for key, value in found.items()})
+        totals.update({f"latency {key} (ms)": str(value) for key, value in latencies(net).items()})
     if not as_json:
         print(table)
     emit(totals, as_json, kv_table("totals", totals))
@@ -170,17 +167,21 @@ def summary(
 
 @app.command("latency")
 def latency_cmd(
-    model_files: list[Path] = typer.Argument(..., help="Model files to measure together, in interleaved rounds."),
-    runtime: str = typer.Option("ort", "--runtime", help=f"One of {', '.join(list_runtimes())}, or all (every "
-                                "installed one, and which is fastest for each model). ort is ONNX Runtime: an fp32 "
-                                "export, or the .onnx file as it is (int8 included)."),
+    models: list[str] = typer.Argument(..., help="Model files or registered model names (random weights) to measure "
+                                       "together, in interleaved rounds."),
+    runtime: str = Registered("ort", "--runtime", names=list_runtimes, also=("all",),
+                              help="One of {names}, or all (every installed one, and which is fastest for each "
+                              "model). ort is ONNX Runtime: an fp32 export, or the .onnx file as it is (int8 "
+                              "included)."),
     batch: int = typer.Option(1, "--batch", help="Images per call."),
     threads: int = typer.Option(1, "--threads", help="Threads of the runtime."),
     rounds: int = typer.Option(7, "--rounds", help="Interleaved rounds: every model once per round."),
     seconds: float = typer.Option(0.15, "--seconds", help="Timed calls per model per round, in seconds."),
     max_spread: float = typer.Option(0.3, "--max-spread", help="A p90 this far above the median (0.3 = 30%) means the "
                                      "machine was busy: no figure is printed."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: each model's own input size."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: each model's own input size "
+                                             f"(names: {NAME_IMAGE_SIZE})."),
+    num_classes: int = typer.Option(11, "--num-classes", help="For a model name: its class count."),
     as_json: bool = JsonOpt,
 ):
     """Latency per call: median, p90 and spread over interleaved rounds; no figure when the machine is too busy.
@@ -188,22 +189,25 @@ def latency_cmd(
     Example: netcompress latency runs/kd/best.safetensors runs/prune/step1.safetensors --runtime ort --batch 1 --threads 1
 
     Example: netcompress latency runs/kd/best.safetensors --runtime all
+
+    Example: netcompress latency studentnet --image-size 64 --runtime all
     """
     runtimes = list_runtimes(installed=True) if runtime == "all" else [runtime]
     nets = {}
-    for path in model_files:
-        net = load(path)
+    for model in models:
+        net = model_or_name(model, image_size, num_classes)
         spec = spec_of(net)
-        nets[str(path)] = attach(net, spec.replace(input_size=image_size or input_size_of(spec, path)))
+        nets[model] = attach(net, spec.replace(input_size=image_size or input_size_of(spec, model)))
     rows = []
     for name in runtimes:
-        if isinstance(next(iter(nets.values())), OnnxModel) and name == "torch" and runtime == "all":
-            continue  # an .onnx file does not run on eager PyTorch
         cfg = LatencyConfig(runtime=name, batch=batch, threads=threads, rounds=rounds, seconds=seconds,
                             max_spread=max_spread)
+        runnable = nets if runtime != "all" else {k: n for k, n in nets.items() if get_runtime(name).runs(n)}
+        if not runnable:
+            continue  # with --runtime all: a runtime that runs none of these files (eager PyTorch and .onnx files)
         rows += [{"model": model, "runtime": name, "batch": batch, "threads": threads, "median_ms": r.median_ms,
                   "p90_ms": r.p90_ms, "spread": r.spread, "calls": r.calls, "note": r.note}
-                 for model, r in measure_latency(nets, cfg).items()]
+                 for model, r in measure_latency(runnable, cfg).items()]
     fastest = {}
     for model in nets:
         timed = [r for r in rows if r["model"] == model and r["median_ms"] is not None]
