@@ -14,7 +14,6 @@ from .. import (
     TrainConfig,
     ViewConfig,
     fit,
-    list_models,
     load,
     new_model,
     spec_of,
@@ -55,8 +54,8 @@ from .common import (
 
 @app.command()
 def train(
-    model: str = Registered(..., "--model", names=list_models, help="Registered model name, e.g. studentnet, "
-                            "resnet18 (`netcompress models` lists them)."),
+    model: str = typer.Option(..., "--model", help="Registered model name, e.g. studentnet, resnet18 (`netcompress "
+                              "models` lists them)."),
     data: Path = DataOpt,
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run directory (resumes if it holds an interrupted run)."),
     image_size: int = typer.Option(96, "--image-size", help="Images are resized (shorter side) and center-cropped to this."),
