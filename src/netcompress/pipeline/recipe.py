@@ -36,6 +36,7 @@ from ..compress.lowrank import LowRankConfig
 from ..compress.prune import PruneConfig
 from ..compress.quant_config import QuantConfig
 from ..data.augment import AugmentConfig
+from ..data.sizes import check_image_size
 from ..errors import NetcompressError
 from ..measure.latency import LatencyTarget
 from ..models.registry import model_kwargs
@@ -58,8 +59,7 @@ class DataSection:
     skip_bad: bool = False
 
     def configs(self, seed: int) -> tuple:
-        if not 8 <= self.image_size <= 4096:
-            raise NetcompressError(f"image_size = {self.image_size} must lie in 8..4096 (the course used 256)")
+        check_image_size(self.image_size, "image_size")
         if self.channels not in (1, 3) or not 0 < self.val_fraction < 1:
             raise NetcompressError(f"channels = {self.channels} must be 1 or 3 and val_fraction = {self.val_fraction} "
                                    "lie in (0, 1)")
@@ -78,8 +78,8 @@ class TeacherSection:
     cutmix: float = 0.0
 
     def configs(self, seed: int) -> tuple[TrainConfig]:
-        if self.image_size and not 8 <= self.image_size <= 4096:
-            raise NetcompressError(f"image_size = {self.image_size} must lie in 8..4096 (0: the data's)")
+        if self.image_size:
+            check_image_size(self.image_size, "image_size", "0: the data's")
         return (TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed,
                             augment=AugmentConfig(mixup=self.mixup, cutmix=self.cutmix)),)
 

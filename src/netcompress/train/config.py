@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..data.augment import AugmentConfig
+from ..data.sizes import check_image_size
 from ..errors import NetcompressError
 
 
@@ -47,7 +48,10 @@ class TrainConfig:
             problems.append(f"seed = {self.seed!r} (must be an integer)")
         if not isinstance(self.precise_bn, int) or self.precise_bn < 0:
             problems.append(f"precise_bn = {self.precise_bn!r} (training images, >= 0; 0: off)")
-        if self.input_size is not None and not 8 <= self.input_size <= 4096:
-            problems.append(f"input_size = {self.input_size} (8..4096, or None for the data's size)")
+        if self.input_size is not None:
+            try:
+                check_image_size(self.input_size, "input_size", "or None for the data's size")
+            except NetcompressError as exc:
+                problems.append(str(exc))
         if problems:
             raise NetcompressError("bad training settings: " + "; ".join(problems))
