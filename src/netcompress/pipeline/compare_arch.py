@@ -15,8 +15,9 @@ import torch
 
 from ..compress.quant_config import QuantConfig, encode_model
 from ..errors import NetcompressError
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write_text
 from ..measure.cost import count_parameters
+from ..plots import pyplot, save_figure
 from ..schedule import Finetune
 from ..spec import new_model, spec_of
 from ..train.distill import DistillConfig
@@ -110,8 +111,6 @@ def compare(data, cfg: TrainConfig, out: str | Path, *, val=None, device: str | 
 
 
 def plot_compare(rows: list[dict], path: Path) -> Path:
-    from ..plots import pyplot
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     names = [r["architecture"] for r in rows]
@@ -122,7 +121,4 @@ def plot_compare(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("validation accuracy")
     ax.set_ylim(0, max(r["val_accuracy"] for r in rows) * 1.25)
     ax.set_title("Convolution types at an equal budget")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
