@@ -7,8 +7,16 @@ import torch.nn.functional as F
 from netcompress.data.augment import Batch, iterate_batches
 from netcompress.errors import NetcompressError
 from netcompress.spec import new_model
-from netcompress.train.distill import (DistillConfig, DistillLoss, check_teacher, dist_loss, dkd_loss, get_kd_loss,
-                                      kd_loss, rkd_loss)
+from netcompress.train.distill import (
+    DistillConfig,
+    DistillLoss,
+    check_teacher,
+    dist_loss,
+    dkd_loss,
+    get_kd_loss,
+    kd_loss,
+    rkd_loss,
+)
 
 S = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
 T = torch.tensor([[1.0, 1.5, -0.5], [3.0, -1.0, 0.0]])

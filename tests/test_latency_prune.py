@@ -8,13 +8,14 @@ import pytest
 import netcompress as nc
 from netcompress import PruneConfig, prune_iteratively
 from netcompress.errors import NetcompressError
+from netcompress.measure import cost
 from netcompress.measure import latency as latency_module
 from netcompress.measure.latency import LatencyTarget
 from netcompress.measure.latency_table import LatencyTable, layer_keys
-from netcompress.schedule import latency_pruning
-from netcompress.spec import copy_model
 from netcompress.pipeline.artifact import Artifact
 from netcompress.pipeline.budgets import choose_by_latency
+from netcompress.schedule import latency_pruning
+from netcompress.spec import copy_model
 
 WIDTHS = [8, 16, 16, 32, 32, 32, 32, 32]
 
@@ -94,7 +95,10 @@ def priced_runtime(monkeypatch):
 def prune_recording(monkeypatch, tmp_path, jpeg_dataset, accuracy=None):
     """Prune to a latency out of reach (the run prunes for its whole allowance of steps); per step, the model
     before the cut and the proposals it chose from, their accuracies set by `accuracy(proposal, reference)`
-    instead of a brief fine-tuning when given."""
+    instead of a brief fine-tuning when given (and then without timing each step's model on ort and torch for
+    its row, which the choice of cut does not read)."""
+    if accuracy is not None:
+        monkeypatch.setattr(cost, "measure_latencies", lambda model: {key: None for key in cost.LATENCIES})
     seen = []
     measured = latency_pruning._measured
     tune_briefly = latency_pruning.Proposals.tune_briefly
@@ -135,16 +139,19 @@ def check_choices(rows, seen, run_dir):
         best = max(step["proposals"],
                    key=lambda p: p.saved_ms / max(step["reference"] - p.accuracy, latency_pruning.ACCURACY_FLOOR))
         assert row["cut"] == {"layer": best.layer, "removed": best.remove}
-        assert row["target_latency"]["median_ms"] == pytest.approx(priced(None, nc.load(run_dir / row["model_file"]), shape),
-                                                                   rel=0.01)
+        tuned = nc.load(run_dir / row["model_file"])
+        assert row["target_latency"]["median_ms"] == pytest.approx(priced(None, tuned, shape), rel=0.01)
     return [(row["cut"]["layer"], row["cut"]["removed"]) for row in rows[1:]]
 
 
 def test_pruning_to_a_latency_cuts_the_layers_the_table_prices(jpeg_dataset, tmp_path, monkeypatch, priced_runtime):
-    # no proposal loses accuracy: each step cuts the one the table prices highest, by as much as a step may
-    rows, seen = prune_recording(monkeypatch, tmp_path, jpeg_dataset, accuracy=lambda p, reference: reference)
+    # the cut the table prices highest loses half a point of accuracy, the others none (below ACCURACY_FLOOR, 0.2
+    # points, all count as 0.2): it saves 4 to 8 times as much latency, so each step cuts it, by as much as it may
+    rows, seen = prune_recording(monkeypatch, tmp_path, jpeg_dataset,
+                                 accuracy=lambda p, reference: reference - (0.005 if p.layer == HEAVY else 0.0))
     assert all(len(step["proposals"]) >= 2 for step in seen)  # a choice each time
-    assert check_choices(rows, seen, tmp_path / "run") == [(HEAVY, 16), (HEAVY, 8)]  # 32 channels, then 16; MAX_CUT = 0.5
+    # HEAVY has 32 channels, then 16; a step removes at most half (MAX_CUT)
+    assert check_choices(rows, seen, tmp_path / "run") == [(HEAVY, 16), (HEAVY, 8)]
     assert all(b["params"] < a["params"] for a, b in zip(rows, rows[1:]))
     for row in rows[1:]:
         assert row["rate"] is None and 0 < row["kept"] < 1
@@ -158,11 +165,12 @@ def test_pruning_to_a_latency_cuts_the_layers_the_table_prices(jpeg_dataset, tmp
 
 def test_a_cut_that_costs_accuracy_must_save_latency_in_proportion(jpeg_dataset, tmp_path, monkeypatch,
                                                                    priced_runtime):
-    # the cut the table prices highest loses half the accuracy: 5x the latency for 250x the loss is no bargain
+    # the cut the table prices highest loses half the accuracy: 8x the latency for 250x the loss is no bargain
     rows, seen = prune_recording(monkeypatch, tmp_path, jpeg_dataset,
                                  accuracy=lambda p, reference: reference - (0.5 if p.layer == HEAVY else 0.0))
     assert len(seen[0]["proposals"]) >= 2 and HEAVY in [p.layer for p in seen[0]["proposals"]]
-    assert check_choices(rows, seen, tmp_path / "run")[0] == ("cnn.2.0", 8)  # the next highest priced: the most multiply-adds
+    # the next highest priced: the cut of most multiply-adds (cnn.1.0's 8 channels may not be cut)
+    assert check_choices(rows, seen, tmp_path / "run")[0] == ("cnn.2.0", 8)
 
 
 def test_pruning_to_a_latency_weighs_the_briefly_fine_tuned_accuracy(jpeg_dataset, tmp_path, monkeypatch,
