@@ -45,18 +45,21 @@ def jpeg_dataset(tmp_path) -> Path:
 
 
 def _registries() -> list[dict]:
-    """Every registry a test may add to: runtimes, codecs (by name and by record kind), pruners, distillation losses."""
+    """Every registry a test may add to: runtimes, codecs (by name and by record kind), pruners, distillation losses,
+    model file formats (readers by suffix, exporters by name). Not the model registry: it fills itself on first use."""
     from netcompress.compress import codecs, pruners
+    from netcompress.formats import load
     from netcompress.measure import latency
     from netcompress.train import distill
 
-    return [latency._RUNTIMES, codecs._CODECS, codecs._BY_KIND, pruners._PRUNERS, distill._KD_LOSSES]
+    return [latency._RUNTIMES, codecs._CODECS, codecs._BY_KIND, pruners._PRUNERS, distill._KD_LOSSES,
+            load._READERS, load._EXPORTERS]
 
 
 @pytest.fixture(autouse=True)
 def restore_registries():
-    """What a test registers (a runtime, codec, pruner or distillation loss) is gone after it: each registry gets
-    back the very entries it had before, in place (the modules keep their dict objects)."""
+    """What a test registers (a runtime, codec, pruner, distillation loss or file format) is gone after it: each
+    registry gets back the very entries it had before, in place (the modules keep their dict objects)."""
     registries = _registries()
     saved = [dict(registry) for registry in registries]
     yield
