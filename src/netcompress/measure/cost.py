@@ -130,9 +130,10 @@ def ms(value: float | str | None) -> str:
 
 
 def latency_texts(row: dict) -> dict[str, str]:
-    """A row's latencies by LATENCIES key as text: milliseconds, 'busy', or the row's reason for having none."""
+    """A row's latencies by LATENCIES key as text: milliseconds, 'busy', 'n/a' (a runtime that does not run the
+    model: see `latencies`), or the row's reason for having none."""
     found = row.get("latency_ms", {})
-    return {key: found if isinstance(found, str) else ms(found.get(key)) for key in LATENCIES}
+    return {key: found if isinstance(found, str) else ms(found[key]) if key in found else "n/a" for key in LATENCIES}
 
 
 def latencies(model: nn.Module, **timing) -> dict[str, Latency]:
