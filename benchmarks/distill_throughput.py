@@ -29,7 +29,7 @@ from torchvision import transforms
 
 import netcompress as nc
 from netcompress.data.folder import scan_split
-from netcompress.runtime import tune_allocator
+from netcompress.process import tune_allocator
 from netcompress.train.distill import kd_loss
 
 

@@ -28,7 +28,7 @@ import torch
 
 import netcompress as nc
 from netcompress.formats.onnx import OnnxModel
-from netcompress.runtime import tune_allocator
+from netcompress.process import tune_allocator
 
 
 def main() -> None:

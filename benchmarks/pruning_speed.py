@@ -21,7 +21,7 @@ import torch
 
 from netcompress import count_macs, count_parameters, latency_ms, new_model, prune
 from netcompress.models.studentnet import course_widths_at
-from netcompress.runtime import tune_allocator
+from netcompress.process import tune_allocator
 
 
 def main() -> None:

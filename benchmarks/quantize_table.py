@@ -28,7 +28,7 @@ from netcompress.compress.bit_allocation import WIDTHS, allocate_bits, sensitivi
 from netcompress.schedule import Finetune, finetune_quantized
 from netcompress.data.split import calibration_images
 from netcompress.formats.course import load_course_pkl, save_course_pkl
-from netcompress.runtime import tune_allocator
+from netcompress.process import tune_allocator
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from netcompress import ImageFolderData, count_parameters, evaluate, load, prune, spec_of
-from netcompress.runtime import tune_allocator
+from netcompress.process import tune_allocator
 
 
 def main() -> None:

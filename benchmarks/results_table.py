@@ -22,7 +22,7 @@ import torch
 from netcompress.pipeline.artifact import Artifact
 from netcompress.pipeline.recipe import load_recipe
 from netcompress.pipeline.stages import run_recipe
-from netcompress.runtime import resolve_device, tune_allocator
+from netcompress.process import resolve_device, tune_allocator
 
 
 def main() -> None:

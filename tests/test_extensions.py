@@ -13,24 +13,9 @@ from typer.testing import CliRunner
 
 import netcompress as nc
 from netcompress.cli import app
-from netcompress.compress import codecs, pruners
 from netcompress.data.augment import Batch
-from netcompress.formats import load as formats
 from netcompress.measure import latency as runtimes
-from netcompress.train import distill
 from netcompress.train.distill import DistillLoss
-
-
-@pytest.fixture(autouse=True)
-def registries():
-    """Every registry a test here adds to gets back exactly the entries it had (the modules keep their dicts)."""
-    found = [codecs._CODECS, codecs._BY_KIND, pruners._PRUNERS, runtimes._RUNTIMES, distill._KD_LOSSES,
-             formats._READERS, formats._EXPORTERS]
-    saved = [dict(registry) for registry in found]
-    yield
-    for registry, entries in zip(found, saved):
-        registry.clear()
-        registry.update(entries)
 
 
 def tiny(**kwargs):

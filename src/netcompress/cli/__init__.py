@@ -25,7 +25,7 @@ ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def main() -> None:
-    from ..runtime import tune_allocator
+    from ..process import tune_allocator
 
     tune_allocator()
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"

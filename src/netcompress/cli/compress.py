@@ -20,10 +20,9 @@ from .. import (
     prune_iteratively,
 )
 from .. import quantize as quantize_model
-from ..compress.lowrank import format_layers
 from ..formats.load import graph_file
 from ..pipeline.report import plot_pruning
-from ..runtime import resolve_device, seed_everything
+from ..process import resolve_device, seed_everything
 from .common import (
     LATENCY_COLUMNS,
     BatchSizeOpt,
@@ -267,3 +266,14 @@ def quantize(
         result.update(val_accuracy_fp32=evaluate(net, ds, device="cpu")["accuracy"],
                       val_accuracy=evaluate(stored.decode(), ds, device="cpu")["accuracy"])
     emit(result, as_json, kv_table(f"quantize {model_file.name}", result))
+
+
+def format_layers(layers: list[dict]) -> str:
+    """A plain-text table of the per-layer decisions."""
+    lines = [f"{'layer':<28} {'shape':<18} {'method':<8} {'ranks':<12} {'params':>17}  note"]
+    for r in layers:
+        shape = "x".join(map(str, r["shape"]))
+        ranks = "/".join(map(str, r["ranks"])) if r["ranks"] else "-"
+        params = f"{r['params_before']:,}->{r['params_after']:,}" if not r["skipped"] else f"{r['params_before']:,}"
+        lines.append(f"{r['layer']:<28} {shape:<18} {r['method']:<8} {ranks:<12} {params:>17}  {r['skipped'] or ''}")
+    return "\n".join(lines)

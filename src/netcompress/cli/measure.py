@@ -19,7 +19,7 @@ from ..formats.load import graph_file
 from ..measure.cost import LATENCY_HEADINGS, latencies, layer_table
 from ..measure.evaluate import plot_confusion, write_submission
 from ..measure.latency import LatencyConfig, get_runtime, latency as measure_latency, list_runtimes
-from ..runtime import resolve_device
+from ..process import resolve_device
 from ..spec import attach
 from .common import (
     MODEL_FILES,

@@ -12,7 +12,7 @@ from ..pipeline.compare_arch import compare
 from ..pipeline.recipe import load_recipe
 from ..pipeline.report import write_report
 from ..pipeline.stages import run_recipe
-from ..runtime import resolve_device
+from ..process import resolve_device
 from .common import (
     LATENCY_COLUMNS,
     BatchSizeOpt,

@@ -18,7 +18,8 @@ from .. import (
     new_model,
     spec_of,
 )
-from ..runtime import resolve_device, seed_everything
+from ..formats.load import read_spec
+from ..process import resolve_device, seed_everything
 from ..spec import attach
 from ..train.distill import list_kd_losses
 from ..train.distributed import init_from_env
@@ -178,7 +179,7 @@ def distill(
     set_threads(threads)
     world, dev = init_from_env(resolve_device(device))
     seed_everything(seed)
-    teacher_spec = spec_of(load(teacher))
+    teacher_spec = read_spec(teacher)
     size = image_size or input_size_of(teacher_spec, teacher)
     ds = folder(data, max(size, teacher_spec.input_size), cache_dir, skip_bad, progress and world.main,
                 channels=teacher_spec.channels, labels=labels, val_fraction=val_fraction)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import NetcompressError
-from ..runtime import bars_off
+from ..process import bars_off
 from .quant_config import QuantConfig, encode_model, prepared
 
 GRANULE = 8  # bytes per knapsack unit

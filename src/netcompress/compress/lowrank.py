@@ -33,7 +33,7 @@ import torch.nn as nn
 from ..errors import NetcompressError
 from ..measure.cost import count_parameters
 from ..models.surgery import describe, set_submodule
-from ..runtime import model_device
+from ..process import model_device
 from ..spec import attach, copy_model, example_input_for, spec_of, with_input_of
 from .factorization import factorize_layer, rank_for_energy, rank_for_ratio, singular_values
 
@@ -298,14 +298,3 @@ def factorize(model: nn.Module, config: LowRankConfig | None = None, *, example_
     except TypeError as exc:
         raise NetcompressError(f"factorize: {exc}") from exc
     return factorize_model(model, cfg, example_input).model
-
-
-def format_layers(layers: list[dict]) -> str:
-    """A plain-text table of the per-layer decisions."""
-    lines = [f"{'layer':<28} {'shape':<18} {'method':<8} {'ranks':<12} {'params':>17}  note"]
-    for r in layers:
-        shape = "x".join(map(str, r["shape"]))
-        ranks = "/".join(map(str, r["ranks"])) if r["ranks"] else "-"
-        params = f"{r['params_before']:,}->{r['params_after']:,}" if not r["skipped"] else f"{r['params_before']:,}"
-        lines.append(f"{r['layer']:<28} {shape:<18} {r['method']:<8} {ranks:<12} {params:>17}  {r['skipped'] or ''}")
-    return "\n".join(lines)

@@ -18,7 +18,7 @@ from ..data.split import split_of
 from ..errors import NetcompressError
 from ..measure.latency import LatencyTarget
 from ..models.surgery import record_changes
-from ..runtime import model_device, resolve_device
+from ..process import model_device, resolve_device
 from ..spec import ModelSpec, PruningRecord, attach, copy_model, example_input_for, spec_of, with_input_of
 from .batchnorm import recalibrate_batchnorm
 from .pruners import get_pruner, list_pruners, prune_group

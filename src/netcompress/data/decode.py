@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..errors import NetcompressError
-from ..runtime import bars_off
+from ..process import bars_off
 
 CHANNEL_MODES = {3: "RGB", 1: "L"}
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch.nn as nn
 
 from ..errors import NetcompressError
-from ..spec import attach, copy_model, index_class_names, spec_of
+from ..spec import ModelSpec, attach, copy_model, index_class_names, spec_of
 from .course import import_course_checkpoint, load_course_pkl
 from .model_file import load_model, save_model
+from .model_file import read_spec as read_file_spec
 from .ncq import load_ncq
 from .onnx import export_onnx, load_onnx
 
@@ -112,6 +113,12 @@ def load(path: str | Path, model: nn.Module | None = None, *, input_size: int | 
         verify = os.environ.get("NETCOMPRESS_NO_VERIFY") != "1"
     net = fmt.load(path, model, verify)
     return net if input_size is None else attach(net, spec_of(net).replace(input_size=input_size))
+
+
+def read_spec(path: str | Path) -> ModelSpec:
+    """A model file's spec: from its header alone where the format allows (.safetensors), else by loading it."""
+    path = Path(path)
+    return read_file_spec(path) if path.suffix.lower() == ".safetensors" else spec_of(load(path))
 
 
 def export(model: nn.Module, target: str, path: str | Path, data=None, **options) -> Path:

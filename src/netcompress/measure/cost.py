@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import NetcompressError
-from ..runtime import model_device
+from ..process import model_device
 from ..spec import spec_of
 from .evaluate import classification_metrics, predict_logits
 from .latency import Latency, consistent, get_runtime, latency

@@ -12,8 +12,9 @@ import torch.nn as nn
 from ..data.augment import iterate_batches, resize_batch
 from ..data.split import Split, split_of
 from ..errors import NetcompressError
-from ..files import atomic_write, atomic_write_text
-from ..runtime import model_device, resolve_device
+from ..files import atomic_write_text
+from ..plots import pyplot, save_figure
+from ..process import model_device, resolve_device
 from ..spec import copy_model, spec_of
 
 
@@ -70,11 +71,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
 
 
 def plot_confusion(confusion: list[list[int]], class_names: list[str], path: str | Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(class_names)
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
     im = ax.imshow(confusion, cmap="Blues")
@@ -89,10 +86,7 @@ def plot_confusion(confusion: list[list[int]], class_names: list[str], path: str
             ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > peak / 2 else "black")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, Path(path))
 
 
 def write_submission(pred: torch.Tensor, split: Split, path: str | Path, with_filenames: bool = False) -> Path:

@@ -21,10 +21,10 @@ import torch
 from .. import (AugmentConfig, ImageFolderData, NetcompressError, evaluate, factorize_and_finetune, fit, load,
                new_model, prune_iteratively, quantize, spec_of)
 from ..files import RunLock, atomic_write_text
-from ..formats.model_file import read_spec
+from ..formats.load import read_spec
 from ..measure.cost import measure_model
 from ..measure.latency import LatencyTarget, latency
-from ..runtime import log, seed_everything
+from ..process import log, seed_everything
 from ..train.views import TeacherViews, ViewConfig
 from .artifact import DECODED, Artifact
 from .budgets import choose, choose_by_latency

@@ -15,7 +15,7 @@ from ..data.split import Split
 from ..errors import NetcompressError
 from ..measure.cost import measure_model
 from ..measure.evaluate import classification_metrics, predict_logits
-from ..runtime import resolve_device
+from ..process import resolve_device
 from ..train.distill import DistillConfig
 from ..train.fit import TrainConfig, fit, training_splits
 from ..train.views import TeacherViews

@@ -28,7 +28,7 @@ from ..compress.pruners import channel_groups
 from ..files import atomic_write_text
 from ..measure.latency import Latency, LatencyTarget, latency
 from ..measure.latency_table import LatencyTable
-from ..runtime import log
+from ..process import log
 from ..spec import PruningRecord, copy_model, example_input_for, spec_of
 from .finetune import Finetune
 from .steps import PruningSteps, StepRun

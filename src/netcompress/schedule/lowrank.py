@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..compress.lowrank import LowRankConfig, factorize_model
-from ..runtime import log
+from ..process import log
 from ..spec import copy_model, spec_of
 from ..train.distill import DistillConfig
 from ..train.fit import TrainConfig

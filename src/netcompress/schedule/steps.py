@@ -12,7 +12,7 @@ from ..compress.pruners import get_pruner
 from ..files import atomic_write_text
 from ..formats import model_file
 from ..measure.cost import ms
-from ..runtime import log
+from ..process import log
 from .finetune import Finetune
 
 

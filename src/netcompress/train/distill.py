@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..data.augment import Batch, iterate_batches
 from ..data.split import Split
 from ..errors import NetcompressError
-from ..runtime import model_device
+from ..process import model_device
 
 class KDLoss:
     """One distillation loss. Subclass it, set `name`, implement `__call__`, and register it with `@register_kd_loss`;

@@ -32,7 +32,7 @@ from ..files import RunLock, atomic_write_text
 from ..formats.load import load
 from ..formats.model_file import save_model
 from ..measure.evaluate import classification_metrics, predict_logits
-from ..runtime import bars_off, log, model_device, resolve_device
+from ..process import bars_off, log, model_device, resolve_device
 from ..spec import attach, copy_model, spec_of
 from .checkpoint import resume, save_checkpoint
 from .config import TrainConfig
@@ -102,7 +102,7 @@ def fit(
     training data (Split, torch Dataset of (image, label), DataLoader) with `val` the same kind
     (without `val`, the last epoch's model is returned). Keyword overrides replace config fields:
     fit(model, data, epochs=3). With `teacher` (a module or a model file), the loss is the
-    distillation loss of `distill` (default DistillConfig(): the course's T=20, alpha=0.5); with
+    distillation loss of `distill` (default DistillConfig(): T=4, alpha=0.9; DistillConfig.course() for the course's); with
     `TeacherViews` the batches are its cached views and the loss reads the teacher's cached logits.
     `penalty(model)` is added to every step's loss; `after_step(model)` runs after every
     optimizer step. A model whose spec says it is sparse (magnitude pruning) keeps its zeros.

@@ -27,7 +27,7 @@ from ..data.mix import cutmix_boxes, mix_pairs
 from ..data.split import Split, to_float
 from ..errors import NetcompressError
 from ..files import atomic_write
-from ..runtime import bars_off, model_device
+from ..process import bars_off, model_device
 from .distill import native_bf16
 
 VIEWS_FORMAT = "netcompress-teacher-views"
