@@ -33,7 +33,7 @@ class PruneConfig:
     sparsity_epochs > 0 is Network Slimming: a training phase with an L1 penalty on BatchNorm γ
     before the first step. taylor_batches: training batches whose gradients rank channels (taylor).
 
-    latency: prune to a latency target instead of by `rate` (NetAdapt, see netadapt.py): `steps` is then
+    latency: prune to a latency target instead of by `rate` (NetAdapt, see schedule/latency_pruning.py): `steps` is then
     the number of steps planned to reach it, and `method` ranks channels within a layer.
     proposal_images: training images each of those steps' proposals is briefly fine-tuned on.
     recalibrate: training images whose BatchNorm statistics replace the running ones after a structured

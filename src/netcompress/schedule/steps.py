@@ -56,8 +56,8 @@ class StepRecorder:
         self.run.rows.append(row)
         self.save()
         if ft.progress:
-            log(f"{label or name}: {row['params']:,} params, {row['file_bytes']:,} bytes, {row['macs']:,} MACs, val acc "
-                f"{row['val_accuracy']:.4f}, {ms(row['latency_ms']['ort@1'])} ms at batch 1 (ONNX Runtime)")
+            log(f"{label or name}: {row['params']:,} params, {row['file_bytes']:,} bytes, {row['macs']:,} MACs, "
+                f"val acc {row['val_accuracy']:.4f}, {ms(row['latency_ms']['ort@1'])} ms at batch 1 (ONNX Runtime)")
         return row
 
     def save(self) -> None:
