@@ -152,7 +152,8 @@ def test_quantization_aware_training_leaves_a_plain_module_whose_weights_moved(j
     assert list(tuned.state_dict()) == list(net.state_dict())  # in order: .ncq records follow it
     moved = [k for k, v in tuned.state_dict().items() if k.endswith("3.weight") and not torch.equal(v, net.state_dict()[k])]
     assert moved  # the pointwise weights were trained
-    nc.quantize(tuned, cfg.__class__(codec="kbit", bits=2))  # and store like any module
+    stored = nc.quantize(tuned, QuantConfig(codec="kbit", bits=2))  # stores and decodes like any module
+    assert list(stored.decode().state_dict()) == list(net.state_dict())
 
 
 def test_recipe_tables_take_every_field_of_their_configs(tmp_path):
