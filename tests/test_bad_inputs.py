@@ -285,10 +285,11 @@ def test_a_full_disk_leaves_nothing_half_written(tmp_path):
 
 def test_a_second_process_on_one_run_folder_is_refused_and_a_dead_ones_lock_taken(tmp_path):
     data = dataset(tmp_path / "d")
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    hold = (f"import time; from netcompress.files import RunLock\nwith RunLock({str(tmp_path / 'run')!r}):\n"
+            "    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
     try:
-        (tmp_path / "run").mkdir()
-        (tmp_path / "run" / ".lock").write_text(str(holder.pid))
+        assert holder.stdout.readline().strip() == "held"
         code, _, err = cli("train", "--model", "studentnet", "--data", data, "--image-size", 16, "--epochs", 1,
                            "--out", tmp_path / "run", cache=tmp_path / "c")
         assert code == 2 and f"is in use by process {holder.pid}" in err

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -69,31 +71,87 @@ def _alive(pid: int) -> bool:
 
 
 class RunLock:
-    """An exclusive lock on a run folder (RUN/.lock holds the owner's pid): a second process gets a clear error,
-    and a lock left by a process that died is taken over."""
+    """An exclusive lock on a run folder: flock on RUN/.lock, held through an open descriptor.
+
+    The kernel drops the lock when its holder exits, however it dies, so a dead process's lock is
+    simply taken; the file names the holder's pid for the error a second process gets. The holder
+    removes the file while still holding the lock, and a taker checks that the file it locked is still
+    the one at RUN/.lock, so two processes never hold it at once. Re-entering in the holder nests.
+    """
+
+    _held: dict[Path, tuple[int, int]] = {}  # lock path -> (fd, depth), this process's locks
+    _guard = threading.Lock()
 
     def __init__(self, folder: str | Path):
         self.path = Path(folder) / ".lock"
 
     def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            key = self.path.resolve()
+        except OSError as exc:
+            raise NetcompressError(f"cannot lock {self.path.parent}: {_reason(exc, self.path)}") from None
+        with self._guard:
+            if key in self._held:
+                fd, depth = self._held[key]
+                self._held[key] = (fd, depth + 1)
+                return self
+            self._held[key] = (self._take(), 1)
+        return self
+
+    def _take(self) -> int:
         while True:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self.path.read_text().strip() if self.path.exists() else ""
-                if owner.isdigit() and _alive(int(owner)) and int(owner) != os.getpid():
-                    raise NetcompressError(f"{self.path.parent} is in use by process {owner}; wait for it to finish, "
-                                           "or choose another output folder") from None
-                self.path.unlink(missing_ok=True)  # a dead owner's lock (or our own): take it over
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            except OSError as exc:
+                raise NetcompressError(f"cannot lock {self.path.parent}: {_reason(exc, self.path)}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise NetcompressError(f"{self.path.parent} is in use by process {owner or '(unknown)'}; wait for "
+                                       "it to finish, or choose another output folder") from None
+            except OSError as exc:
+                os.close(fd)
+                raise NetcompressError(f"cannot lock {self.path.parent}: {_reason(exc, self.path)}") from None
+            if _same_file(fd, self.path):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+                return fd
+            os.close(fd)  # its holder removed it between our open and our lock: lock the new one
 
     def __exit__(self, *_exc) -> None:
-        if self.path.exists() and self.path.read_text().strip() == str(os.getpid()):
-            self.path.unlink(missing_ok=True)
+        key = self.path.resolve()
+        with self._guard:
+            fd, depth = self._held.pop(key)
+            if depth > 1:
+                self._held[key] = (fd, depth - 1)
+                return
+        try:
+            if _same_file(fd, self.path):
+                self.path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only folder: the file stays, and the next taker finds it unlocked
+        finally:
+            os.close(fd)
+
+
+def _read_owner(fd: int) -> str:
+    try:
+        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return owner if owner.isdigit() else ""
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _umask() -> int:
