@@ -30,6 +30,7 @@ from .artifact import DECODED, Artifact
 from .budgets import choose, choose_by_latency
 from .compare_arch import compare
 from .recipe import SECTIONS, PruneSection, Recipe, StudentVariantSection
+from .records import read_done, read_json_object
 
 
 class Run:
@@ -65,7 +66,7 @@ class Run:
     def stage(self, name: str, work, settings: dict, redo_when_changed: bool = False) -> dict:
         done = self.dir / name / "done.json"
         if done.exists():
-            result = json.loads(done.read_text())
+            result = read_done(done, self.dir)
             before = _with_new_fields(result.get("settings"))  # None: made before settings were recorded
             if before == settings or (before is None and not redo_when_changed):
                 if self.progress:
@@ -266,7 +267,7 @@ def measure_on_target(run: Run, artifacts: list[Artifact], target: LatencyTarget
     rounds (again, up to `tries` times, for those the machine was too busy to measure). Kept in RUN/latency/, so
     a rerun measures only new models. Storage codecs are left out: their files decode to the fp32 model."""
     path = run.dir / "latency" / f"{target.runtime}-b{target.batch}-t{target.threads}.json"
-    found = json.loads(path.read_text()) if path.exists() else {}
+    found = read_json_object(path, "delete it to measure again") if path.exists() else {}
     wanted = {a.name: a for a in artifacts if a.runtime != DECODED and a.candidate}
     for _ in range(tries):
         missing = [name for name in wanted if found.get(name, {}).get("median_ms") is None]
@@ -289,7 +290,7 @@ def _evaluate(run: Run, artifacts: list[Artifact], chosen: list[str]) -> dict:
     the newly chosen model.
     """
     path = run.dir / "evaluate" / "test.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
+    results = read_json_object(path, "delete it to evaluate again") if path.exists() else {}
     wanted = [a for a in artifacts if (a.stage in ("teacher", "student") or a.name in chosen)
               and a.name not in results]
     if wanted:

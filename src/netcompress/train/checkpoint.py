@@ -42,6 +42,11 @@ def resume(run_dir: Path, run_info: dict, model, opt, sched, device) -> tuple[in
     except (OSError, ValueError) as exc:
         raise NetcompressError(f"{run_dir} holds state.pt but no readable run.json ({type(exc).__name__}): it was not "
                                "made by netcompress or is damaged; choose another output folder") from None
+    if not isinstance(old, dict) or not isinstance(old.get("config", {}), dict):
+        what = f"its config is a {type(old['config']).__name__}" if isinstance(old, dict) else \
+            f"a JSON {type(old).__name__}"
+        raise NetcompressError(f"{run_dir / 'run.json'} is not the settings object netcompress writes ({what}); "
+                               f"delete {run_dir} to start the run over, or choose another output folder")
     defaults = json.loads(json.dumps(asdict(TrainConfig())))  # a field added since the run began: at its default
     old_cfg, new_cfg = {**defaults, **old.get("config", {})}, json.loads(json.dumps(run_info["config"]))
     differ = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
