@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Callable
@@ -24,7 +25,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         os.chmod(tmp, 0o666 & ~_umask())  # some writers create 0600 files
         os.replace(tmp, path)
     except OSError as exc:
-        raise NetcompressError(f"cannot write {path}: {_reason(exc, path)}") from None
+        raise NetcompressError(f"cannot write {path}: {why_not_written(exc, path)}") from None
+    except RuntimeError as exc:  # torch.save reports a failed write (a full disk) as "unexpected pos 704 vs 598"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NetcompressError(f"cannot write {path}: the writer failed ({first}) with {_free_mb(path)} MB free "
+                               "there; free some space or write elsewhere (nothing was half-written)") from None
     finally:
         try:
             tmp.unlink(missing_ok=True)
@@ -37,15 +42,23 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def _reason(exc: OSError, path: Path) -> str:
+def _free_mb(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(next(p for p in (path.parent, *path.parents) if p.exists())).free / 2**20:,.0f}"
+    except (OSError, StopIteration):
+        return "?"
+
+
+def why_not_written(exc: OSError, path: Path) -> str:
+    """What an OSError met while writing `path` means to the user, and what to do."""
     if exc.errno == errno.ENOSPC:
         return "no space left on the device; free some space or write elsewhere (nothing was half-written)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied (or a read-only disk); choose a place you can write to"
     if exc.errno in (errno.EISDIR, errno.ENOTEMPTY) or path.is_dir():
         return "a folder of that name is in the way; choose a file name"
     if exc.errno == errno.ENOTDIR or any(p.is_file() for p in path.parents):
         return "a file stands where its folder should be; choose another place"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "permission denied (or a read-only disk); choose a place you can write to"
     return exc.strerror or str(exc)
 
 
@@ -90,7 +103,7 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             key = self.path.resolve()
         except OSError as exc:
-            raise NetcompressError(f"cannot lock {self.path.parent}: {_reason(exc, self.path)}") from None
+            raise NetcompressError(f"cannot lock {self.path.parent}: {why_not_written(exc, self.path)}") from None
         with self._guard:
             if key in self._held:
                 fd, depth = self._held[key]
@@ -104,7 +117,7 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             except OSError as exc:
-                raise NetcompressError(f"cannot lock {self.path.parent}: {_reason(exc, self.path)}") from None
+                raise NetcompressError(f"cannot lock {self.path.parent}: {why_not_written(exc, self.path)}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -114,7 +127,7 @@ class RunLock:
                                        "it to finish, or choose another output folder") from None
             except OSError as exc:
                 os.close(fd)
-                raise NetcompressError(f"cannot lock {self.path.parent}: {_reason(exc, self.path)}") from None
+                raise NetcompressError(f"cannot lock {self.path.parent}: {why_not_written(exc, self.path)}") from None
             if _same_file(fd, self.path):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, str(os.getpid()).encode(), 0)
