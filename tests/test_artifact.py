@@ -59,5 +59,5 @@ def test_course_checkpoint_imports_with_its_exact_architecture(course_ckpt, tmp_
 
 def test_foreign_state_dict_is_refused(tmp_path):
     torch.save({"layer.weight": torch.zeros(2)}, tmp_path / "other.bin")
-    with pytest.raises(nc.NetcompressError, match="not a course StudentNet state_dict"):
+    with pytest.raises(nc.NetcompressError, match=r"its tensors do not fit a StudentNet \(expected a 3x3 first conv"):
         import_course_checkpoint(tmp_path / "other.bin")

@@ -155,7 +155,8 @@ def test_predict_with_the_course_checkpoint(course_ckpt, food_root, cache_dir, t
 
 
 def test_import_then_export_course(course_ckpt, tmp_path):
-    netcompress("import-course", course_ckpt, "--image-size", 256, "--out", tmp_path / "c.safetensors")
+    netcompress("import-course", course_ckpt, "--image-size", 256, "--pool-after", "0,1,2,3", "--out",
+                tmp_path / "c.safetensors")
     netcompress("export-course", tmp_path / "c.safetensors", "--out", tmp_path / "c.bin")
     import torch
 

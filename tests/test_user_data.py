@@ -78,7 +78,8 @@ def test_course_pickles_are_readable_by_old_numpy_and_import(course_ckpt, tmp_pa
         names = {arg for _, arg, _ in pickletools.genops(path.read_bytes()) if isinstance(arg, str)}
         assert not any("numpy._core" in n for n in names), protocol  # numpy < 1.26 has no numpy._core
         assert any("numpy.core.multiarray" in n for n in names)
-    netcompress("import-course", tmp_path / "p3.pkl", "--image-size", 64, "--out", tmp_path / "from_pkl.safetensors")
+    netcompress("import-course", tmp_path / "p3.pkl", "--image-size", 64, "--pool-after", "0,1,2,3", "--out",
+                tmp_path / "from_pkl.safetensors")
     imported = nc.load(tmp_path / "from_pkl.safetensors")
     assert nc.spec_of(imported).input_size == 64 and nc.count_parameters(imported) == 256_779
     refused = netcompress("summary", tmp_path / "p3.pkl", "--no-latency", check=False)
@@ -137,8 +138,8 @@ def test_import_state_dict_reads_the_architecture_from_the_checkpoint(tmp_path):
     course_era = nc.create_model("groupcnn", num_classes=11, groups=4, widths=[16, 32, 64, 64, 128, 128])
     torch.save({"state_dict": {f"module.{k}": v for k, v in course_era.state_dict().items()}}, tmp_path / "g.pth",
                _use_new_zipfile_serialization=False)
-    netcompress("import-state-dict", tmp_path / "g.pth", "--arch", "groupcnn", "--image-size", 64, "--out",
-                tmp_path / "g.safetensors")
+    netcompress("import-state-dict", tmp_path / "g.pth", "--arch", "groupcnn", "--kwargs", '{"pool_after": [0, 1, 2, 3]}',
+                "--image-size", 64, "--out", tmp_path / "g.safetensors")
     model = nc.load(tmp_path / "g.safetensors")
     spec = nc.spec_of(model)
     assert spec.kwargs["groups"] == 4 and spec.kwargs["widths"] == [16, 32, 64, 64, 128, 128] and spec.num_classes == 11
@@ -152,13 +153,17 @@ def test_import_state_dict_reads_the_architecture_from_the_checkpoint(tmp_path):
 
 def test_studentnet_pool_positions_are_given_or_noted(course_ckpt, tmp_path):
     state = torch.load(course_ckpt, map_location="cpu", weights_only=True)
-    assert "guessed from the block count (8)" in nc.spec_of(import_course_checkpoint(course_ckpt)).info.extra["pool_after"]
+    assumed = nc.spec_of(import_course_checkpoint(course_ckpt)).info.extra["layout"]
+    assert assumed.startswith("assumed, not in the file: MaxPool after blocks 0, 1, 2, 3")
     explicit = import_course_checkpoint(course_ckpt, pool_after=[0, 2, 4, 6])
-    assert "pool_after" not in nc.spec_of(explicit).info.extra and explicit.pool_after == [0, 2, 4, 6]
+    assert nc.spec_of(explicit).info.extra["layout"].startswith("given: ") and explicit.pool_after == [0, 2, 4, 6]
     ten = nc.create_model("studentnet", multipliers=[1, 2, 4, 8, 8, 8, 8, 16, 16, 16], num_classes=11)
     torch.save(ten.state_dict(), tmp_path / "ten.bin")
-    with pytest.raises(nc.NetcompressError, match="10-block StudentNet; its MaxPool positions are not in the file"):
-        import_course_checkpoint(tmp_path / "ten.bin")
+    assert nc.spec_of(import_course_checkpoint(tmp_path / "ten.bin")).info.extra["layout"].startswith("assumed")
+    refused = netcompress("import-course", tmp_path / "ten.bin", "--image-size", 64, "--out",
+                          tmp_path / "ten.safetensors", check=False)
+    assert refused.returncode == 2 and "rerun with `--pool-after 0,1,2,3`" in refused.stderr
+    assert not (tmp_path / "ten.safetensors").exists()
     proc = netcompress("import-course", tmp_path / "ten.bin", "--image-size", 64, "--pool-after", "0,1,2,3",
                        "--out", tmp_path / "ten.safetensors")
     assert nc.spec_of(nc.load(tmp_path / "ten.safetensors")).kwargs["pool_after"] == [0, 1, 2, 3], proc.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -11,9 +12,11 @@ import typer
 from .. import NetcompressError, evaluate, load, save, spec_of
 from .. import export as export_model
 from ..data.folder import read_class_names
-from ..formats.course import export_course_state_dict, import_course_checkpoint, load_course_pkl, save_course_pkl
+from ..formats.course import export_course_state_dict, import_course_checkpoint, layout_text, save_course_pkl
 from ..formats.load import exporter_for, list_exporters, readable_suffixes
-from ..formats.state_dict import load_into_registered
+from ..formats.state_dict import assumed_layout, load_into_registered
+from ..measure.chance import above_chance
+from ..models import model_kwargs
 from ..spec import attach
 from .common import (
     CacheOpt,
@@ -24,6 +27,7 @@ from .common import (
     console,
     data_for,
     emit,
+    folder,
     kv_table,
     load_file,
     set_threads,
@@ -99,47 +103,79 @@ def course_pkl(
 
 @app.command("import-course")
 def import_course(
-    checkpoint: Path = typer.Argument(..., help="The course's StudentNet: a state_dict (.bin, .pt) or 8/16-bit pickle (.pkl)."),
+    checkpoint: Path = typer.Argument(..., help="A course-style StudentNet checkpoint: a torch state_dict, the "
+                                      "course's 8/16-bit pickle or a .npz, whatever its name says (told by its bytes)."),
     out: Path = typer.Option(..., "--out", help="Model file to write (.safetensors)."),
     image_size: int = typer.Option(..., "--image-size", help="Input size the model was trained at (the course: 256); "
                                    "course files do not record it."),
     classes: Optional[Path] = typer.Option(None, "--classes", help="classes.txt with the class names."),
-    pool_after: Optional[str] = typer.Option(None, "--pool-after", help="Blocks followed by a MaxPool, e.g. 0,1,2,3 "
-                                             "[default: the course's for 8 blocks, the seed report's 0,1,2,5 for 9]."),
+    pool_after: Optional[str] = typer.Option(None, "--pool-after", help="Blocks followed by a MaxPool, e.g. 0,1,2,3, "
+                                             "or none: the file does not record them."),
+    strided: Optional[str] = typer.Option(None, "--strided", help="Blocks whose first conv has stride 2 (in place of "
+                                          "a MaxPool), e.g. 1,2,3,4 [default: none]."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled images (validation split) to check the layout "
+                                        "on: near-chance accuracy means the file was saved from another layout."),
+    cache_dir: Optional[Path] = CacheOpt,
 ):
-    """Convert a course checkpoint or pickle into a netcompress model file (no pickle code runs).
+    """Convert a course-style StudentNet checkpoint into a netcompress model file (no pickle code runs).
 
-    Example: netcompress import-course ../shared/data/hw7/student_custom_small.bin --image-size 256 --out course.safetensors
+    Widths, block count, classifier head, conv biases and BatchNorms come from the tensors. Where
+    the net downsamples (MaxPool or stride 2), its activations and preprocessing do not: give
+    --pool-after/--strided, or --data to check the registered layout on labelled images; with
+    neither, the import is refused. Your own class: nc.load(path, model=MyNet()).
+
+    Example: netcompress import-course ../shared/data/hw7/student_custom_small.bin --image-size 256 --pool-after 0,1,2,3 --out course.safetensors
     """
-    if classes and classes.name != "classes.txt":
-        raise NetcompressError(f"--classes {classes}: expected a file named classes.txt")
-    names = read_class_names(classes.parent) if classes else None
-    pools = _int_list(pool_after, "--pool-after") if pool_after else None
-    if checkpoint.suffix.lower() == ".pkl":
-        net = load_course_pkl(checkpoint, class_names=names, input_size=image_size, pool_after=pools)
+    names = class_names(classes)
+    pools = _int_list(pool_after, "--pool-after") if pool_after is not None else None
+    strides = _int_list(strided, "--strided") if strided is not None else None
+    net = import_course_checkpoint(checkpoint, class_names=names, input_size=image_size, pool_after=pools,
+                                   strided=strides)
+    given = pools is not None or strides is not None
+    layout = layout_text(spec_of(net).kwargs)
+    if data is None and not given:
+        raise NetcompressError(
+            f"{checkpoint}: its tensors give a StudentNet of {len(net.widths)} blocks (widths {net.widths}), but not where it "
+            f"downsamples, its activations or its preprocessing; the registered layout would be: {layout}. Check it on "
+            "labelled images with --data DIR, or state it: rerun with "
+            f"`--pool-after {','.join(map(str, net.pool_after)) or 'none'}`, or load the file with your own class: "
+            "nc.load(path, model=YourNet())")
+    names = names or (_data_names(data, net) if data is not None else None)
+    if names:
+        net = attach(net, spec_of(net).replace(class_names=names))
+    note = f"layout {'given' if given else 'assumed'}: {layout}"
+    if data is not None:
+        note += "; " + _check_layout(net, checkpoint, data, image_size, cache_dir, note)
     else:
-        net = import_course_checkpoint(checkpoint, class_names=names, input_size=image_size, pool_after=pools)
+        note += " (not checked: --data DIR checks it)"
     save(net, out)
     spec = spec_of(net)
-    note = f"; MaxPool positions {spec.info.extra['pool_after']}" if "pool_after" in spec.info.extra else ""
-    console.print(f"wrote {out} ({out.stat().st_size:,} bytes): {spec.arch} widths {spec.kwargs['widths']}{note}")
+    console.print(f"wrote {out} ({out.stat().st_size:,} bytes): {spec.arch} widths {spec.kwargs['widths']}"
+                  + "".join(f", {k}={spec.kwargs[k]}" for k in ("head", "bias", "pointwise_bn")
+                            if spec.kwargs[k] != model_kwargs(spec.arch)[k]))
+    print(note, file=sys.stderr)
 
 
 @app.command("import-state-dict")
 def import_state_dict(
-    checkpoint: Path = typer.Argument(..., help="A torch state_dict file (legacy or zip format; .pt, .pth, .bin)."),
+    checkpoint: Path = typer.Argument(..., help="A checkpoint: torch state_dict (legacy or zip), the course's 8/16-bit "
+                                      "pickle or a .npz, whatever its name says (told by its bytes)."),
     arch: str = typer.Option(..., "--arch", help="Registered architecture (netcompress models), e.g. groupcnn, resnet18."),
     kwargs: str = typer.Option("{}", "--kwargs", help="Constructor arguments as JSON, e.g. '{\"groups\": 4}'; the "
                                "class count, input channels and StudentNet/CNN widths are read from the file."),
     out: Path = typer.Option(..., "--out", help="Model file to write (.safetensors)."),
     image_size: int = typer.Option(..., "--image-size", help="Input size the model was trained at."),
     classes: Optional[Path] = typer.Option(None, "--classes", help="classes.txt with the class names."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled images (validation split) to check on: "
+                                        "near-chance accuracy means the file was saved from another layout."),
+    cache_dir: Optional[Path] = CacheOpt,
 ):
     """Load any state_dict checkpoint (weights only: no code runs) into a registered architecture.
 
     Every tensor the checkpoint lacks, has in excess or has in another shape is listed with the
-    likely fix. The model file it writes works with every verb. Your own module class: use
-    nc.load_state_dict(path, MyNet()) from Python.
+    likely fix. Where the architecture's layout leaves no trace in tensors (StudentNet's and the
+    CNNs' pool_after, strided), give it in --kwargs or check it with --data. The model file it
+    writes works with every verb. Your own module class: nc.load_state_dict(path, MyNet()).
 
     Example: netcompress import-state-dict groupcnn.pt --arch groupcnn --kwargs '{"pool_after": [0, 1, 2, 3]}' --image-size 64 --out gcnn.safetensors
     """
@@ -149,16 +185,61 @@ def import_state_dict(
         raise NetcompressError(f"--kwargs {kwargs!r} is not JSON ({exc}); write e.g. '{{\"groups\": 4}}'") from exc
     if not isinstance(given, dict):
         raise NetcompressError(f"--kwargs {kwargs!r} must be a JSON object of constructor arguments")
-    if classes and classes.name != "classes.txt":
-        raise NetcompressError(f"--classes {classes}: expected a file named classes.txt")
-    names = read_class_names(classes.parent) if classes else None
+    names = class_names(classes)
     net = load_into_registered(checkpoint, arch, given, class_names=names, input_size=image_size)
+    assumed = assumed_layout(arch, given)
+    if assumed and data is None:
+        raise NetcompressError(
+            f"{checkpoint}: {arch}'s {', '.join(assumed)} leave no trace in the tensors; the registered "
+            f"{', '.join(f'{k}={v}' for k, v in assumed.items())} would be assumed. Check it on labelled images with "
+            f"--data DIR, or state it: rerun with `--kwargs '{json.dumps({**given, **assumed})}'`, or load the file "
+            "with your own class: nc.load_state_dict(path, YourNet())")
+    names = names or (_data_names(data, net) if data is not None else None)
+    if names:
+        net = attach(net, spec_of(net).replace(class_names=names))
+    note = f"{', '.join(f'{k}={v}' for k, v in assumed.items())} assumed" if assumed else ""
+    if data is not None:
+        note = "; ".join(filter(None, [note, _check_layout(net, checkpoint, data, image_size, cache_dir,
+                                                            note or f"{arch} as registered")]))
     save(net, out)
     console.print(f"wrote {out} ({out.stat().st_size:,} bytes): {arch} "
                   + ", ".join(f"{k}={v}" for k, v in spec_of(net).kwargs.items() if k not in ("base", "multipliers")))
+    if note:
+        print(note, file=sys.stderr)
+
+
+def class_names(classes: Path | None) -> list[str] | None:
+    if classes and classes.name != "classes.txt":
+        raise NetcompressError(f"--classes {classes}: expected a file named classes.txt")
+    return read_class_names(classes.parent) if classes else None
+
+
+def _data_names(data: Path, net) -> list[str] | None:
+    """The data folder's class names where they are as many as the model's outputs."""
+    names = read_class_names(data)
+    return names if names and len(names) == spec_of(net).num_classes else None
+
+
+def _check_layout(net, checkpoint: Path, data: Path, image_size: int, cache_dir, layout: str) -> str:
+    """The import's check on labelled images: a line saying it holds, or the refusal."""
+    ds = folder(data, image_size, cache_dir, False, True, channels=spec_of(net).channels)
+    if len(ds.class_names) != spec_of(net).num_classes:
+        raise NetcompressError(f"{checkpoint} predicts {spec_of(net).num_classes} classes but --data {data} has "
+                               f"{len(ds.class_names)}: check the layout on data of the classes it was trained on")
+    found = above_chance(net, ds)
+    line = (f"checked on {data} ({found['split']}, {found['images']} images): accuracy {found['accuracy']:.3f}, "
+            f"chance {found['chance']:.3f}")
+    if not found["holds"]:
+        raise NetcompressError(f"{checkpoint}: with {layout}, {line}: near chance, so the file was saved from another "
+                               "layout (strides, pooling, activation or preprocessing); nothing written. Give the "
+                               "layout (import-course: --pool-after and --strided), or load the file with your own "
+                               "class: nc.load(path, model=YourNet())")
+    return line
 
 
 def _int_list(text: str, option: str) -> list[int]:
+    if text.strip().lower() in ("none", ""):
+        return []
     try:
         return [int(v) for v in text.split(",")]
     except ValueError as exc:

@@ -4,21 +4,24 @@ written by the format's name.
 A format is a `ModelFormat` subclass registered with `@register_format`: `suffixes` and `load` make
 `load` read its files, `name` and `export` make it an export target (`export(model, name, path)`,
 `netcompress export --format NAME`). Built in: .safetensors (netcompress model files), .ncq
-(quantized), .onnx (read and written), the course's .bin/.pt/.pth state_dicts and .pkl pickles.
+(quantized), .onnx (read and written), checkpoints (.bin/.pt/.pth/.pkl/.npz, told by their bytes).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from pathlib import Path
 
 import torch.nn as nn
 
 from ..errors import NetcompressError
 from ..spec import ModelSpec, attach, copy_model, index_class_names, spec_of
-from .course import import_course_checkpoint, load_course_pkl
+from .checkpoint import checkpoint_kind
+from .course import import_course_checkpoint, layout_text
 from .model_file import load_model, save_model
+from .state_dict import load_state_dict
 from .model_file import read_spec as read_file_spec
 from .ncq import load_ncq
 from .onnx import export_onnx, load_onnx
@@ -92,16 +95,19 @@ def load(path: str | Path, model: nn.Module | None = None, *, input_size: int | 
     """Any model file as a module with its spec attached, in eval mode.
 
     .safetensors (netcompress model file), .ncq (quantized; decoded to fp32), .onnx (run by ONNX
-    Runtime), .bin/.pt/.pth (the course's StudentNet state_dict, read with weights_only) and .pkl
-    (the course's 8/16-bit pickle, read without running code), and any registered format. `model`: a
-    fresh instance of your own module class, for files made from a module that is not registered; it
-    is not changed. The course's files record no input size: give `input_size` (any other state_dict:
-    `load_state_dict`). verify: check a netcompress file's checksum and that its weights are finite
+    Runtime), and checkpoints told by their bytes whatever their name (.bin, .pt, .pth, .pkl, .npz):
+    torch state_dicts read with weights_only, the course's 8/16-bit pickles read without running
+    code, .npz arrays; a StudentNet rebuilt from the tensors, with the layout they do not show
+    assumed (a warning says which), or `model`'s class. `model`: a fresh instance of your own
+    module class, for files made from a module that is not registered; it is not changed. The
+    course's files record no input size: give `input_size`. verify: check a netcompress file's checksum and that its weights are finite
     (default: yes, unless the environment sets NETCOMPRESS_NO_VERIFY=1); the course's files carry no
     checksum to check.
     """
     path = Path(path)
     fmt = _READERS.get(path.suffix.lower())
+    if fmt is None and path.is_file() and checkpoint_kind(path) in ("torch", "pickle", "npz"):
+        fmt = CourseCheckpoint()
     if fmt is None:
         raise NetcompressError(f"{path}: unknown model file type {path.suffix!r}; netcompress reads "
                                f"{', '.join(readable_suffixes())}")
@@ -192,15 +198,18 @@ class Onnx(ModelFormat):
 
 @register_format
 class CourseCheckpoint(ModelFormat):
-    suffixes = (".bin", ".pt", ".pth")
+    """A state_dict in any kind `checkpoint_kind` tells by its bytes (torch file, the course's 8/16-bit pickle,
+    .npz): a StudentNet rebuilt from its tensors, or with `model=` the user's own class. Also what `load` reads
+    a file of an unregistered suffix as, when its bytes are one of those kinds."""
 
-    def load(self, path, model, verify):
-        return import_course_checkpoint(path)  # the course's files carry no checksum
+    suffixes, takes_model = (".bin", ".pt", ".pth", ".pkl", ".npz"), True
 
-
-@register_format
-class CoursePickle(ModelFormat):
-    suffixes = (".pkl",)
-
-    def load(self, path, model, verify):
-        return load_course_pkl(path)
+    def load(self, path, model, verify):  # the course's files carry no checksum
+        if model is not None:
+            return load_state_dict(path, model)
+        net = import_course_checkpoint(path)
+        warnings.warn(f"{path}: the file does not record where the model downsamples, its activations or its "
+                      f"preprocessing; assumed {layout_text(spec_of(net).kwargs)}. If it was "
+                      "saved from another layout its outputs are wrong: load it with your own class, "
+                      "nc.load(path, model=YourNet())", stacklevel=3)
+        return net

@@ -1,13 +1,16 @@
-"""Checkpoints as users have them: a plain torch state_dict (legacy or zip format), read with
-`weights_only=True`, loaded into a registered architecture or the user's own module.
+"""Checkpoints as users have them, loaded into a registered architecture or the user's own module.
 
-Every difference between the checkpoint and the model is listed per tensor, with the likely fix:
-another class count, another input channel count, other per-layer widths (read from the
-checkpoint for the StudentNet and CNN families), a key prefix left by a wrapper.
+The file may be any kind `checkpoint.read_checkpoint` reads (a torch state_dict, the course's
+8/16-bit pickles, a .npz), under any name. Renamed layers are matched by position where that is
+unambiguous (`key_match`), and said so. Every other difference between the checkpoint and the
+model is listed per tensor, with facts read from the tensors (class count, input channels) and a
+way to build a model that fits, offered only when a model built that way was checked to load it.
 """
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,79 +19,83 @@ import torch.nn as nn
 from ..errors import NetcompressError
 from ..models import create_model, model_kwargs
 from ..spec import ModelSpec, attach, copy_model, spec_of
-
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
-WRAPPER_PREFIXES = ("module.", "model.", "net.")
-
-
-def read_torch_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a torch checkpoint, unwrapped from {"state_dict": ...}-style dicts; no code runs."""
-    path = Path(path)
-    if not path.is_file():
-        raise NetcompressError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or corrupt files
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise NetcompressError(
-                f"{path}: holds Python objects besides tensors (a whole pickled model?), which netcompress never "
-                "unpickles; in the code that made it, save model.state_dict() instead") from None
-        raise NetcompressError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
-    while isinstance(obj, dict) and not _is_state(obj):
-        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, dict) or not _is_state(obj):
-        raise NetcompressError(f"{path}: not a state_dict (a dict of tensors); found {type(obj).__name__}"
-                               + (f" with keys {', '.join(map(str, list(obj)[:6]))}" if isinstance(obj, dict) else ""))
-    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    for prefix in WRAPPER_PREFIXES:  # DataParallel and similar wrappers
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def _is_state(obj: dict) -> bool:
-    return bool(obj) and all(isinstance(k, str) for k in obj) and \
-        sum(isinstance(v, torch.Tensor) for v in obj.values()) >= max(1, len(obj) // 2)
+from .checkpoint import read_checkpoint
+from .key_match import first_misfit, leaf, match_by_position
 
 
 def differences(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """One line per tensor that the checkpoint lacks, has in excess or has in another shape, then the likely fix."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [(k, list(state[k].shape), list(v.shape)) for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]
-    lines = [f"missing from the checkpoint: {k} {list(expected[k].shape)}" for k in missing]
-    lines += [f"not in the model: {k} {list(state[k].shape)}" for k in unexpected]
-    lines += [f"{k}: checkpoint {a}, model {b}" for k, a, b in shapes]
+    """One line per tensor that the checkpoint lacks, has in excess or has in another shape, then what the tensors
+    show and, where one was checked to load it, how to build a model that fits."""
+    lines = mismatches(model.state_dict(), state)
     if lines:
-        lines += [f"likely fix: {fix}" for fix in _likely_fixes(model, state, missing, unexpected, shapes)]
+        lines += [f"likely fix: {fix}" for fix in likely_fixes(model, state)]
     return lines
 
 
-def _likely_fixes(model, state, missing, unexpected, shapes) -> list[str]:
-    fixes = []
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    changed = {k for k, _, _ in shapes}
-    if linears and f"{linears[-1]}.weight" in changed:
-        fixes.append(f"the checkpoint predicts {state[linears[-1] + '.weight'].shape[0]} classes: build the model with "
-                     f"num_classes={state[linears[-1] + '.weight'].shape[0]}")
-    if convs and f"{convs[0]}.weight" in changed and state[convs[0] + ".weight"].shape[1] != \
-            model.get_submodule(convs[0]).weight.shape[1]:
-        fixes.append(f"the checkpoint's first convolution takes {state[convs[0] + '.weight'].shape[1]} channel(s): "
-                     f"build the model with in_channels={state[convs[0] + '.weight'].shape[1]}")
-    inferred = kwargs_from_state(model, state)
-    if inferred and (missing or unexpected or shapes):
-        fixes.append(f"the checkpoint's architecture: {', '.join(f'{k}={v}' for k, v in inferred.items())}")
-    for prefix in {k.split(".")[0] + "." for k in unexpected}:
-        if missing and all(k.startswith(prefix) and k[len(prefix):] in set(missing) for k in unexpected):
-            fixes.append(f"the checkpoint's keys carry the prefix {prefix!r}: remove it")
-    return fixes or ["the checkpoint was made from another architecture: build the model it was saved from"]
+def mismatches(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    lines = [f"missing from the checkpoint: {k} {list(expected[k].shape)}" for k in missing]
+    lines += [f"not in the model: {k} {list(state[k].shape)}" for k in unexpected]
+    lines += [f"{k}: checkpoint {list(state[k].shape)}, model {list(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    return lines
+
+
+def fits(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Whether the checkpoint loads into `model` (by name, or by position where renamed)."""
+    matched, _ = match_by_position(model.state_dict(), state)
+    return not mismatches(model.state_dict(), matched)
+
+
+def likely_fixes(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    facts = []
+    linears = [v for k, v in state.items() if leaf(k) == "weight" and v.dim() == 2]
+    convs = [v for k, v in state.items() if leaf(k) == "weight" and v.dim() == 4]
+    if linears:
+        facts.append(f"the checkpoint predicts {linears[-1].shape[0]} classes"
+                     + (f" through {len(linears)} Linear layers ({' -> '.join(str(int(v.shape[1])) for v in linears)}"
+                        f" -> {linears[-1].shape[0]})" if len(linears) > 1 else ""))
+    if convs:
+        facts.append(f"the checkpoint's first convolution takes {convs[0].shape[1]} channel(s)")
+    misfit = first_misfit(model.state_dict(), state)
+    if misfit:
+        facts.append(f"its tensors do not line up with the model's: {misfit}")
+    kwargs = fitting_kwargs(model, state)
+    if kwargs:
+        facts.append(f"build the model with `{', '.join(f'{k}={v!r}' for k, v in kwargs.items())}`: it loads then")
+    return facts
+
+
+def fitting_kwargs(model: nn.Module, state: dict[str, torch.Tensor]) -> dict:
+    """Constructor arguments read from the checkpoint with which the model's class was checked to load it, or {}:
+    those that differ from the model's own for a registered model, all of them for another class."""
+    found = {**head_and_stem(model, state), **kwargs_from_state(model, state)}
+    spec = spec_of(model)
+    if not found:
+        return {}
+    try:
+        if spec.arch:
+            current = {k: v for k, v in spec.kwargs.items() if k != "pretrained"}
+            changed = {k: v for k, v in found.items() if k in current and current[k] != v}
+            candidate = create_model(spec.arch, **{**current, **changed}, **pretrained_off(spec.arch))
+        else:
+            changed, candidate = own_class_with(type(model), found, head_and_stem(model, state))
+    except (TypeError, ValueError, NetcompressError):
+        return {}
+    return changed if changed and fits(candidate, state) else {}
+
+
+def own_class_with(cls, found: dict, head: dict) -> tuple[dict, nn.Module]:
+    """The user's class built with what the tensors show, or with the class count and channels alone."""
+    try:
+        return found, cls(**found)
+    except TypeError:
+        return head, cls(**head)
+
+
+def pretrained_off(arch: str) -> dict:
+    return {"pretrained": False} if "pretrained" in model_kwargs(arch) else {}
 
 
 def kwargs_from_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict:
@@ -102,18 +109,27 @@ def kwargs_from_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict:
 
 def load_state_dict(checkpoint: str | Path | dict, model: nn.Module, *, class_names: list[str] | None = None,
                     input_size: int | None = None, strict: bool = True) -> nn.Module:
-    """A copy of `model` holding a checkpoint's weights (a path to a torch state_dict file, or the dict).
+    """A copy of `model` holding a checkpoint's weights: a path to any checkpoint (torch state_dict, the course's
+    8/16-bit pickle, .npz; its kind told by its bytes) or the dict of tensors.
 
-    Every missing, unexpected or differently shaped tensor is listed with the likely fix; with
-    strict=False the tensors that fit are loaded and the rest keep the model's values. class_names
-    and input_size complete the spec (default: the model's, or "0".."C-1").
+    Layers named differently are matched by position where the names' last parts and the shapes
+    agree throughout (a warning names them). Every missing, unexpected or differently shaped tensor
+    is listed with the likely fix; with strict=False the tensors that fit are loaded and the rest keep
+    the model's values. class_names and input_size complete the spec (default: the model's, or
+    "0".."C-1").
     """
-    state = read_torch_state(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    state = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     source = checkpoint if not isinstance(checkpoint, dict) else "the checkpoint"
+    expected = model.state_dict()
+    state, renamed = match_by_position(expected, state)
     problems = differences(model, state)
     if problems and strict:
         raise NetcompressError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
-    expected = model.state_dict()
+    if renamed:
+        warnings.warn(f"{source}: its layers are named differently; matched to the model's by position (names' "
+                      f"last parts and shapes agree throughout): "
+                      + ", ".join(f"{old or '(top)'} -> {new or '(top)'}" for old, new in renamed[:6])
+                      + (f" and {len(renamed) - 6} more" if len(renamed) > 6 else ""), stacklevel=2)
     net = copy_model(model)
     fitting = {k: v for k, v in state.items() if k in expected and v.shape == expected[k].shape}
     net.load_state_dict(fitting, strict=False)
@@ -125,31 +141,65 @@ def load_state_dict(checkpoint: str | Path | dict, model: nn.Module, *, class_na
                         channels=first.in_channels if first is not None else spec.channels)
     if not isinstance(checkpoint, dict):
         spec = spec.with_info(imported_from=Path(checkpoint).name)
+    if renamed:
+        spec = spec.with_info(extra={**spec.info.extra, "renamed_by_position": [list(pair) for pair in renamed]})
     return attach(net.eval(), spec)
 
 
 def load_into_registered(checkpoint: str | Path, arch: str, kwargs: dict | None = None, *,
                          class_names: list[str] | None = None, input_size: int = 0) -> nn.Module:
     """A registered architecture built to fit a checkpoint: the class count, input channels and (for the
-    StudentNet and CNN families) widths and groups come from the tensors unless `kwargs` sets them."""
-    state = read_torch_state(checkpoint)
+    StudentNet and CNN families) widths, groups, classifier head and conv biases come from the tensors unless
+    `kwargs` sets them. What the tensors cannot show (the family's `layout_kwargs`: pooling, strides) is the
+    registered default unless `kwargs` sets it; `assumed_layout` says which were assumed."""
+    state = read_checkpoint(checkpoint)
     given = dict(kwargs or {})
-    probe = create_model(arch, **{**given, **({"pretrained": False} if "pretrained" in model_kwargs(arch) else {})})
-    inferred = {**kwargs_from_state(probe, state), **_head_and_stem(probe, state)}
-    full = model_kwargs(arch, **{**inferred, **given}, **({"pretrained": False} if "pretrained" in model_kwargs(arch)
-                                                        else {}))
+    probe = create_model(arch, **{**given, **pretrained_off(arch)})
+    inferred = {**kwargs_from_state(probe, state), **head_and_stem(probe, state)}
+    full = model_kwargs(arch, **{**inferred, **given}, **pretrained_off(arch))
     names = class_names or [str(i) for i in range(full.get("num_classes", 0))]
     base = ModelSpec(arch, full, list(names), input_size, channels=full.get("in_channels", 3)).build()
-    return load_state_dict(state, base, class_names=names, input_size=input_size).eval()
+    problems = differences(base, match_by_position(base.state_dict(), state)[0])
+    if problems:
+        raise NetcompressError(f"{checkpoint} does not fit {arch}:\n  " + "\n  ".join(problems)
+                               + kwargs_hint(state, arch, given, inferred, input_size))
+    net = load_state_dict(state, base, class_names=names, input_size=input_size)
+    return attach(net, spec_of(net).with_info(imported_from=Path(checkpoint).name))
 
 
-def _head_and_stem(model: nn.Module, state: dict[str, torch.Tensor]) -> dict:
-    """num_classes and in_channels as the checkpoint's last Linear and first Conv2d have them."""
+def assumed_layout(arch: str, kwargs: dict) -> dict:
+    """The constructor arguments of `arch` that leave no trace in tensors (its `layout_kwargs`) and are not among
+    `kwargs`: the registered defaults an import assumes."""
+    probe_type = type(create_model(arch, **pretrained_off(arch)))
+    defaults = model_kwargs(arch)
+    return {k: defaults[k] for k in getattr(probe_type, "layout_kwargs", ()) if k not in kwargs}
+
+
+def kwargs_hint(state: dict, arch: str, given: dict, inferred: dict, input_size: int) -> str:
+    """`--kwargs '...'` that loads the checkpoint (checked), the given arguments corrected by the tensors and
+    the layout the import would otherwise assume stated; "" where none does."""
+    corrected = {**given, **{k: v for k, v in inferred.items() if k in given}}
+    if corrected == given:
+        return ""
+    corrected.update(assumed_layout(arch, corrected))
+    try:
+        model = ModelSpec(arch, model_kwargs(arch, **{**inferred, **corrected}, **pretrained_off(arch)), [],
+                          input_size).build()
+    except (NetcompressError, TypeError, ValueError):
+        return ""
+    if not fits(model, state):
+        return ""
+    return f"\n  rerun with `--kwargs '{json.dumps(corrected)}'`"
+
+
+def head_and_stem(model: nn.Module, state: dict[str, torch.Tensor]) -> dict:
+    """num_classes and in_channels as the checkpoint's last Linear and first Conv2d have them (in order, whatever
+    their names)."""
     out = {}
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if linears and f"{linears[-1]}.weight" in state:
-        out["num_classes"] = int(state[f"{linears[-1]}.weight"].shape[0])
-    first = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
-    if first is not None and f"{first}.weight" in state and state[f"{first}.weight"].shape[1] in (1, 3):
-        out["in_channels"] = int(state[f"{first}.weight"].shape[1])
+    linears = [v for k, v in state.items() if leaf(k) == "weight" and v.dim() == 2]
+    if linears and any(isinstance(m, nn.Linear) for m in model.modules()):
+        out["num_classes"] = int(linears[-1].shape[0])
+    convs = [v for k, v in state.items() if leaf(k) == "weight" and v.dim() == 4]
+    if convs and any(isinstance(m, nn.Conv2d) for m in model.modules()) and convs[0].shape[1] in (1, 3):
+        out["in_channels"] = int(convs[0].shape[1])
     return out

@@ -11,8 +11,10 @@ import torch.nn as nn
 
 from ..errors import NetcompressError
 from .registry import register_model
+from .studentnet_layout import studentnet_from_tensors
 
 COURSE_MULTIPLIERS = [1, 2, 4, 8, 16, 16, 16, 16]
+COURSE_VARIANT = {"head": [], "bias": True, "pointwise_bn": False, "strided": []}
 SEED_MULTIPLIERS = [1, 2, 4, 8, 8, 8, 16, 16, 16]
 
 
@@ -29,8 +31,13 @@ class StudentNet(nn.Module):
     -> BN -> ReLU6 -> pointwise widths[i-1] -> widths[i].
 
     A MaxPool2d(2) ends every block listed in `pool_after`; global average pooling and one
-    Linear layer on widths[-1] classify.
+    Linear layer on widths[-1] classify. The variants students saved: `head` (hidden widths of a
+    deeper classifier, ReLU between its layers), `bias=False` (convs without bias), `pointwise_bn`
+    (BN -> ReLU6 after each pointwise conv, MobileNet-style) and `strided` (blocks whose first conv
+    has stride 2, in place of a MaxPool).
     """
+
+    layout_kwargs = ("pool_after", "strided")  # what leaves no trace in the tensors
 
     def __init__(
         self,
@@ -41,34 +48,49 @@ class StudentNet(nn.Module):
         pool_after: list[int] | None = None,
         widths: list[int] | None = None,
         in_channels: int = 3,
+        head: list[int] | None = None,
+        bias: bool = True,
+        pointwise_bn: bool = False,
+        strided: list[int] | None = None,
     ):
         super().__init__()
         multipliers = list(multipliers or COURSE_MULTIPLIERS)
         widths = list(widths) if widths is not None else course_widths(base, multipliers, width_mult)
         pool_after = list(pool_after if pool_after is not None else range(min(4, len(widths))))
-        if len(widths) < 2 or min(widths) < 1:
-            raise NetcompressError(f"studentnet: widths must list at least 2 positive ints, got {widths}")
-        if any(not 0 <= p < len(widths) for p in pool_after):
-            raise NetcompressError(f"studentnet: pool_after {pool_after} must index blocks 0..{len(widths) - 1}")
+        strided, head = list(strided or []), list(head or [])
+        if len(widths) < 2 or min(widths) < 1 or (head and min(head) < 1):
+            raise NetcompressError(f"studentnet: widths must list at least 2 positive ints and head positive ints, "
+                                   f"got {widths} and {head}")
+        for name, blocks in (("pool_after", pool_after), ("strided", strided)):
+            if any(not 0 <= p < len(widths) for p in blocks):
+                raise NetcompressError(f"studentnet: {name} {blocks} must index blocks 0..{len(widths) - 1}")
         self.widths, self.pool_after = widths, pool_after
+        self.variant = {"head": head, "bias": bias, "pointwise_bn": pointwise_bn, "strided": strided}
         blocks: list[nn.Module] = []
         for i, w in enumerate(widths):
+            stride = 2 if i in strided else 1
             if i == 0:
-                layers: list[nn.Module] = [nn.Conv2d(in_channels, w, 3, 1, 1), nn.BatchNorm2d(w), nn.ReLU6()]
+                layers: list[nn.Module] = [nn.Conv2d(in_channels, w, 3, stride, 1, bias=bias), nn.BatchNorm2d(w),
+                                           nn.ReLU6()]
             else:
                 prev = widths[i - 1]
                 layers = [
-                    nn.Conv2d(prev, prev, 3, 1, 1, groups=prev),
+                    nn.Conv2d(prev, prev, 3, stride, 1, groups=prev, bias=bias),
                     nn.BatchNorm2d(prev),
                     nn.ReLU6(),
-                    nn.Conv2d(prev, w, 1),
+                    nn.Conv2d(prev, w, 1, bias=bias),
                 ]
+                if pointwise_bn:
+                    layers += [nn.BatchNorm2d(w), nn.ReLU6()]
             if i in pool_after:
                 layers.append(nn.MaxPool2d(2, 2, 0))
             blocks.append(nn.Sequential(*layers))
         blocks.append(nn.AdaptiveAvgPool2d((1, 1)))
         self.cnn = nn.Sequential(*blocks)
-        self.fc = nn.Sequential(nn.Linear(widths[-1], num_classes))
+        sizes, classifier = [widths[-1], *head, num_classes], []
+        for k in range(len(sizes) - 1):
+            classifier += [nn.Linear(sizes[k], sizes[k + 1])] + ([nn.ReLU()] if k < len(sizes) - 2 else [])
+        self.fc = nn.Sequential(*classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.cnn(x).flatten(1))
@@ -80,28 +102,26 @@ class StudentNet(nn.Module):
     def prune_channels(self, config, step: int, start: dict) -> StudentNet | None:
         """The course's own rule for `slim` (per-layer, not global): each layer keeps the channels with the
         largest |γ| of the BatchNorm after them, at widths start·rate^step. None: no rule of its own."""
-        if config.method != "slim" or config.global_ranking:
+        if config.method != "slim" or config.global_ranking or self.variant != COURSE_VARIANT:
             return None
         return slim_studentnet(self, course_widths_at(start.get("widths", self.widths), config.rate, step))
 
     @staticmethod
     def kwargs_from_state(state: dict) -> dict:
-        """Widths, class count and input channels of a StudentNet state_dict (pool positions leave no trace)."""
-        n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("cnn.") and k.split(".")[1].isdigit())
-        widths = [state["cnn.0.0.weight"].shape[0]] + [state[f"cnn.{i}.3.weight"].shape[0] for i in range(1, n_blocks)]
-        return {"widths": [int(w) for w in widths], "num_classes": int(state["fc.0.weight"].shape[0]),
-                "in_channels": int(state["cnn.0.0.weight"].shape[1])}
+        """Widths, class count, input channels, classifier head, conv bias and pointwise BN of a StudentNet
+        state_dict, read from its tensors in order (names may differ); pooling and strides leave no trace."""
+        return studentnet_from_tensors(state)
 
 
 @register_model("studentnet", num_classes=11, base=16, multipliers=COURSE_MULTIPLIERS, width_mult=1.0,
-                pool_after=[0, 1, 2, 3], widths=None, in_channels=3)
+                pool_after=[0, 1, 2, 3], widths=None, in_channels=3, **COURSE_VARIANT)
 def studentnet(**kwargs) -> StudentNet:
     """The course's student: 256,779 parameters at 11 classes."""
     return StudentNet(**kwargs)
 
 
 @register_model("studentnet9", num_classes=11, base=16, multipliers=SEED_MULTIPLIERS, width_mult=1.0,
-                pool_after=[0, 1, 2, 5], widths=None, in_channels=3)
+                pool_after=[0, 1, 2, 5], widths=None, in_channels=3, **COURSE_VARIANT)
 def studentnet9(**kwargs) -> StudentNet:
     """The seed report's 9-block student: 224,011 parameters at 11 classes."""
     return StudentNet(**kwargs)
