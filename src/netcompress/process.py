@@ -69,3 +69,23 @@ def log(message: str) -> None:
 def bars_off(progress: bool) -> bool | None:
     """tqdm's `disable`: no bars when progress is off, nor when stderr is a file (logs keep the summary lines)."""
     return None if progress else True
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process could still get (Linux MemAvailable, capped by a cgroup limit), or None where
+    it cannot tell: lets a job that would not fit be refused with the number instead of being killed."""
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit.isdigit():
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(free, 0)

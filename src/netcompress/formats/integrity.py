@@ -10,6 +10,7 @@ SHA-256 of their spec and tensors, checked on load (verify=False skips it).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import torch
 
 from ..errors import NetcompressError
 from ..models import list_models, model_kwargs
+from ..models.surgery import LAYERS
 
 MAX_MODEL_BYTES = int(os.environ.get("NETCOMPRESS_MAX_MODEL_BYTES", 4 * 1024**3))  # 4 GiB of weights and buffers
 MAX_CLASSES = 100_000
@@ -79,7 +81,11 @@ def validate_spec_fields(meta: dict, source) -> None:
         unknown = sorted(set(kwargs) - set(model_kwargs(arch)))
         if unknown:
             raise bad("kwargs", f"has arguments {arch} does not take: {', '.join(unknown)}")
+    defaults = model_kwargs(arch) if arch is not None else {}
     for key, value in kwargs.items():
+        kind = _number_kind(defaults.get(key))
+        if kind is not None and value is not None and not _is_kind(value, kind):
+            raise bad(f"kwargs.{key}", f"= {value!r} must be {'true or false' if kind is bool else 'a number'}")
         numbers = value if isinstance(value, list) else [value]
         if any(isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v) for v in numbers):
             raise bad(f"kwargs.{key}", "is not a finite number")
@@ -105,6 +111,19 @@ def validate_spec_fields(meta: dict, source) -> None:
         _validate_layer(desc, f"overrides.{name}", bad)
 
 
+def _number_kind(default) -> type | None:
+    """bool, float (any number) or None (no rule) for an argument whose registered default is `default`."""
+    if isinstance(default, bool):
+        return bool
+    return float if isinstance(default, (int, float)) else None
+
+
+def _is_kind(value, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _validate_layer(desc, where: str, bad) -> None:
     if not isinstance(desc, dict):
         raise bad(where, "is not a layer description")
@@ -115,6 +134,17 @@ def _validate_layer(desc, where: str, bad) -> None:
         for i, layer in enumerate(layers):
             _validate_layer(layer, f"{where}.{i}", bad)
         return
+    layer = LAYERS.get(desc.get("type"))
+    if layer is None:
+        raise bad(f"{where}.type", f"= {desc.get('type')!r} is not one of {', '.join(LAYERS)} or Sequential")
+    params = inspect.signature(layer).parameters
+    unknown = sorted(set(desc) - set(params) - {"type", "resized", "device", "dtype"})
+    if unknown:
+        raise bad(where, f"gives a {desc['type']} arguments it does not take: {', '.join(unknown)}")
+    missing = [k for k, p in params.items() if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+               and k not in desc]
+    if missing:
+        raise bad(where, f"describes a {desc['type']} without {', '.join(missing)}")
     for key, limit in LAYER_LIMITS.items():
         value = desc.get(key, 1)
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:

@@ -21,11 +21,13 @@ import struct
 import zlib
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from ..compress.codecs import Reader, decode_tensor
 from ..errors import NetcompressError
-from .integrity import MAX_MODEL_BYTES, implied_bytes
+from ..process import available_memory
+from .integrity import MAX_MODEL_BYTES
 from .model_file import check_finite, spec_from_dict
 
 MAGIC = b"\x89NCQ"
@@ -52,11 +54,15 @@ def pack(meta: dict, records: list[bytes], entropy: bool) -> bytes:
     return HEADER.pack(MAGIC, VERSION, flags, len(body), zlib.crc32(body)) + body
 
 
-def unpack(blob: bytes, source: str, base: nn.Module | None = None) -> tuple[dict, Reader]:
-    """Check the header and checksum; returns the JSON meta (spec checked) and a reader at the first record.
+MAX_HEAD_BYTES = 16 * 1024**2  # the JSON spec: a pruned ResNet-152's overrides take under 100 kB
 
-    A compressed body is decompressed only as far as its spec's architecture can need: a file that
-    would expand further (a decompression bomb) is refused.
+
+def unpack(blob: bytes, source: str, base: nn.Module | None = None) -> tuple[dict, Reader, nn.Module]:
+    """Check the header and checksum; returns the JSON meta (spec and quant checked), a reader at the first record
+    and the architecture on the meta device (shapes, no storage), to decode against.
+
+    A compressed body is decompressed only as far as the spec's tensors can need: a file that would expand
+    further (a decompression bomb) is refused, and nothing real is built before its records are read.
     """
     if len(blob) < HEADER.size or blob[:4] != MAGIC:
         raise NetcompressError(f"{source} is not a netcompress quantized file (.ncq); make one with "
@@ -67,31 +73,89 @@ def unpack(blob: bytes, source: str, base: nn.Module | None = None) -> tuple[dic
                                "upgrade netcompress")
     body = blob[HEADER.size:]
     if len(body) != length:
-        raise NetcompressError(f"{source}: file is truncated or has trailing bytes ({len(body)} of {length} "
+        raise NetcompressError(f"{source}: file is truncated or has trailing bytes ({len(body)} of {length:,} "
                                "body bytes); re-create it with `netcompress quantize`")
     if zlib.crc32(body) != crc:
         raise NetcompressError(f"{source}: checksum mismatch, the file is corrupted; re-create it with "
                                "`netcompress quantize`")
     read = _stream(body, flags & FLAG_LZMA, source)
     head = read(4)
-    meta_bytes = read(struct.unpack("<I", head)[0] if len(head) == 4 else 0)
-    try:
-        meta = json.loads(meta_bytes)
-        spec = spec_from_dict(meta["spec"], source)
-    except (ValueError, RecursionError, KeyError, TypeError) as exc:
-        raise NetcompressError(f"{source}: its header is not a readable spec ({type(exc).__name__}); the file is "
-                               "damaged, re-create it") from None
+    if len(head) < 4:
+        raise NetcompressError(f"{source}: its body ends before its header; the file is damaged, re-create it")
+    head_bytes = struct.unpack("<I", head)[0]
+    if head_bytes > MAX_HEAD_BYTES:
+        raise NetcompressError(f"{source}: its header claims {head_bytes:,} bytes of spec (at most "
+                               f"{MAX_HEAD_BYTES:,}); the file is damaged or crafted, re-create it")
+    meta = _read_meta(read(head_bytes), source)
+    spec = spec_from_dict(meta["spec"], source)
     if spec.arch is None and base is None:
         spec.build()  # says: a user's own module needs its base (model=...)
-    records_limit = 4096 + implied_bytes(lambda: spec.build(base))
-    if records_limit > MAX_MODEL_BYTES:
-        raise NetcompressError(f"{source}: its spec asks for {records_limit:,} bytes of weights, above the "
+    shapes = _on_meta_device(spec, base, source)
+    records_limit = 4096 + sum(t.numel() * t.element_size() for t in shapes.state_dict().values())
+    return meta, _StreamReader(read, source, records_limit), shapes
+
+
+def _read_meta(head: bytes, source: str) -> dict:
+    try:
+        meta = json.loads(head)
+    except (ValueError, RecursionError) as exc:
+        raise NetcompressError(f"{source}: its header is not a readable spec ({type(exc).__name__}); the file is "
+                               "damaged, re-create it") from None
+    for key in ("spec", "quant"):
+        if not isinstance(meta, dict) or not isinstance(meta.get(key), dict):
+            raise NetcompressError(f"{source}: its header has no {key} object; the file is damaged or was not made "
+                                   "by `netcompress quantize`, re-create it")
+    return meta
+
+
+def _on_meta_device(spec, base: nn.Module | None, source: str) -> nn.Module:
+    """The spec's architecture with shapes only, its weights' bytes checked against MAX_MODEL_BYTES."""
+    try:
+        with torch.device("meta"):
+            shapes = spec.build(base)
+    except NetcompressError as exc:
+        raise NetcompressError(f"{source}: {exc}") from None
+    except Exception as exc:  # constructors raise many types for impossible arguments
+        raise NetcompressError(f"{source}: its spec describes no buildable network ({type(exc).__name__}: {exc}); "
+                               "the file is damaged or was edited") from None
+    n = sum(t.numel() * t.element_size() for t in (*shapes.parameters(), *shapes.buffers()))
+    if n > MAX_MODEL_BYTES:
+        raise NetcompressError(f"{source}: its spec asks for {n:,} bytes of weights, above the "
                                f"{MAX_MODEL_BYTES:,}-byte limit; the file is damaged or was edited")
-    records = read(records_limit + 1)
-    if len(records) > records_limit:
-        raise NetcompressError(f"{source}: its records expand beyond what the spec's architecture can hold "
-                               f"({records_limit:,} bytes); the file is damaged or crafted")
-    return meta, Reader(records, source)
+    return shapes
+
+
+def _check_memory(shapes: nn.Module, spec, source: str) -> None:
+    """Decoding holds the decoded tensors and the model at once: refuse, with the numbers, what cannot fit."""
+    need = 2 * sum(t.numel() * t.element_size() for t in (*shapes.parameters(), *shapes.buffers()))
+    free = available_memory()
+    if free is not None and need > free:
+        raise NetcompressError(f"{source}: decoding its {spec.arch or 'model'} needs about {need / 2**30:,.1f} GiB of "
+                               f"memory and {free / 2**30:,.1f} GiB is available; free some memory or decode it on a "
+                               "larger machine")
+
+
+class _StreamReader(Reader):
+    """A Reader that decompresses only what the records ask for, never past `limit` bytes in all."""
+
+    def __init__(self, read, source: str, limit: int):
+        super().__init__(b"", source)
+        self.read, self.limit = read, limit
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > self.limit:
+            raise NetcompressError(f"{self.source}: its records expand beyond what the spec's architecture can hold "
+                                   f"({self.limit:,} bytes); the file is damaged or crafted")
+        out = self.read(n)
+        if len(out) < n:
+            raise NetcompressError(f"{self.source}: quantized data ends early (damaged file); re-create it with "
+                                   "`netcompress quantize`")
+        self.pos += n
+        return out
+
+    def left_over(self) -> int:
+        """Bytes after the last record (counted up to 4096)."""
+        return len(self.read(4096))
 
 
 def _stream(body: bytes, compressed: bool, source: str):
@@ -106,29 +170,39 @@ def _stream(body: bytes, compressed: bool, source: str):
 
         return read_plain
     decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
-    pending = [body]
+    fed = [False]  # the body is given once; later calls drain what the decompressor holds
 
     def read_lzma(n: int) -> bytes:
-        try:
-            out = decompressor.decompress(pending[0], max_length=n)
-        except lzma.LZMAError as exc:
-            raise NetcompressError(f"{source}: its compressed body is damaged ({exc}); re-create it") from None
-        pending[0] = b""
-        return out
+        chunks, want = [], n
+        while want > 0 and not decompressor.eof and not (fed[0] and decompressor.needs_input):
+            try:
+                out = decompressor.decompress(b"" if fed[0] else body, max_length=want)
+            except lzma.LZMAError as exc:
+                raise NetcompressError(f"{source}: its compressed body is damaged ({exc}); re-create it") from None
+            fed[0] = True
+            if not out:
+                break
+            chunks.append(out)
+            want -= len(out)
+        return b"".join(chunks)
 
     return read_lzma
 
 
 def decode_model(blob: bytes, source: str = "<bytes>", base: nn.Module | None = None, *, verify: bool = True) -> nn.Module:
     """The fp32 model a .ncq file holds, spec attached (its info records the quantization under "quantized")."""
-    meta, r = unpack(blob, source, base)
+    meta, r, shapes = unpack(blob, source, base)
     spec = spec_from_dict(meta["spec"], source).with_info(quantized=meta["quant"])
+    _check_memory(shapes, spec, source)
+    state = {name: decode_tensor(r, like, name) for name, like in shapes.state_dict().items()}
+    extra = r.left_over()
+    if extra:
+        raise NetcompressError(f"{source}: its records expand beyond what the spec's architecture holds ("
+                               f"{extra:,}{'+' if extra == 4096 else ''} bytes left over after the last tensor); the "
+                               "file is damaged or crafted, or does not match its spec")
     model = spec.build(base)
-    state = {name: decode_tensor(r, like, name) for name, like in model.state_dict().items()}
-    if r.pos != len(r.buf):
-        raise NetcompressError(f"{source}: {len(r.buf) - r.pos} bytes left over after the last tensor: the file "
-                               "does not match its spec's architecture")
     model.load_state_dict(state, strict=True)
+    del state
     if verify:
         check_finite(model, source)
     return model.eval()
