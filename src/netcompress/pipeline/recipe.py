@@ -1,6 +1,6 @@
 """Recipes: a whole experiment as one TOML file, checked field by field before anything runs.
 
-    [data]        root, image_size, channels, labels, val_fraction, skip_bad
+    [data]        root, image_size, channels, labels, val_fraction, skip_bad, test_from
     [teacher]     model + epochs (train or fine-tune), or file (an existing model file); image_size, mixup, cutmix
     [student]     distillation: model, model_args, epochs, lr, batch_size, temperature, alpha, method, mixup,
                   cutmix, views
@@ -31,15 +31,20 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..compress.codecs import get_codec
 from ..compress.lowrank import LowRankConfig
 from ..compress.prune import PruneConfig
 from ..compress.quant_config import QuantConfig
 from ..data.augment import AugmentConfig
+from ..data.folder import TEST_SOURCES
+from ..data.layout import split_name
 from ..data.sizes import check_image_size
 from ..errors import NetcompressError
 from ..measure.latency import LatencyTarget
-from ..models.registry import model_kwargs
+from ..formats.integrity import MAX_MODEL_BYTES
+from ..models.registry import create_model, model_kwargs
 from ..train.distill import DistillConfig
 from ..train.fit import TrainConfig
 
@@ -57,9 +62,11 @@ class DataSection:
     labels: str = ""  # a file,label CSV (relative paths are from the working directory)
     val_fraction: float = 0.1  # carved from training where there is no validation folder
     skip_bad: bool = False
+    test_from: str = "training"  # without a testing folder: carve it from training, or "validation" (the same images)
 
     def configs(self, seed: int) -> tuple:
         check_image_size(self.image_size, "image_size")
+        split_name(self.test_from, TEST_SOURCES, "test_from")
         if self.channels not in (1, 3) or not 0 < self.val_fraction < 1:
             raise NetcompressError(f"channels = {self.channels} must be 1 or 3 and val_fraction = {self.val_fraction} "
                                    "lie in (0, 1)")
@@ -330,14 +337,55 @@ def _apply_override(raw: dict, assignment: str) -> None:
         raw.setdefault(section, {})[name] = parsed
 
 
+MAX_SEED = 2**32 - 1  # numpy's seeds end there, and a run's seed is every library's seed
+
+
+def _read_toml(path: Path) -> dict:
+    """The recipe file parsed, or one line saying why it cannot be: missing, a folder, not UTF-8, too deep."""
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.toml"))[:5]
+        raise NetcompressError(f"recipe {path} is a folder; name a .toml file" + (
+            f" in it ({', '.join(found)})" if found else ""))
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise NetcompressError(f"recipe {path} does not exist") from None
+    except OSError as exc:
+        raise NetcompressError(f"recipe {path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = blob[:exc.start].count(b"\n") + 1
+        raise NetcompressError(f"{path} is not UTF-8 text (byte 0x{blob[exc.start]:02x} on line {line}); TOML files "
+                               "are UTF-8: save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise NetcompressError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise NetcompressError(f"{path} nests arrays or tables deeper than a recipe needs; flatten it") from None
+
+
+def _check_model_size(model: str, model_args: dict, where: str) -> None:
+    """A model the arguments make must fit MAX_MODEL_BYTES: counted on the meta device, nothing allocated."""
+    args = {**model_args, **({"pretrained": False} if "pretrained" in model_kwargs(model) else {})}
+    try:
+        with torch.device("meta"):
+            net = create_model(model, **args)
+    except NetcompressError as exc:
+        raise NetcompressError(f"{where} model_args: {exc}") from None
+    except Exception as exc:  # constructors raise many types for impossible arguments
+        raise NetcompressError(f"{where} model_args make no {model} ({type(exc).__name__}: {exc})") from None
+    n = sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
+    if n > MAX_MODEL_BYTES:
+        raise NetcompressError(f"{where} model_args make a {model} of {n / 2**30:,.1f} GiB of weights, above the "
+                               f"{MAX_MODEL_BYTES / 2**30:,.0f} GiB limit (NETCOMPRESS_MAX_MODEL_BYTES); choose "
+                               "smaller widths")
+
+
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise NetcompressError(f"recipe {path} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise NetcompressError(f"{path} is not valid TOML: {exc}") from exc
+    raw = _read_toml(path)
     for assignment in overrides:
         _apply_override(raw, assignment)
     unknown = set(raw) - set(SECTIONS) - {"seed"}
@@ -345,6 +393,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise NetcompressError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}; "
                                f"allowed: {', '.join(SECTIONS)}, seed")
     seed = _check_type(raw.get("seed", 0), int, f"{path}: seed")
+    if not 0 <= seed <= MAX_SEED:
+        raise NetcompressError(f"{path}: seed = {seed} must be an integer in 0..{MAX_SEED:,}")
     sections: dict = {"seed": seed}
     for name, cls in SECTIONS.items():
         if name not in raw:
@@ -365,4 +415,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             recipe.student.with_model_args(variant.model_args).configs(seed)
         except NetcompressError as exc:
             raise NetcompressError(f"{path}: [[student_variant]] {exc}") from exc
+        _check_model_size(recipe.student.model, {**recipe.student.model_args, **variant.model_args},
+                          f"{path}: [[student_variant]]")
+    if recipe.student.model_args:
+        _check_model_size(recipe.student.model, recipe.student.model_args, f"{path}: [student]")
     return recipe

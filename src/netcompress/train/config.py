@@ -44,8 +44,8 @@ class TrainConfig:
             problems.append(f"precision = {self.precision!r} (fp32 or bf16)")
         if not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing = {self.label_smoothing} (must be in [0, 1))")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            problems.append(f"seed = {self.seed!r} (must be an integer)")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            problems.append(f"seed = {self.seed!r} (must be an integer in 0..4,294,967,295)")
         if not isinstance(self.precise_bn, int) or self.precise_bn < 0:
             problems.append(f"precise_bn = {self.precise_bn!r} (training images, >= 0; 0: off)")
         if self.input_size is not None:
