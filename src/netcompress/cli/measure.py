@@ -42,6 +42,7 @@ from .common import (
     model_or_name,
     set_threads,
 )
+from .options import model_size_option
 
 MODEL_OR_NAME = MODEL_FILES[:-1] + ", or a registered model name (random weights; `netcompress models` lists them)."
 
@@ -62,7 +63,7 @@ def evaluate(
     data: Path = DataOpt,
     split: str = typer.Option("validation", "--split", help="validation or testing (needs labeled files)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write metrics JSON and confusion.png here."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
+    image_size: Optional[int] = model_size_option(help="Default: the model's own input size."),
     labels: Optional[Path] = LabelsOpt,
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -99,7 +100,7 @@ def predict(
     data: Path = DataOpt,
     out: Path = typer.Option(Path("pred.csv"), "--out", help="CSV in the course's format: Id,label."),
     split: str = typer.Option("testing", "--split"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
+    image_size: Optional[int] = model_size_option(help="Default: the model's own input size."),
     with_filenames: bool = typer.Option(False, "--with-filenames", help="Add a file column to the CSV."),
     labels: Optional[Path] = LabelsOpt,
     device: str = DeviceOpt,
@@ -126,7 +127,7 @@ def predict(
 @app.command()
 def summary(
     model: str = typer.Argument(..., help=MODEL_OR_NAME),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's input size (names: "
+    image_size: Optional[int] = model_size_option(help="Default: the model's input size (names: "
                                              f"{NAME_IMAGE_SIZE})."),
     num_classes: int = typer.Option(11, "--num-classes", help="For a model name: its class count."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Measure the latencies every report shows ("
@@ -179,7 +180,7 @@ def latency_cmd(
     seconds: float = typer.Option(0.15, "--seconds", help="Timed calls per model per round, in seconds."),
     max_spread: float = typer.Option(0.3, "--max-spread", help="A p90 this far above the median (0.3 = 30%) means the "
                                      "machine was busy: no figure is printed."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: each model's own input size "
+    image_size: Optional[int] = model_size_option(help="Default: each model's own input size "
                                              f"(names: {NAME_IMAGE_SIZE})."),
     num_classes: int = typer.Option(11, "--num-classes", help="For a model name: its class count."),
     as_json: bool = JsonOpt,
