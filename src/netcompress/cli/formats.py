@@ -12,7 +12,12 @@ import typer
 from .. import NetcompressError, evaluate, load, save, spec_of
 from .. import export as export_model
 from ..data.folder import read_class_names
-from ..formats.course import export_course_state_dict, import_course_checkpoint, layout_text, save_course_pkl
+from ..formats.course import (
+    export_course_state_dict,
+    import_course_checkpoint,
+    layout_text,
+    save_course_pkl,
+)
 from ..formats.load import exporter_for, list_exporters, readable_suffixes
 from ..formats.state_dict import assumed_layout, load_into_registered
 from ..measure.chance import above_chance
@@ -32,6 +37,7 @@ from .common import (
     load_file,
     set_threads,
 )
+from .options import model_size_option
 
 
 @app.command()
@@ -49,7 +55,7 @@ def export(
                                                              "and, when given, fp32 vs exported validation accuracy."),
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="Height and width dynamic too (the batch always "
                                       "is); the file records the size the model was trained at."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
+    image_size: Optional[int] = model_size_option(help="Default: the model's own input size."),
     threads: Optional[int] = ThreadsOpt,
     cache_dir: Optional[Path] = CacheOpt,
     as_json: bool = JsonOpt,
@@ -140,12 +146,11 @@ def import_course(
             "labelled images with --data DIR, or state it: rerun with "
             f"`--pool-after {','.join(map(str, net.pool_after)) or 'none'}`, or load the file with your own class: "
             "nc.load(path, model=YourNet())")
-    names = names or (_data_names(data, net) if data is not None else None)
-    if names:
-        net = attach(net, spec_of(net).replace(class_names=names))
     note = f"layout {'given' if given else 'assumed'}: {layout}"
     if data is not None:
-        note += "; " + _check_layout(net, checkpoint, data, image_size, cache_dir, note)
+        line, found_names = _check_layout(net, checkpoint, data, image_size, cache_dir, note)
+        net = attach(net, spec_of(net).replace(class_names=names or found_names))
+        note += "; " + line
     else:
         note += " (not checked: --data DIR checks it)"
     save(net, out)
@@ -194,13 +199,11 @@ def import_state_dict(
             f"{', '.join(f'{k}={v}' for k, v in assumed.items())} would be assumed. Check it on labelled images with "
             f"--data DIR, or state it: rerun with `--kwargs '{json.dumps({**given, **assumed})}'`, or load the file "
             "with your own class: nc.load_state_dict(path, YourNet())")
-    names = names or (_data_names(data, net) if data is not None else None)
-    if names:
-        net = attach(net, spec_of(net).replace(class_names=names))
     note = f"{', '.join(f'{k}={v}' for k, v in assumed.items())} assumed" if assumed else ""
     if data is not None:
-        note = "; ".join(filter(None, [note, _check_layout(net, checkpoint, data, image_size, cache_dir,
-                                                            note or f"{arch} as registered")]))
+        line, found_names = _check_layout(net, checkpoint, data, image_size, cache_dir, note or f"{arch} as registered")
+        net = attach(net, spec_of(net).replace(class_names=names or found_names))
+        note = "; ".join(filter(None, [note, line]))
     save(net, out)
     console.print(f"wrote {out} ({out.stat().st_size:,} bytes): {arch} "
                   + ", ".join(f"{k}={v}" for k, v in spec_of(net).kwargs.items() if k not in ("base", "multipliers")))
@@ -214,14 +217,8 @@ def class_names(classes: Path | None) -> list[str] | None:
     return read_class_names(classes.parent) if classes else None
 
 
-def _data_names(data: Path, net) -> list[str] | None:
-    """The data folder's class names where they are as many as the model's outputs."""
-    names = read_class_names(data)
-    return names if names and len(names) == spec_of(net).num_classes else None
-
-
-def _check_layout(net, checkpoint: Path, data: Path, image_size: int, cache_dir, layout: str) -> str:
-    """The import's check on labelled images: a line saying it holds, or the refusal."""
+def _check_layout(net, checkpoint: Path, data: Path, image_size: int, cache_dir, layout: str) -> tuple[str, list[str]]:
+    """The import's check on labelled images: a line saying it holds and the data's class names, or the refusal."""
     ds = folder(data, image_size, cache_dir, False, True, channels=spec_of(net).channels)
     if len(ds.class_names) != spec_of(net).num_classes:
         raise NetcompressError(f"{checkpoint} predicts {spec_of(net).num_classes} classes but --data {data} has "
@@ -234,7 +231,7 @@ def _check_layout(net, checkpoint: Path, data: Path, image_size: int, cache_dir,
                                "layout (strides, pooling, activation or preprocessing); nothing written. Give the "
                                "layout (import-course: --pool-after and --strided), or load the file with your own "
                                "class: nc.load(path, model=YourNet())")
-    return line
+    return line, list(ds.class_names)
 
 
 def _int_list(text: str, option: str) -> list[int]:

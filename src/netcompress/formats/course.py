@@ -77,7 +77,8 @@ def course_model_from_state(state: dict, path: Path, *, class_names: list[str] |
     info = {"imported_from": path.name,
             "layout": f"assumed, not in the file: {layout}" if assumed else f"given: {layout}"}
     spec = ModelSpec(arch, kwargs, list(class_names), input_size, info=info, channels=found["in_channels"])
-    return load_state_dict(state, spec.build(), class_names=list(class_names), input_size=input_size).eval()
+    return load_state_dict(state, spec.build(), class_names=list(class_names), input_size=input_size,
+                           source=path).eval()
 
 
 def layout_text(kwargs: dict) -> str:

@@ -108,7 +108,7 @@ def kwargs_from_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict:
 
 
 def load_state_dict(checkpoint: str | Path | dict, model: nn.Module, *, class_names: list[str] | None = None,
-                    input_size: int | None = None, strict: bool = True) -> nn.Module:
+                    input_size: int | None = None, strict: bool = True, source: str | Path | None = None) -> nn.Module:
     """A copy of `model` holding a checkpoint's weights: a path to any checkpoint (torch state_dict, the course's
     8/16-bit pickle, .npz; its kind told by its bytes) or the dict of tensors.
 
@@ -116,10 +116,10 @@ def load_state_dict(checkpoint: str | Path | dict, model: nn.Module, *, class_na
     agree throughout (a warning names them). Every missing, unexpected or differently shaped tensor
     is listed with the likely fix; with strict=False the tensors that fit are loaded and the rest keep
     the model's values. class_names and input_size complete the spec (default: the model's, or
-    "0".."C-1").
+    "0".."C-1"). source: the file a dict of tensors came from, for messages.
     """
     state = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
-    source = checkpoint if not isinstance(checkpoint, dict) else "the checkpoint"
+    source = source or (checkpoint if not isinstance(checkpoint, dict) else "the checkpoint")
     expected = model.state_dict()
     state, renamed = match_by_position(expected, state)
     problems = differences(model, state)
@@ -163,7 +163,7 @@ def load_into_registered(checkpoint: str | Path, arch: str, kwargs: dict | None 
     if problems:
         raise NetcompressError(f"{checkpoint} does not fit {arch}:\n  " + "\n  ".join(problems)
                                + kwargs_hint(state, arch, given, inferred, input_size))
-    net = load_state_dict(state, base, class_names=names, input_size=input_size)
+    net = load_state_dict(state, base, class_names=names, input_size=input_size, source=checkpoint)
     return attach(net, spec_of(net).with_info(imported_from=Path(checkpoint).name))
 
 
