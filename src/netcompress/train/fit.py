@@ -35,6 +35,7 @@ from ..measure.evaluate import classification_metrics, predict_logits
 from ..process import bars_off, log, model_device, resolve_device
 from ..spec import attach, copy_model, spec_of
 from .checkpoint import resume, save_checkpoint
+from .memory import check_training_memory
 from .config import TrainConfig
 from .distill import DistillConfig, DistillLoss, check_teacher
 from .distributed import World
@@ -134,6 +135,7 @@ def fit(
     if getattr(data, "provenance", None):  # how the splits were made (a carved validation split, say)
         settings["data"] = data.provenance
         spec = spec.with_info(data=data.provenance)
+    check_training_memory(model, min(cfg.batch_size // world.size, len(train)), train.channels, spec.input_size, dev)
     net = attach(copy_model(model), spec).to(dev)
     _check_outputs(net, train, dev, input_size=spec.input_size)
     loss_fn = cross_entropy_loss(cfg.label_smoothing)
