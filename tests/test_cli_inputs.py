@@ -64,3 +64,26 @@ def test_a_valid_image_size_is_used(model):
     code, out, err = cli("summary", model, "--image-size", 32, "--no-latency", "--json")
     assert code == 0, err
     assert json.loads(out)["input_size"] == 32
+
+
+def test_models_matches_part_of_a_name_and_says_when_nothing_does():
+    code, out, _ = cli("models", "efficient")
+    assert code == 0 and "efficientnet_lite0" in out.split() and "studentnet" not in out
+    code, out, _ = cli("models", "student*")
+    assert code == 0 and out.split() and all(n.startswith("student") for n in out.split())
+    code, out, err = cli("models", "zzz")
+    assert code == 0 and out == "" and "no registered model name matches 'zzz'" in err
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version(flag):
+    code, out, _ = cli(flag)
+    assert code == 0 and out == f"netcompress {nc.__version__}\n"
+
+
+def test_summary_prints_one_mac_count_and_no_enum_names(model):
+    code, out, err = cli("summary", model, "--no-latency")
+    assert code == 0, err
+    assert "Units." not in out and "mult-adds" not in out.lower()
+    macs = nc.count_macs(nc.load(model))
+    assert f"Total MACs (convolutions and linear layers): {macs:,}" in out and out.count(f"{macs:,}") == 2

@@ -144,7 +144,7 @@ def test_a_pruning_run_can_start_from_the_teacher(jpeg_dataset, tmp_path):
     recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "[[prune]]\nsource = 'teacher'\nmethod = 'l2'\n"
                               "rate = 0.5\nsteps = 1\nfinetune_epochs = 1\nprecise_bn = 8\n[evaluate]\ntest = false\n")
     summary = run_recipe(load_recipe(recipe), tmp_path / "run", torch.device("cpu"), progress=False)
-    stage = tmp_path / "run" / "prune-teacher-l2-0.5-1steps-ft1-precisebn8"
+    stage = tmp_path / "run" / "prune-teacher-l2-0.5-1step-ft1-precisebn8"
     rows = json.loads((stage / "done.json").read_text())["rows"]
     teacher = next(a for a in summary["artifacts"] if a["stage"] == "teacher")
     assert rows[0]["val_accuracy"] == teacher["val_accuracy"] and rows[0]["params"] == teacher["params"]
@@ -186,7 +186,7 @@ def test_a_field_added_since_a_stage_was_made_changes_nothing_at_its_default(jpe
                               "finetune_epochs = 1\n[evaluate]\ntest = false\n")
     run = tmp_path / "run"
     first = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)
-    done = run / "prune-l2-0.5-1steps-ft1" / "done.json"
+    done = run / "prune-l2-0.5-1step-ft1" / "done.json"
     made = json.loads(done.read_text())
     for field in ("source", "precise_bn"):  # as a version before these fields recorded it
         del made["settings"]["prune"][field]
@@ -236,7 +236,7 @@ def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset,
     assert [a["name"] for a in lowrank] == ["lowrank-energy-0.7-ft1, factorized", "lowrank-energy-0.7-ft1, finetuned"]
     assert [a["candidate"] for a in lowrank] == [False, True]  # not fine-tuned: listed, never chosen
     assert [a["name"] for a in summary["artifacts"] if a["stage"].startswith("prune-")] == [
-        "prune-slim-0.5-1steps-ft1, step 1", "prune-slim-0.7-2steps-ft1-nodistill, step 1",
+        "prune-slim-0.5-1step-ft1, step 1", "prune-slim-0.7-2steps-ft1-nodistill, step 1",
         "prune-slim-0.7-2steps-ft1-nodistill, step 2"]
     quantized = [a for a in summary["artifacts"] if a["stage"] == "quantize-kbit-4bit-lzma"]
     assert len(quantized) == 5 and all(a["file"].endswith(".ncq") for a in quantized)
@@ -324,7 +324,7 @@ finetune_epochs = 1
     assert nc.spec_of(student).input_size == 32 and nc.spec_of(student).info.distilled_from["views"]["views"] == 2
     views = nc.TeacherViews.load(out / "student" / "teacher_views.safetensors")
     assert views.logits.shape == (12, 2, 3) and views.meta["image_size"] == 48
-    assert artifacts["teacher"]["val_accuracy"] >= 0 and "prune-l2-0.5-1steps-ft1" in artifacts
+    assert artifacts["teacher"]["val_accuracy"] >= 0 and "prune-l2-0.5-1step-ft1" in artifacts
 
 
 def test_a_latency_budget_measures_every_candidate_and_reports_the_choice(jpeg_dataset, tmp_path):
@@ -342,7 +342,7 @@ def test_a_latency_budget_measures_every_candidate_and_reports_the_choice(jpeg_d
     assert {t["name"] for t in budget["tried"]} == {a["name"] for a in summary["artifacts"] if a["stage"] != "teacher"}
     assert all(t["fits"] for t in budget["tried"] if t["median_ms"] is not None)
     assert budget["chosen"] in summary["test"]
-    assert (out / "prune-latency-1000.0ms-ort-b1-t1-l2-5steps-ft5" / "done.json").exists()
+    assert (out / "prune-latency-1000ms-ort-b1-t1-l2-5steps-ft5" / "done.json").exists()
     assert json.loads((out / "latency" / "ort-b1-t1.json").read_text()).keys() == {t["name"] for t in budget["tried"]}
     html = (out / "report.html").read_text()
     assert ">Latency budget<" in html and ">Latency against accuracy<" in html and "ms @1 ORT" in html

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
+import math
 import os
 import shutil
 import threading
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from .errors import NetcompressError
 
@@ -40,6 +44,23 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def json_text(value, indent: int | None = 2) -> str:
+    """JSON of `value` with every float that came from a float32 (an accuracy, a loss) written as the float32 it
+    is, 0.436 rather than 0.4359999895095825; other floats keep every digit."""
+    return json.dumps(_tidy(value), indent=indent)
+
+
+def _tidy(value):
+    if isinstance(value, float) and math.isfinite(value):
+        short = float(str(np.float32(value)))
+        return short if np.float32(short) == np.float32(value) and float(np.float32(value)) == value else value
+    if isinstance(value, dict):
+        return {k: _tidy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tidy(v) for v in value]
+    return value
 
 
 def _free_mb(path: Path) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -14,12 +13,12 @@ from rich.table import Table
 from .. import count_macs, count_parameters, list_models, spec_of
 from .. import evaluate as evaluate_model
 from .. import predict as predict_logits
-from ..files import atomic_write_text
+from ..files import atomic_write_text, json_text
 from ..formats.load import graph_file
 from ..measure.cost import LATENCY_HEADINGS, latencies, layer_table
 from ..measure.evaluate import plot_confusion, write_submission
 from ..measure.latency import LatencyConfig, get_runtime, latency as measure_latency, list_runtimes
-from ..process import resolve_device
+from ..process import log, resolve_device
 from ..spec import attach
 from .common import (
     MODEL_FILES,
@@ -48,13 +47,17 @@ MODEL_OR_NAME = MODEL_FILES[:-1] + ", or a registered model name (random weights
 
 
 @app.command()
-def models(pattern: str = typer.Argument("*", help="Glob over model names, e.g. 'resnet*'.")):
+def models(pattern: str = typer.Argument("*", help="Part of a name (efficient), or a glob ('resnet*').")):
     """List the registered model names (StudentNet family, CNNs, torchvision classifiers, EfficientNet-Lite0).
 
-    Example: netcompress models 'student*'
+    Example: netcompress models efficient
     """
-    for name in list_models(pattern):
+    glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+    names = list_models(glob.lower())
+    for name in names:
         console.print(name)
+    if not names:
+        log(f"no registered model name matches {pattern!r}; `netcompress models` lists them all")
 
 
 @app.command()
@@ -82,7 +85,7 @@ def evaluate(
     result = {"model": str(model_file), **metrics}
     names = ds.split(split).class_names
     if out_dir is not None:
-        atomic_write_text(out_dir / f"metrics-{split}.json", json.dumps(result, indent=2))
+        atomic_write_text(out_dir / f"metrics-{split}.json", json_text(result))
         plot_confusion(metrics["confusion"], names, out_dir / f"confusion-{split}.png",
                        title=f"{model_file.name} on {split}: accuracy {metrics['accuracy']:.3f}")
     table = Table(title=f"{model_file.name} on {split} ({metrics['images']} images): accuracy {metrics['accuracy']:.4f}")

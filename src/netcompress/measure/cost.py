@@ -22,13 +22,17 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def layer_table(model: nn.Module, input_size: int | None = None, device: torch.device | str = "cpu"):
-    """torchinfo's per-layer table (layer, output shape, parameters, MACs) at batch 1 (default size: the spec's)."""
+def layer_table(model: nn.Module, input_size: int | None = None, device: torch.device | str = "cpu") -> str:
+    """torchinfo's per-layer table (layer, output shape, parameters) at batch 1 (default size: the spec's), with
+    one MAC count, count_macs's: torchinfo's own also counts BatchNorm and misses same-padding convs, and prints
+    its unit as "Units.MEGABYTES" on recent Pythons."""
     from torchinfo import summary
 
     size = _input_size(model, input_size)
-    return summary(model, input_size=(1, spec_of(model).channels, size, size), device=device, verbose=0,
-                   col_names=("output_size", "num_params", "mult_adds"), row_settings=("var_names",))
+    text = str(summary(model, input_size=(1, spec_of(model).channels, size, size), device=device, verbose=0,
+                       col_names=("output_size", "num_params"), row_settings=("var_names",)))
+    macs = f"Total MACs (convolutions and linear layers): {count_macs(model, size):,}"
+    return "\n".join(macs if line.startswith("Total mult-adds") else line for line in text.splitlines())
 
 
 def _input_size(model: nn.Module, input_size: int | None) -> int:

@@ -23,8 +23,9 @@ def choose(artifacts: list[Artifact], target_bytes: int | None = None, target_pa
               "candidate": a.candidate, "fits": a in fits} for a in artifacts]
     if not fits:
         smallest = min(candidates, key=lambda a: a.file_bytes)
-        limits = " and ".join(text for text in (f"bytes <= {target_bytes:,}" if target_bytes else "",
-                                                f"params <= {target_params:,}" if target_params else "") if text)
+        limits = " and ".join(f"{what} <= {value:,}" for what, value in (("bytes", target_bytes),
+                                                                         ("params", target_params))
+                              if value is not None)
         raise NetcompressError(f"no model meets the budget ({limits}); the smallest is {smallest.name}: "
                                f"{smallest.file_bytes:,} bytes, {smallest.params:,} params; add a pruning run with a "
                                "lower rate or more steps")

@@ -8,14 +8,13 @@ same recipe.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..compress.quant_config import QuantConfig, encode_model
 from ..errors import NetcompressError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, json_text
 from ..measure.cost import count_parameters
 from ..plots import pyplot, save_figure
 from ..schedule import Finetune
@@ -105,7 +104,7 @@ def compare(data, cfg: TrainConfig, out: str | Path, *, val=None, device: str | 
         if family == "group":
             row["groups"] = groups
         rows.append(row)
-        atomic_write_text(out / "compare.json", json.dumps(rows, indent=2))
+        atomic_write_text(out / "compare.json", json_text(rows))
     plot_compare(rows, out / "compare.png")
     return rows
 

@@ -178,10 +178,11 @@ class PruneSection:
 
     @property
     def stage(self) -> str:
-        how = (f"latency-{self.target_latency_ms}ms-{self.runtime}-b{self.batch}-t{self.threads}-{self.method}"
+        how = (f"latency-{self.target_latency_ms:g}ms-{self.runtime}-b{self.batch}-t{self.threads}-{self.method}"
                if self.target_latency_ms else f"{self.method}-{self.rate}")
+        steps = f"{self.steps}step" + ("s" if self.steps != 1 else "")
         proposals = self.proposal_images != PruneSection.proposal_images and self.target_latency_ms
-        return (f"prune-{'teacher-' if self.source == 'teacher' else ''}{how}-{self.steps}steps"
+        return (f"prune-{'teacher-' if self.source == 'teacher' else ''}{how}-{steps}"
                 + ("-global" if self.global_ranking else "")
                 + f"-ft{self.finetune_epochs}" + (f"-lr{self.lr:g}" if self.lr else "")
                 + (f"-proposals{self.proposal_images}" if proposals else "") + ("" if self.distill else "-nodistill")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import torch.nn as nn
 
 from ..compress.prune import PruneConfig
 from ..compress.pruners import get_pruner
-from ..files import atomic_write_text
+from ..files import atomic_write_text, json_text
 from ..formats import model_file
 from ..measure.cost import ms
 from ..process import log
@@ -66,9 +65,9 @@ class StepRecorder:
             return
         path = self.finetune.run_dir / self.log_file
         if self.header is None:
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.rows))
+            atomic_write_text(path, "".join(json_text(r, indent=None) + "\n" for r in self.rows))
         else:
-            atomic_write_text(path, json.dumps({**self.header, "rows": self.rows}, indent=2))
+            atomic_write_text(path, json_text({**self.header, "rows": self.rows}))
 
 
 class PruningSteps(StepRecorder):

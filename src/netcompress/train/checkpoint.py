@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import NetcompressError
-from ..files import atomic_write, atomic_write_text, remove_stale_temporaries
+from ..files import atomic_write, atomic_write_text, json_text, remove_stale_temporaries
 from .config import TrainConfig
 
 
@@ -28,7 +28,7 @@ def save_checkpoint(run_dir: Path, model, opt, sched, epoch, best_acc, best_epoc
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json_text(r, indent=None) + "\n" for r in history))
 
 
 def resume(run_dir: Path, run_info: dict, model, opt, sched, device) -> tuple[int, float, int, list[dict]]:
