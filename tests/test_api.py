@@ -25,7 +25,9 @@ def test_the_readme_example_runs_as_shown(food_root, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 0.0 < float(proc.stdout.split()[-1]) <= 1.0
-    assert (tmp_path / "m.safetensors").exists() and (tmp_path / "m.ncq").stat().st_size < 30_000
+    out = tmp_path / "runs" / "api"  # ignored by git, like every run folder: nothing lands in the repository root
+    assert (out / "m.safetensors").exists() and (out / "m.ncq").stat().st_size < 30_000
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]
 
 
 @pytest.mark.slow
