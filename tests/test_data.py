@@ -76,7 +76,7 @@ def test_grayscale_and_palette_images_are_converted_with_a_note(jpeg_dataset, tm
 
 
 def test_no_test_split_is_a_clear_error(tmp_path):
-    (tmp_path / "training").mkdir()
+    (tmp_path / "validation").mkdir()  # no training folder to carve one from
     with pytest.raises(NetcompressError, match="has no testing split: add a testing/test folder"):
         load_split(tmp_path, "testing", 32, cache_dir=tmp_path / "c", progress=False)
 

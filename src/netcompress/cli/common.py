@@ -15,9 +15,20 @@ from rich.console import Console
 from rich.table import Table
 from typer.models import OptionInfo
 
-from .. import DistillConfig, ImageFolderData, NetcompressError, list_models, list_runtimes, load, new_model, spec_of
+from .. import (
+    DistillConfig,
+    ImageFolderData,
+    NetcompressError,
+    list_models,
+    list_runtimes,
+    load,
+    new_model,
+    spec_of,
+)
+from ..data.sizes import check_image_size
 from ..measure.cost import LATENCY_HEADINGS, latency_texts
 from ..measure.latency import LatencyTarget
+from ..preflight import Preflight, training_bytes
 from ..spec import attach
 from ..train.distributed import launch, strip_nproc
 
@@ -25,7 +36,7 @@ app = typer.Typer(
     help="Compress image classifiers: train, distill, prune, quantize, measure and report.\n\n"
     "Data folders hold training|train, validation|val, testing|test folders in the Food-11 layout "
     "(<label>_<k>.jpg) or the ImageFolder layout (<split>/<class>/*.jpg), or one folder per class; "
-    "--labels adds labels from a CSV. A missing validation split is carved from training.",
+    "--labels adds labels from a CSV. A missing validation or testing split is carved from training.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -89,8 +100,14 @@ PrecisionOpt = typer.Option("fp32", "--precision", help="fp32, or bf16 autocast 
 NprocOpt = typer.Option(1, "--nproc", help="Processes on this machine: >1 relaunches under torchrun (DDP).")
 LabelsOpt = typer.Option(None, "--labels", help="CSV with file,label columns (paths relative to --data, or bare file "
                          "names): labels for images whose names and folders carry none.")
-ValFractionOpt = typer.Option(0.1, "--val-fraction", help="Where --data has no validation folder: the share of each "
-                              "class carved off training (seeded, stratified; recorded in the run and the model).")
+ValFractionOpt = typer.Option(None, "--val-fraction", help="Where --data has no validation folder: the share of each "
+                              "class carved off training (seeded, stratified; recorded in the run and the model) "
+                              "[default: as the model file records, else 0.1].")
+TestFromOpt = typer.Option(None, "--test-from", help="Where --data has no testing folder: training (carve 10%% of "
+                           "each class off it, as for validation) or validation (test figures on the validation "
+                           "images: choice and test are then the same images, and the model records it) [default: "
+                           "as the model file records, else training].")
+TRAINING_SPLITS = ("training", "validation")
 ChannelsOpt = typer.Option(3, "--channels", help="3: RGB (grayscale, palette and CMYK images are converted); "
                            "1: grayscale images and a 1-channel model.")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch and ONNX Runtime [default: one per core]. "
@@ -145,30 +162,54 @@ def launch_if_asked(nproc: int) -> None:
 
 
 def folder(data: Path, image_size: int, cache_dir, skip_bad: bool, progress: bool, *, channels: int = 3,
-           labels: Path | None = None, val_fraction: float = 0.1) -> ImageFolderData:
-    return ImageFolderData(data, image_size, channels=channels, labels_csv=labels, val_fraction=val_fraction,
-                           cache_dir=cache_dir, skip_bad=skip_bad, progress=progress)
+           labels: Path | None = None, val_fraction: float | None = None, test_from: str | None = None,
+           recorded: dict | None = None, check: Preflight | None = None,
+           splits: tuple[str, ...] = TRAINING_SPLITS) -> ImageFolderData | None:
+    """The dataset folder; with `check`, its problems for `splits` are added there (None where it cannot be read).
+    Split options left at None are as `recorded` (a model's spec.info.data) says, else the defaults."""
+    given = {k: v for k, v in (("val_fraction", val_fraction), ("test_from", test_from)) if v is not None}
+    options = dict(channels=channels, labels_csv=labels, cache_dir=cache_dir, skip_bad=skip_bad, progress=progress,
+                   **{**ImageFolderData.options_from(recorded), **given})
+    if check is None:
+        return ImageFolderData(data, image_size, **options)
+    return check.data(splits, data, image_size, **options)
 
 
-def model_and_data(model_file: Path, data: Path, image_size, cache_dir, skip_bad: bool, progress: bool,
-                   labels: Path | None = None, val_fraction: float = 0.1):
-    """A model file to compress, with its dataset folder at the model's input size (or --image-size) and channels."""
-    net = load(model_file)
-    if image_size:
-        attach(net, spec_of(net).replace(input_size=image_size))
-    ds = data_for(net, model_file, data, image_size, cache_dir, skip_bad, progress, labels, val_fraction)
-    if ds.class_names and len(ds.class_names) != spec_of(net).num_classes:
-        raise NetcompressError(f"{model_file} predicts {spec_of(net).num_classes} classes but {data} has "
-                               f"{len(ds.class_names)}")
+def model_and_data(what: str, model_file: Path, data: Path, image_size, cache_dir, skip_bad: bool, progress: bool,
+                   labels: Path | None = None, val_fraction: float | None = None, test_from: str | None = None, *,
+                   splits: tuple[str, ...] = TRAINING_SPLITS, out: Path | None = None, teacher: Path | None = None,
+                   need_bytes: int | None = None):
+    """A model file to work on, with its dataset folder (None without --data) at the model's input size (or
+    --image-size) and channels: the model, the data, the teacher and the output folder (with `need_bytes` free,
+    default what training the model writes) checked together before any work, in one message."""
+    check = Preflight(what)
+    net = check.attempt(load_file, model_file)
+    spec = None if net is None else spec_of(net)
+    if spec is not None and image_size:
+        spec = spec.replace(input_size=check.attempt(check_image_size, image_size, "--image-size") or spec.input_size)
+        attach(net, spec)
+    size = (spec.input_size or check.attempt(input_size_of, spec, model_file)) if spec is not None else image_size
+    ds = None if data is None else folder(data, size or NAME_IMAGE_SIZE, cache_dir, skip_bad, progress,
+                                          channels=spec.channels if spec else 3, labels=labels,
+                                          val_fraction=val_fraction, test_from=test_from,
+                                          recorded=spec.info.data if spec else None, check=check, splits=splits)
+    check.matches(spec, ds, model_file)
+    if teacher is not None:
+        check.matches(check.model_file(teacher, "teacher"), ds, teacher, "teacher")
+    if out is not None:
+        params = sum(p.numel() for p in net.parameters()) if net is not None else 0
+        check.output(out, training_bytes(params) if need_bytes is None else need_bytes)
+    check.raise_if_any()
     return net, ds
 
 
 def data_for(net, model_file: Path, data: Path, image_size, cache_dir, skip_bad: bool, progress: bool,
-             labels: Path | None = None, val_fraction: float = 0.1) -> ImageFolderData:
-    """The dataset folder as a model file sees it: its input size (or --image-size) and its channels."""
+             labels: Path | None = None) -> ImageFolderData:
+    """The dataset folder as a model file sees it: its input size (or --image-size), its channels, and the splits
+    it was trained with (the carve its file records)."""
     spec = spec_of(net)
     return folder(data, image_size or input_size_of(spec, model_file), cache_dir, skip_bad, progress,
-                  channels=spec.channels, labels=labels, val_fraction=val_fraction)
+                  channels=spec.channels, labels=labels, recorded=spec.info.data)
 
 
 NAME_IMAGE_SIZE = 96  # the input size of a model built from its registered name when --image-size is not given

@@ -25,6 +25,7 @@ from ..pipeline.report import plot_pruning
 from ..process import resolve_device, seed_everything
 from .common import (
     LATENCY_COLUMNS,
+    TRAINING_SPLITS,
     BatchSizeOpt,
     CacheOpt,
     DataOpt,
@@ -36,28 +37,28 @@ from .common import (
     LatencyBatchOpt,
     ModelSizeOpt,
     ProgressOpt,
+    Registered,
     RuntimeOpt,
     RuntimeThreadsOpt,
     SeedOpt,
     SkipBadOpt,
     TargetLatencyOpt,
-    Registered,
     TeacherOpt,
+    TestFromOpt,
     ThreadsOpt,
     ValFractionOpt,
     app,
     console,
-    data_for,
     distill_config,
     emit,
     kv_table,
     latency_target,
-    load_file,
     model_and_data,
     rows_table,
     set_threads,
     with_latencies,
 )
+from .options import model_size_option
 
 
 @app.command()
@@ -90,7 +91,8 @@ def prune(
     batch_size: int = BatchSizeOpt,
     lr: float = typer.Option(1e-3, "--lr"),
     labels: Optional[Path] = LabelsOpt,
-    val_fraction: float = ValFractionOpt,
+    val_fraction: Optional[float] = ValFractionOpt,
+    test_from: Optional[str] = TestFromOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -121,7 +123,8 @@ def prune(
     kd = distill_config(teacher, temperature, alpha)
     set_threads(threads)
     seed_everything(seed)
-    net, ds = model_and_data(model_file, data, image_size, cache_dir, skip_bad, progress, labels, val_fraction)
+    net, ds = model_and_data("prune", model_file, data, image_size, cache_dir, skip_bad, progress, labels, val_fraction,
+                             test_from, out=out, teacher=teacher)
     result = prune_iteratively(net, cfg, ds, finetune, teacher=teacher, distill=kd, run_dir=out,
                                device=resolve_device(device), progress=progress)
     shown = [{**r, "accuracy": f"{r['val_accuracy']:.4f}" + (f" ({r['val_accuracy_before_finetune']:.3f})"
@@ -155,7 +158,8 @@ def lowrank(
     batch_size: int = BatchSizeOpt,
     lr: float = typer.Option(1e-3, "--lr"),
     labels: Optional[Path] = LabelsOpt,
-    val_fraction: float = ValFractionOpt,
+    val_fraction: Optional[float] = ValFractionOpt,
+    test_from: Optional[str] = TestFromOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -183,7 +187,8 @@ def lowrank(
     kd = distill_config(teacher, temperature, alpha)
     set_threads(threads)
     seed_everything(seed)
-    net, ds = model_and_data(model_file, data, image_size, cache_dir, skip_bad, progress, labels, val_fraction)
+    net, ds = model_and_data("lowrank", model_file, data, image_size, cache_dir, skip_bad, progress, labels,
+                             val_fraction, test_from, out=out, teacher=teacher)
     settings = {"model_file": str(model_file), "teacher": str(teacher) if teacher else None}
     result = factorize_and_finetune(net, cfg, ds, finetune, teacher=teacher, distill=kd, run_dir=out,
                                     device=resolve_device(device), settings=settings, progress=progress)
@@ -227,7 +232,7 @@ def quantize(
                                  "the fp32 model) on --data's training split; 0: none."),
     finetune_lr: float = typer.Option(3e-4, "--finetune-lr", help="AdamW learning rate for --finetune (cosine)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Also report validation accuracy, fp32 vs quantized."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the model's own input size."),
+    image_size: Optional[int] = model_size_option(help="Default: the model's own input size."),
     threads: Optional[int] = ThreadsOpt,
     cache_dir: Optional[Path] = CacheOpt,
     progress: bool = ProgressOpt,
@@ -248,11 +253,12 @@ def quantize(
     if cfg.needs_data and data is None:
         raise NetcompressError("--budget and --finetune need --data DIR: they use its training images")
     set_threads(threads)
-    net = load_file(model_file)
+    net, ds = model_and_data("quantize", model_file, data, image_size, cache_dir, False, progress,
+                             splits=TRAINING_SPLITS if cfg.needs_data else ("validation",), out=out.parent,
+                             need_bytes=0)
     if graph_file(net) is not None:
         raise NetcompressError(f"{model_file} is a graph file; quantize a .safetensors model (or use `netcompress "
                                "export --int8` for an int8 ONNX model)")
-    ds = None if data is None else data_for(net, model_file, data, image_size, cache_dir, False, progress)
     stored = quantize_model(net, cfg, ds, progress=progress)
     stored.save(out)
     used = stored.config

@@ -9,9 +9,11 @@ import typer
 
 from .. import TrainConfig
 from ..pipeline.compare_arch import compare
+from ..pipeline.plan import RunPlan, disk_text, plan_recipe
 from ..pipeline.recipe import load_recipe
 from ..pipeline.report import write_report
 from ..pipeline.stages import run_recipe
+from ..preflight import Preflight, training_bytes
 from ..process import resolve_device
 from .common import (
     LATENCY_COLUMNS,
@@ -32,6 +34,7 @@ from .common import (
     SkipBadOpt,
     TargetLatencyOpt,
     TeacherOpt,
+    TestFromOpt,
     ThreadsOpt,
     ValFractionOpt,
     app,
@@ -62,7 +65,8 @@ def compare_arch_cmd(
     lr: float = typer.Option(1e-3, "--lr"),
     channels: int = ChannelsOpt,
     labels: Optional[Path] = LabelsOpt,
-    val_fraction: float = ValFractionOpt,
+    val_fraction: Optional[float] = ValFractionOpt,
+    test_from: Optional[str] = TestFromOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -80,8 +84,13 @@ def compare_arch_cmd(
     """
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     set_threads(threads)
+    check = Preflight("compare-arch")
     ds = folder(data, image_size, cache_dir, skip_bad, progress, channels=channels, labels=labels,
-                val_fraction=val_fraction)
+                val_fraction=val_fraction, test_from=test_from, check=check)
+    if teacher is not None:
+        check.matches(check.model_file(teacher, "teacher"), ds, teacher, "teacher")
+    check.output(out, 3 * training_bytes(budget_params or (budget_bytes or 0)))
+    check.raise_if_any()
     rows = compare(ds, cfg, out, device=resolve_device(device), params=budget_params, bytes_int8=budget_bytes,
                    groups=groups, teacher=teacher, distill=distill_config(teacher, temperature, alpha),
                    progress=progress)
@@ -107,10 +116,17 @@ def run_cmd(
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
     cache_dir: Optional[Path] = CacheOpt,
+    check: bool = typer.Option(False, "--check", help="Print the plan (stages with estimated times from a few "
+                               "measured batches, splits with their sizes, the smallest model it can make, the disk "
+                               "it needs) and every problem found, then exit without training."),
     progress: bool = ProgressOpt,
     as_json: bool = JsonOpt,
 ):
     """Run a whole recipe (teacher, distillation, pruning, evaluation) into one directory, then write the report.
+
+    Before the first epoch the run checks everything it will need (splits, teacher file, output
+    folder and free space, budgets, runtimes) and reports every problem at once; --check shows
+    that plan and stops.
 
     A killed run, rerun with the same command, skips finished stages and resumes the one it was in.
     --target-latency adds a pruning run to that latency (unless the recipe has one) and chooses the most
@@ -123,6 +139,11 @@ def run_cmd(
     parsed = load_recipe(recipe, overrides)
     set_threads(threads)
     target = latency_target(target_latency, runtime, latency_batch, runtime_threads)
+    if check:
+        plan = plan_recipe(parsed, out, target_bytes=target_bytes, target_params=target_params, target_latency=target,
+                           cache_dir=cache_dir, device=resolve_device(device), measure=True, progress=progress)
+        _show_plan(plan, recipe, out, as_json)
+        raise typer.Exit(2 if plan.problems else 0)
     summary = run_recipe(parsed, out, resolve_device(device), target_bytes=target_bytes, target_params=target_params,
                          target_latency=target, cache_dir=cache_dir, progress=progress)
     _, html = write_report(out)
@@ -136,6 +157,37 @@ def run_cmd(
         if summary[key]:
             console.print(f"{key.replace('_', ' ')} choice: {summary[key]['chosen']} ({summary[key]['file']})")
     console.print(f"report: {html}")
+
+
+def _show_plan(plan: RunPlan, recipe: Path, out: Path, as_json: bool) -> None:
+    if as_json:
+        emit(plan.to_dict(), True)
+        return
+    splits = [{"split": name, "from": s["from"], "images": s["images"],
+               "per class": f"{min(s['per_class'].values())}-{max(s['per_class'].values())}" if s["per_class"] else "",
+               "labeled": "yes" if s["labeled"] else "no (no test accuracy)"} for name, s in plan.splits.items()]
+    console.print(rows_table(f"{recipe.name}: splits", {k: k for k in ("split", "from", "images", "per class",
+                                                                       "labeled")}, splits))
+    stages = [{"stage": s.name, "work": s.work, "time": "" if s.seconds is None else minutes(s.seconds)}
+              for s in plan.stages]
+    total = "" if plan.seconds is None else f" (about {minutes(plan.seconds)} on this machine now, from measured batches)"
+    console.print(rows_table(f"{recipe.name} -> {out}: stages{total}", {"stage": "stage", "work": "work",
+                                                                         "estimated": "time"}, stages))
+    if plan.smallest:
+        m = plan.smallest
+        console.print(f"smallest model it can make: about {m['bytes']:,} bytes, {m['params']:,} parameters "
+                      f"({m['name']}, {m['codec']}; estimated on untrained weights)")
+    console.print(f"disk for the run's files: about {disk_text(plan.disk_bytes)} in {out}")
+    for note in plan.notes:
+        console.print(f"note: {note}")
+    for problem in plan.problems:
+        console.print(f"[red]problem:[/red] {problem}")
+    if not plan.problems:
+        console.print("no problems found")
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 @app.command()

@@ -18,12 +18,13 @@ from .. import (
     new_model,
     spec_of,
 )
-from ..formats.load import read_spec
+from ..preflight import Preflight, training_bytes
 from ..process import resolve_device, seed_everything
 from ..spec import attach
 from ..train.distill import list_kd_losses
 from ..train.distributed import init_from_env
 from .common import (
+    NAME_IMAGE_SIZE,
     BatchSizeOpt,
     BlocksOpt,
     CacheOpt,
@@ -41,6 +42,7 @@ from .common import (
     Registered,
     SeedOpt,
     SkipBadOpt,
+    TestFromOpt,
     ThreadsOpt,
     ValFractionOpt,
     app,
@@ -74,7 +76,8 @@ def train(
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--scratch", help="Start from ImageNet weights (teachers)."),
     channels: int = ChannelsOpt,
     labels: Optional[Path] = LabelsOpt,
-    val_fraction: float = ValFractionOpt,
+    val_fraction: Optional[float] = ValFractionOpt,
+    test_from: Optional[str] = TestFromOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -102,10 +105,13 @@ def train(
     set_threads(threads)
     world, dev = init_from_env(resolve_device(device))
     seed_everything(seed)
+    check = Preflight("train")
     ds = folder(data, image_size, cache_dir, skip_bad, progress and world.main, channels=channels, labels=labels,
-                val_fraction=val_fraction)
-    net = new_model(model, _class_names(ds, world), image_size, channels, width_mult=width_mult, pretrained=pretrained,
-                    blocks=blocks, head=head)
+                val_fraction=val_fraction, test_from=test_from, check=check)
+    net = None if ds is None else check.attempt(new_model, model, _class_names(ds, world), image_size, channels,
+                                                width_mult=width_mult, pretrained=pretrained, blocks=blocks, head=head)
+    check.output(out, training_bytes(sum(p.numel() for p in net.parameters()) if net is not None else 0))
+    check.raise_if_any()
     best = fit(net, ds, cfg, run_dir=out, device=dev, progress=progress, world=world)
     if world.main:
         _report(best, out, {"model": model}, as_json, f"train {model}")
@@ -146,7 +152,8 @@ def distill(
     blocks: Optional[int] = BlocksOpt,
     head: Optional[int] = HeadOpt,
     labels: Optional[Path] = LabelsOpt,
-    val_fraction: float = ValFractionOpt,
+    val_fraction: Optional[float] = ValFractionOpt,
+    test_from: Optional[str] = TestFromOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -179,16 +186,23 @@ def distill(
     set_threads(threads)
     world, dev = init_from_env(resolve_device(device))
     seed_everything(seed)
-    teacher_spec = read_spec(teacher)
-    size = image_size or input_size_of(teacher_spec, teacher)
-    ds = folder(data, max(size, teacher_spec.input_size), cache_dir, skip_bad, progress and world.main,
-                channels=teacher_spec.channels, labels=labels, val_fraction=val_fraction)
+    check = Preflight("distill")
+    teacher_spec = check.model_file(teacher, "teacher")
+    size = image_size or (teacher_spec and check.attempt(input_size_of, teacher_spec, teacher)) or NAME_IMAGE_SIZE
+    channels = teacher_spec.channels if teacher_spec else 3
+    ds = folder(data, max(size, teacher_spec.input_size if teacher_spec else 0), cache_dir, skip_bad,
+                progress and world.main, channels=channels, labels=labels, val_fraction=val_fraction,
+                test_from=test_from, check=check)
+    check.matches(teacher_spec, ds, teacher, "teacher")
     if Path(student).suffix == ".safetensors":
-        net = load(student)
-        attach(net, spec_of(net).replace(input_size=size))
+        net = check.attempt(load, student)
+        if net is not None:
+            attach(net, spec_of(net).replace(input_size=size))
     else:
-        net = new_model(student, _class_names(ds, world), size, teacher_spec.channels, width_mult=width_mult,
-                        blocks=blocks, head=head)
+        net = None if ds is None else check.attempt(new_model, student, _class_names(ds, world), size, channels,
+                                                    width_mult=width_mult, blocks=blocks, head=head)
+    check.output(out, training_bytes(sum(p.numel() for p in net.parameters()) if net is not None else 0))
+    check.raise_if_any()
     teaching = teacher
     if views:
         plan = ViewConfig(views=views, augment=AugmentConfig(mixup=mixup, cutmix=cutmix), seed=seed)

@@ -17,7 +17,15 @@ from .labels import label_from_name
 SPLITS = ("training", "validation", "testing")
 ALIASES = {"training": ("training", "train"), "validation": ("validation", "val", "valid"),
            "testing": ("testing", "test")}
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+def split_name(name: str, allowed: tuple[str, ...], field: str) -> str:
+    """A split's canonical name from any of its usual names (val -> validation), among `allowed`."""
+    for split in allowed:
+        if name in ALIASES[split]:
+            return split
+    raise NetcompressError(f"{field} = {name!r}: choose one of {', '.join(allowed)}")
 
 
 def check_folder(root: str | Path) -> Path:
@@ -87,3 +95,35 @@ def _food11_label(path: Path):
         return label_from_name(path)
     except NetcompressError as exc:
         return exc
+
+
+def empty_class_folders(folder: Path) -> list[tuple[str, str]]:
+    """Class folders (of an ImageFolder split) that hold no image a run would read, each with a hint: where its
+    images are when they sit a level deeper. Such a class would otherwise vanish from the model without a word."""
+    subdirs = [p for p in _visible(folder) if p.is_dir()]
+    if not subdirs or not any(_images(d) for d in subdirs):
+        return []  # not a folder of class folders (or every one is empty: "holds no images" says so)
+    empty = []
+    for d in subdirs:
+        if _images(d):
+            continue
+        deeper = sorted({p.parent.relative_to(folder).as_posix() for p in _images(d, recursive=True)})
+        others = sorted({p.suffix.lower() for p in d.iterdir() if p.is_file() and p.suffix})
+        empty.append((d.name, f": its images sit in {', '.join(deeper[:3])}; move them up into {d.name}/" if deeper
+                      else f" (it holds {', '.join(others[:5])} files)" if others else ": add images or remove it"))
+    return empty
+
+
+def nested_datasets_hint(root: Path) -> str:
+    """Where `root` holds no images but folders below it look like datasets: the --data to give instead."""
+    found = [p for p in _visible(root) if p.is_dir() and (has_split_folders(p) or
+                                                          any(_images(d) for d in _visible(p) if d.is_dir()))]
+    if not found:
+        return ""
+    return f"; {root} looks one level too high: its dataset folder(s) {', '.join(p.name for p in found[:5])} " \
+           f"hold the splits or classes (e.g. --data {found[0]})"
+
+
+def has_split_folders(root: Path) -> bool:
+    """Whether `root` has at least one split folder under a usual name."""
+    return any((root / n).is_dir() for names in ALIASES.values() for n in names)

@@ -194,7 +194,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     artifacts, test = summary["artifacts"], summary.get("test", {})
     images = summary.get("val_images", 750)
     budget = summary.get("budget")
-    blocks: list[tuple] = [("h1", f"netcompress report: {run_dir.name}")]
+    blocks: list[tuple] = [("h1", f"netcompress report: {run_dir.name}"), *_data_blocks(summary.get("splits"))]
 
     header = ["model", "format", "bytes", "params", "MACs", "val acc", "test acc", *LATENCY_HEADINGS.values()]
     records = [Artifact.from_dict(a) for a in artifacts]
@@ -286,6 +286,23 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     md = atomic_write_text(run_dir / "report.md", _markdown(blocks))
     html = atomic_write_text(run_dir / "report.html", _html(blocks, run_dir.name))
     return md, html
+
+
+def _data_blocks(splits: dict | None) -> list[tuple]:
+    """Where each split came from and its size: a carved split, and test figures measured on the validation
+    images, are said plainly; so is the noise of a validation accuracy on this many images."""
+    if not splits:
+        return []
+    val = splits.get("validation", {}).get("images", 0)
+    rows = [[name, s["from"], s["images"], f"{min(s['per_class'].values())}-{max(s['per_class'].values())}"
+             if s["per_class"] else "", "yes" if s["labeled"] else "no"] for name, s in splits.items()]
+    text = (f"Models are chosen on the validation split ({val:,} images: one standard error of an accuracy near "
+            f"0.5 is ±{standard_error(0.5, val):.3f}). Splits without a folder of their own were carved from "
+            "training, stratified by class and seeded, the same on every rerun.") if val else ""
+    if "test = validation" in splits.get("testing", {}).get("from", ""):
+        text += (" Test figures are measured on the validation split, the images the models were chosen on: "
+                 "they are optimistic.")
+    return [("h2", "Data"), ("p", text), ("table", ["split", "from", "images", "per class", "labeled"], rows)]
 
 
 def _markdown(blocks) -> str:

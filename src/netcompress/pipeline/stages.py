@@ -29,6 +29,7 @@ from ..train.views import TeacherViews, ViewConfig
 from .artifact import DECODED, Artifact
 from .budgets import choose, choose_by_latency
 from .compare_arch import compare
+from .plan import check_recipe
 from .recipe import SECTIONS, PruneSection, Recipe, StudentVariantSection
 from .records import read_done, read_json_object
 
@@ -49,7 +50,8 @@ class Run:
         if size not in self._data:
             d = self.recipe.data
             self._data[size] = ImageFolderData(d.root, size, channels=d.channels, labels_csv=d.labels or None,
-                                               val_fraction=d.val_fraction, seed=self.recipe.seed,
+                                               val_fraction=d.val_fraction, test_from=d.test_from,
+                                               seed=self.recipe.seed,
                                                cache_dir=self.cache_dir, skip_bad=d.skip_bad, progress=self.progress)
         return self._data[size]
 
@@ -317,9 +319,9 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, device: torch.device, *, tar
         recipe = replace(recipe, prune=(*recipe.prune, PruneSection(
             method="l2", target_latency_ms=target_latency.ms, runtime=target_latency.runtime,
             batch=target_latency.batch, threads=target_latency.threads)))
+    check_recipe(recipe, run_dir, target_bytes=target_bytes, target_params=target_params,
+                 target_latency=target_latency, cache_dir=cache_dir)
     run = Run(recipe, run_dir, device, cache_dir=cache_dir, progress=progress)
-    if run.dir.exists() and not run.dir.is_dir():
-        raise NetcompressError(f"{run.dir} is a file; a run needs a folder there: choose another --out")
     with RunLock(run.dir):
         return _run_stages(run, recipe, target_bytes, target_params, target_latency)
 
@@ -356,7 +358,7 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
     test = _evaluate(run, artifacts, chosen) if recipe.evaluate.test else {}
     summary = {"artifacts": [a.replace(test_accuracy=test.get(a.name)).to_dict() for a in artifacts],
                "budget": budget, "budgets": budgets, "latency_budget": latency_budget, "test": test,
-               "val_images": len(run.data.split("validation"))}
+               "val_images": len(run.data.split("validation")), "splits": run.data.describe()}
     atomic_write_text(run.dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 

@@ -1,0 +1,297 @@
+"""A recipe's plan, checked before its first epoch: the stages it will run, the splits they read, the smallest
+model it can make, the disk it needs and, measured on a few batches, about how long it will take.
+
+`check_recipe` is what every run does first: it refuses, in one message, a recipe that would fail
+later (a missing split or teacher file, an output folder it cannot write, a budget below anything the
+recipe can make, a runtime that is not installed). `plan_recipe(..., measure=True)` also times a few
+training batches of each network the recipe trains, for `netcompress run --check`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .. import NetcompressError, new_model, prune, quantize
+from ..data.decode import decode_images
+from ..data.folder import ImageFolderData
+from ..measure.cost import count_parameters
+from ..measure.latency import LatencyTarget, get_runtime
+from ..preflight import MB, Preflight, training_bytes
+from ..process import log
+from .recipe import Recipe
+
+SIZE_MARGIN = 0.5  # a byte or parameter budget is refused below this fraction of the smallest estimate
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    work: str  # what the stage does, in words
+    seconds: float | None = None  # estimated from measured batches; None where not measured
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    stages: tuple[StagePlan, ...]
+    splits: dict  # ImageFolderData.describe() of the student's data
+    problems: tuple[str, ...]
+    notes: tuple[str, ...]
+    disk_bytes: int
+    smallest: dict | None  # the smallest model the recipe can make (estimated): name, params, bytes
+
+    @property
+    def seconds(self) -> float | None:
+        timed = [s.seconds for s in self.stages if s.seconds is not None]
+        return sum(timed) if timed else None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "seconds": self.seconds}
+
+
+class _Networks:
+    """The networks a recipe trains, built once (untrained) for their sizes and their timing."""
+
+    def __init__(self, recipe: Recipe, data: ImageFolderData, check: Preflight):
+        self.recipe, self.data, self.check = recipe, data, check
+        self.built: dict[str, nn.Module | None] = {}
+
+    def get(self, key: str, model: str, size: int, **kwargs) -> nn.Module | None:
+        if key not in self.built:
+            self.built[key] = self.check.attempt(new_model, model, self.data.class_names, size,
+                                                 self.recipe.data.channels, **kwargs)
+        return self.built[key]
+
+
+def check_recipe(recipe: Recipe, run_dir, **targets) -> RunPlan:
+    """The plan of `recipe` (not timed); every problem found raised in one NetcompressError."""
+    plan = plan_recipe(recipe, run_dir, **targets)
+    check = Preflight(f"run {run_dir}")
+    check.add(*plan.problems)
+    check.raise_if_any()
+    return plan
+
+
+def plan_recipe(recipe: Recipe, run_dir, *, target_bytes: int | None = None, target_params: int | None = None,
+                target_latency: LatencyTarget | None = None, cache_dir=None, device: torch.device | None = None,
+                measure: bool = False, progress: bool = False) -> RunPlan:
+    """What running `recipe` into `run_dir` will do and need. measure: time a few training batches of every
+    network on `device` for the time estimate (a few seconds per network)."""
+    check, notes = Preflight("recipe"), []
+    d = recipe.data
+    splits = ("training", "validation", "testing") if recipe.evaluate.test else ("training", "validation")
+    data = check.data(splits, d.root, d.image_size, channels=d.channels, labels_csv=d.labels or None,
+                      val_fraction=d.val_fraction, test_from=d.test_from, seed=recipe.seed, cache_dir=cache_dir,
+                      skip_bad=d.skip_bad, progress=False)
+    described = data.describe() if data is not None else {}
+    if data is not None and data.test_is_validation:
+        notes.append("test figures are measured on the validation split (test_from = \"validation\"): the models "
+                     "are chosen on the same images, so the test accuracy of a choice is optimistic")
+    teacher_size = recipe.teacher.image_size or d.image_size
+    if recipe.teacher.file:
+        spec = check.model_file(recipe.teacher.file, "teacher")
+        check.matches(spec, data, recipe.teacher.file, "teacher")
+        teacher_size = spec.input_size if spec is not None and spec.input_size else teacher_size
+    for runtime in {p.runtime for p in recipe.prune if p.target_latency_ms} | (
+            {target_latency.runtime} if target_latency else set()):
+        check.attempt(get_runtime, runtime)
+    stages: list[StagePlan] = []
+    disk = 0
+    if data is not None:
+        nets = _Networks(recipe, data, check)
+        n_train = described.get("training", {}).get("images", 0)
+        n_val = described.get("validation", {}).get("images", 0)
+        clock = _Clock(device or torch.device("cpu"), recipe.data.channels, measure, progress)
+        stages, disk = _stages(recipe, nets, clock, n_train, n_val, teacher_size)
+        if measure:
+            stages.insert(0, StagePlan("decode", f"decode {sum(s['images'] for s in described.values()):,} images "
+                                       "once (later runs read the cache)", clock.decode(data, teacher_size)))
+        smallest = _smallest(recipe, nets, notes) if measure or target_bytes or target_params else None
+        _check_budgets(check, notes, smallest, recipe, target_bytes, target_params)
+    else:
+        smallest = None
+    check.output(Path(run_dir), disk)
+    return RunPlan(tuple(stages), described, tuple(check.problems), tuple(notes), disk, smallest)
+
+
+class _Clock:
+    """Seconds per image of a network's training step and forward pass, measured on random batches."""
+
+    def __init__(self, device: torch.device, channels: int, measure: bool, progress: bool):
+        self.device, self.channels, self.measure, self.progress = device, channels, measure, progress
+        self.found: dict[int, tuple[float, float]] = {}
+
+    def rates(self, net: nn.Module | None, size: int) -> tuple[float, float] | None:
+        """(training, forward) seconds per image, or None when not measuring."""
+        if not self.measure or net is None:
+            return None
+        if id(net) not in self.found:
+            if self.progress:
+                log(f"[plan] timing {type(net).__name__} at {size} px")
+            self.found[id(net)] = _time_network(net, size, self.channels, self.device)
+        return self.found[id(net)]
+
+    def decode(self, data: ImageFolderData, size: int) -> float | None:
+        if not self.measure:
+            return None
+        files = data.listed_files(data.source)[:8]
+        if not files:
+            return None
+        t0 = time.perf_counter()
+        decode_images("plan", files, size, self.channels, True, False)
+        per_image = (time.perf_counter() - t0) / len(files)
+        return per_image * sum(s["images"] for s in data.describe().values())
+
+
+def _time_network(net: nn.Module, size: int, channels: int, device: torch.device, batch: int = 16,
+                  rounds: int = 3) -> tuple[float, float]:
+    net = net.to(device)
+    x = torch.rand(batch, channels, size, size, device=device)
+    y = torch.zeros(batch, dtype=torch.int64, device=device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-6)
+    net.train()
+    times = []
+    for _ in range(rounds + 1):  # the first round warms up
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    net.eval()
+    with torch.no_grad():
+        net(x)
+        t0 = time.perf_counter()
+        net(x)
+        forward = time.perf_counter() - t0
+    return min(times[1:]) / batch, forward / batch
+
+
+def _stages(recipe: Recipe, nets: _Networks, clock: _Clock, n_train: int, n_val: int,
+            teacher_size: int) -> tuple[list[StagePlan], int]:
+    """Every stage with what it does, its estimated seconds (when timed) and the disk it writes."""
+    t, s, size = recipe.teacher, recipe.student, recipe.data.image_size
+    stages, disk = [], 0
+
+    def epochs_cost(rates, epochs: int, extra_per_image: float = 0.0) -> float | None:
+        if rates is None:
+            return None
+        return epochs * (n_train * (rates[0] + extra_per_image) + n_val * rates[1])
+
+    teacher = None if t.file else nets.get("teacher", t.model, teacher_size)
+    teacher_rates = None if t.file else clock.rates(teacher, teacher_size)
+    if t.file:
+        stages.append(StagePlan("teacher", f"use {t.file}", None))
+    else:
+        stages.append(StagePlan("teacher", f"train {t.model} for {t.epochs} epochs at {teacher_size} px",
+                                epochs_cost(teacher_rates, t.epochs)))
+        disk += training_bytes(count_parameters(teacher)) if teacher is not None else 0
+    teacher_forward = teacher_rates[1] if teacher_rates else 0.0
+    live = 0.0 if s.views else teacher_forward  # the teacher runs at every step unless its views are cached
+    students = [("student", s.model_args)] + [(v.stage, s.with_model_args(v.model_args).model_args)
+                                              for v in recipe.student_variant]
+    student_rates = None
+    for name, args in students:
+        net = nets.get(name, s.model, size, **args)
+        rates = clock.rates(net, size)
+        student_rates = student_rates or rates
+        views = (s.views * n_train * teacher_forward) if s.views and rates else 0.0
+        cost = epochs_cost(rates, s.epochs, live)
+        stages.append(StagePlan(name, f"distill {s.model}{_args(args)} for {s.epochs} epochs"
+                                + (f" from {s.views} cached teacher views" if s.views else ""),
+                                None if cost is None else cost + views))
+        disk += training_bytes(count_parameters(net)) if net is not None else 0
+        disk += s.views * n_train * len(nets.data.class_names) * 4 if name == "student" else 0
+    student_params = count_parameters(nets.built["student"]) if nets.built.get("student") is not None else 0
+    for p in recipe.prune:
+        what = (f"prune to {p.target_latency_ms} ms on {p.runtime}" if p.target_latency_ms
+                else f"prune with {p.method} to rate {p.rate} in {p.steps} step(s)")
+        epochs = p.sparsity_epochs + p.steps * p.finetune_epochs
+        stages.append(StagePlan(p.stage, f"{what}, {p.finetune_epochs} fine-tuning epochs a step",
+                                epochs_cost(student_rates, epochs, live if p.distill else 0.0)))
+        disk += p.steps * training_bytes(student_params)
+    for lr in recipe.lowrank:
+        stages.append(StagePlan(lr.stage, f"factorize the student, {lr.finetune_epochs} fine-tuning epochs",
+                                epochs_cost(student_rates, lr.finetune_epochs, live if lr.distill else 0.0)))
+        disk += 2 * training_bytes(student_params)
+    if recipe.compare_arch.run:
+        c = recipe.compare_arch
+        stages.append(StagePlan("compare-arch", f"train 3 architectures of about {c.budget_params:,} parameters "
+                                f"for {c.epochs} epochs", epochs_cost(student_rates, 3 * c.epochs)))
+        disk += 3 * training_bytes(c.budget_params)
+    sources = len(students) + sum(p.steps for p in recipe.prune) + 2 * len(recipe.lowrank)
+    for q in recipe.quantize:
+        (cfg,) = q.configs(recipe.seed)
+        qat = cfg.finetune_epochs
+        per_source = epochs_cost(student_rates, qat) if qat else (n_val * student_rates[1] if student_rates else None)
+        stages.append(StagePlan(q.stage, f"store {sources} model(s) with {cfg.codec}"
+                                + (f", {qat} epochs of quantization-aware training each" if qat else ""),
+                                None if per_source is None else sources * per_source))
+        disk += sources * student_params
+    return stages, disk
+
+
+def _args(args: dict) -> str:
+    return "".join(f" {key}={value}" for key, value in args.items())
+
+
+def _smallest(recipe: Recipe, nets: _Networks, notes: list[str]) -> dict | None:
+    """The smallest file the recipe can make, estimated on untrained networks: the fewest-parameter source
+    (student, variants, each rate-pruned model), as fp32 and through each codec. Latency pruning and low-rank
+    factorization are not estimated (their sizes follow from trained weights)."""
+    student = nets.built.get("student")
+    if student is None:
+        return None
+    sources = {"student": student}
+    sources.update({name: net for name, net in nets.built.items() if name.startswith("student-") and net is not None})
+    for p in recipe.prune:
+        if p.target_latency_ms or p.source == "teacher":
+            continue
+        (cfg, _) = p.configs(recipe.seed)
+        model = student
+        try:
+            for _ in range(p.steps):
+                model = prune(model, cfg)
+        except NetcompressError:  # a method that ranks by gradients needs trained weights and data
+            notes.append(f"{p.stage} is left out of the smallest-model estimate (its method needs data)")
+            continue
+        sources[p.stage] = model
+    name, model = min(sources.items(), key=lambda item: count_parameters(item[1]))
+    sizes = {"fp32": count_parameters(model) * 4}
+    for q in recipe.quantize:
+        (cfg,) = q.configs(recipe.seed)
+        try:
+            stored = quantize(model, replace(cfg, budget=None, finetune_epochs=0), progress=False)
+        except NetcompressError:
+            continue
+        sizes[q.stage] = stored.nbytes
+    codec = min(sizes, key=sizes.get)
+    if any(p.target_latency_ms for p in recipe.prune) or recipe.lowrank:
+        notes.append("latency pruning and low-rank factorization are left out of the smallest-model estimate")
+    return {"name": name, "codec": codec, "params": count_parameters(model), "bytes": sizes[codec]}
+
+
+def _check_budgets(check: Preflight, notes: list[str], smallest: dict | None, recipe: Recipe,
+                   target_bytes: int | None, target_params: int | None) -> None:
+    if smallest is None or any(p.target_latency_ms for p in recipe.prune):
+        return  # a latency-pruned model's size is known only once it is pruned
+    where = f"{smallest['name']} ({smallest['params']:,} parameters), {smallest['codec']}"
+    fix = ("add a [[prune]] table with a lower rate or more steps, a smaller [[student_variant]], or a lower-bit "
+           "[[quantize]] codec")
+    if target_bytes is not None and target_bytes < SIZE_MARGIN * smallest["bytes"]:
+        check.add(f"--target-bytes {target_bytes:,}: the smallest model this recipe makes is about "
+                  f"{smallest['bytes']:,} bytes ({where}, estimated on untrained weights): {fix}")
+    if target_params is not None and target_params < SIZE_MARGIN * smallest["params"]:
+        check.add(f"--target-params {target_params:,}: the smallest model this recipe makes has about "
+                  f"{smallest['params']:,} parameters ({where}): {fix}")
+    for budget in recipe.evaluate.budgets:
+        if budget < SIZE_MARGIN * smallest["bytes"]:
+            notes.append(f"[evaluate] budget {budget:,} bytes is below the smallest model's estimate "
+                         f"({smallest['bytes']:,}): no model will be chosen for it")
+
+
+def disk_text(nbytes: int) -> str:
+    return f"{nbytes / MB:,.0f} MB"
