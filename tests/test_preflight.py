@@ -109,7 +109,7 @@ def test_a_carve_that_leaves_a_split_empty_is_a_clear_error_not_a_traceback(tmp_
     class_folders(tmp_path / "train", 1)
     class_folders(tmp_path / "val", 1)
     data = ImageFolderData(tmp_path, 16, cache_dir=tmp_path / "c", progress=False)
-    with pytest.raises(NetcompressError, match="too few to carve a testing split .* raise --test-fraction"):
+    with pytest.raises(NetcompressError, match="too few to carve a testing split .* use --test-from validation"):
         data.split("testing")
 
 

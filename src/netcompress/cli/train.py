@@ -94,7 +94,8 @@ def train(
     resumes after the last finished epoch. --data takes split folders (training|train,
     validation|val|valid, testing|test) in the Food-11 (<label>_<k>.jpg) or ImageFolder
     (<split>/<class>/*.jpg) layout, one folder per class with no split folders, or any of these
-    with --labels labels.csv; a missing validation split is carved from training (--val-fraction).
+    with --labels labels.csv; a missing validation or testing split is carved from training
+    (--val-fraction, --test-from). Data, output folder and model are checked before the first epoch.
 
     Example: netcompress train --model studentnet --data ../shared/data/food101_10 --image-size 64 --epochs 10 --out runs/student
     """

@@ -59,7 +59,7 @@ class ImageFolderData:
         if channels not in CHANNEL_MODES:
             raise NetcompressError(f"--channels {channels}: use 3 (RGB) or 1 (grayscale)")
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise NetcompressError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction} must lie in "
+            raise NetcompressError(f"val_fraction = {val_fraction} and test_fraction = {test_fraction} must lie in "
                                    "(0, 1) and leave images for training")
         self.root = check_folder(root)
         self.image_size, self.channels = check_image_size(image_size, "--image-size"), channels
@@ -138,10 +138,10 @@ class ImageFolderData:
     def _too_few(self, split: str, images: int) -> str:
         if split == "training":
             return f"{self._folders[self.source]} holds {images} labeled image(s): too few to train on after carving"
-        flag = "--val-fraction" if split == "validation" else "--test-fraction"
+        fix = "raise --val-fraction" if split == "validation" else "use --test-from validation"
         return (f"{self._folders[self.source]} holds {images} labeled image(s): too few to carve a {split} split "
                 f"({self.carved[split]:.0%} of each class rounds to none); add a {'/'.join(ALIASES[split])} folder "
-                f"or raise {flag}")
+                f"or {fix}")
 
     def listed_files(self, name: str) -> list[Path]:
         """The image files of a split folder ("all": a folder without split folders), as listed; [] without one."""

@@ -114,6 +114,9 @@ def plan_recipe(recipe: Recipe, run_dir, *, target_bytes: int | None = None, tar
         _check_budgets(check, notes, smallest, recipe, target_bytes, target_params)
     else:
         smallest = None
+    for flag, value in (("--target-bytes", target_bytes), ("--target-params", target_params)):
+        if value is not None and value < 1:
+            check.add(f"{flag} {value}: a budget must be a positive number")
     check.output(Path(run_dir), disk)
     return RunPlan(tuple(stages), described, tuple(check.problems), tuple(notes), disk, smallest)
 
@@ -281,10 +284,10 @@ def _check_budgets(check: Preflight, notes: list[str], smallest: dict | None, re
     where = f"{smallest['name']} ({smallest['params']:,} parameters), {smallest['codec']}"
     fix = ("add a [[prune]] table with a lower rate or more steps, a smaller [[student_variant]], or a lower-bit "
            "[[quantize]] codec")
-    if target_bytes is not None and target_bytes < SIZE_MARGIN * smallest["bytes"]:
+    if target_bytes is not None and 0 < target_bytes < SIZE_MARGIN * smallest["bytes"]:
         check.add(f"--target-bytes {target_bytes:,}: the smallest model this recipe makes is about "
                   f"{smallest['bytes']:,} bytes ({where}, estimated on untrained weights): {fix}")
-    if target_params is not None and target_params < SIZE_MARGIN * smallest["params"]:
+    if target_params is not None and 0 < target_params < SIZE_MARGIN * smallest["params"]:
         check.add(f"--target-params {target_params:,}: the smallest model this recipe makes has about "
                   f"{smallest['params']:,} parameters ({where}): {fix}")
     for budget in recipe.evaluate.budgets:
