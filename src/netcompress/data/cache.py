@@ -1,5 +1,5 @@
 """The decode-once cache: a list of image files decoded into a Split once, kept on disk keyed by the files'
-paths, sizes and times and the settings, and read back as tensors by every later run."""
+paths, sizes, modification and change times and the settings, and read back as tensors by every later run."""
 
 from __future__ import annotations
 
@@ -22,10 +22,14 @@ def default_cache_dir() -> Path:
 
 
 def _cache_key(files: list[Path], size: int, channels: int, skip_bad: bool) -> str:
+    """The files as the file system describes them, not their bytes: hashing the bytes costs 5x the stats
+    (measured on food101_10: 0.46 s against 0.10 s a run for 5,000 files, 37 MB; minutes for Food-101). The
+    inode's change time is in the key: an edit in place that keeps the size and restores the mtime still moves
+    it (no call sets it), so such a file is decoded again."""
     h = hashlib.sha256(f"v{CACHE_VERSION} size={size} channels={channels} skip_bad={skip_bad}\n".encode())
     for f in files:
         st = f.stat()
-        h.update(f"{f.resolve()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        h.update(f"{f.resolve()}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ctime_ns}\t{st.st_ino}\n".encode())
     return h.hexdigest()[:20]
 
 

@@ -26,7 +26,7 @@ def decode_image(path: Path, size: int, channels: int = 3) -> tuple[np.ndarray, 
         with Image.open(path) as img:
             converted = None if img.mode == mode else img.mode
             img.draft(mode, (size, size))  # JPEG: decode at a reduced scale when it is still >= size
-            img = img.convert(mode)
+            img = _to_8_bits(img).convert(mode)
             w, h = img.size
             scale = size / min(w, h)
             nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -38,6 +38,18 @@ def decode_image(path: Path, size: int, channels: int = 3) -> tuple[np.ndarray, 
         raise NetcompressError(
             f"{path}: unreadable or corrupt image ({exc}); replace or delete it, or pass --skip-bad to leave it out"
         ) from exc
+
+
+WIDE_GRAY = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
+
+
+def _to_8_bits(img: Image.Image) -> Image.Image:
+    """16-bit grayscale (PNG, TIFF) scaled to 8 bits: Pillow's own conversion clips every value above 255 to white."""
+    if img.mode not in WIDE_GRAY:
+        return img
+    wide = np.asarray(img).astype(np.float64)
+    top = 255 if wide.max(initial=0) <= 255 and img.mode == "I" else WIDE_GRAY[img.mode]  # 8-bit data held in "I"
+    return Image.fromarray(np.clip(np.rint(wide * 255 / top), 0, 255).astype(np.uint8), "L")
 
 
 def decode_images(name: str, files: list[Path], size: int, channels: int, skip_bad: bool,

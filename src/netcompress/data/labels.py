@@ -38,7 +38,18 @@ def read_labels_csv(path: str | Path) -> dict[str, str]:
             if not {"file", "label"} <= set(columns):
                 raise NetcompressError(f"{path}: needs a header row with the columns file and label "
                                        f"(found {', '.join(reader.fieldnames or []) or 'none'})")
-            return {row[columns["file"]].strip().replace("\\", "/"): row[columns["label"]].strip() for row in reader}
+            labels: dict[str, str] = {}
+            first: dict[str, int] = {}
+            for row in reader:
+                file = (row[columns["file"]] or "").strip().replace("\\", "/")
+                label = (row[columns["label"]] or "").strip()
+                if file in labels and labels[file] != label:
+                    raise NetcompressError(
+                        f"{path}: line {reader.line_num} labels {file} {label!r} but line {first[file]} labels it "
+                        f"{labels[file]!r}; keep one row per file")
+                labels.setdefault(file, label)
+                first.setdefault(file, reader.line_num)
+            return labels
     except FileNotFoundError as exc:
         raise NetcompressError(f"labels file {path} does not exist") from exc
     except (UnicodeDecodeError, csv.Error) as exc:

@@ -25,7 +25,7 @@ MAX_MODEL_BYTES = int(os.environ.get("NETCOMPRESS_MAX_MODEL_BYTES", 4 * 1024**3)
 MAX_CLASSES = 100_000
 MAX_INPUT_SIZE = 4096
 MAX_JSON_DEPTH = 8
-MAX_LIST = 10_000
+MAX_LIST = MAX_CLASSES  # the longest list a spec holds is its class names: what training takes, loading takes
 LAYER_LIMITS = {"in_channels": 65_536, "out_channels": 65_536, "num_features": 65_536, "in_features": 1 << 24,
                 "out_features": 1 << 24, "groups": 65_536}
 
@@ -90,8 +90,9 @@ def validate_spec_fields(meta: dict, source) -> None:
         if any(isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v) for v in numbers):
             raise bad(f"kwargs.{key}", "is not a finite number")
         if key in ("num_classes", "base", "widths") and value is not None:
-            if any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65_536 for v in numbers):
-                raise bad(f"kwargs.{key}", f"= {value!r} must hold integers in 1..65,536")
+            top = MAX_CLASSES if key == "num_classes" else 65_536
+            if any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top for v in numbers):
+                raise bad(f"kwargs.{key}", f"= {value!r} must hold integers in 1..{top:,}")
     names = meta.get("class_names")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) > MAX_CLASSES:
         raise bad("class_names", f"must be a list of at most {MAX_CLASSES:,} strings")

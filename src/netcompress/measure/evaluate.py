@@ -52,9 +52,38 @@ def evaluate(model: nn.Module, data, split: str = "validation", *, device: str |
     num_classes = spec_of(model).num_classes
     if num_classes and num_classes != images.num_classes:
         raise NetcompressError(f"the model predicts {num_classes} classes but the data has {images.num_classes}")
+    order = data_order(spec_of(model).class_names, images.class_names)
     logits = predict(model, images, split, device=device, batch_size=batch_size)
+    if order is not None:
+        logits = logits[:, order]
     return {"split": images.name, "images": len(images),
             **classification_metrics(logits, images.labels, images.num_classes)}
+
+
+def data_order(model_classes: list[str], data_classes: list[str]) -> list[int] | None:
+    """For each of the data's classes, the model output that predicts it: None when they are the same list, a
+    permutation when the same names come in another order; names that differ are refused, since scoring one
+    class's output as another's would give a silently wrong accuracy. Models or data without class names (their
+    classes are only numbered) are compared by count alone."""
+    if not model_classes or list(model_classes) == list(data_classes) or _numbered(model_classes) \
+            or _numbered(data_classes):
+        return None
+    if set(model_classes) != set(data_classes) or len(set(data_classes)) != len(data_classes):
+        missing = [c for c in data_classes if c not in model_classes]
+        extra = [c for c in model_classes if c not in data_classes]
+        raise NetcompressError(
+            f"the model's classes ({_listed(model_classes)}) are not the data's ({_listed(data_classes)}): the data "
+            f"has {_listed(missing) or 'no other class'} that the model lacks, and the model has "
+            f"{_listed(extra) or 'no other class'} that the data lacks; evaluate it on data of its own classes")
+    return [list(model_classes).index(c) for c in data_classes]
+
+
+def _numbered(names: list[str]) -> bool:
+    return list(names) == [str(i) for i in range(len(names))]
+
+
+def _listed(names: list[str], limit: int = 6) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:

@@ -29,6 +29,7 @@ from ..data.augment import Batch, iterate_batches, resize_batch
 from ..data.split import Split, split_of
 from ..errors import NetcompressError
 from ..files import RunLock, atomic_write_text
+from ..formats.integrity import MAX_CLASSES
 from ..formats.load import load
 from ..formats.model_file import save_model
 from ..measure.evaluate import classification_metrics, predict_logits
@@ -122,6 +123,9 @@ def fit(
     train, val_split = training_splits(data, val, world)
     if val_split is not None and not val_split.labeled:
         raise NetcompressError(f"validation split {val_split.name} has unlabeled files; validation needs labels")
+    if train.num_classes > MAX_CLASSES:
+        raise NetcompressError(f"the data has {train.num_classes:,} classes; model files hold at most "
+                               f"{MAX_CLASSES:,}: merge classes or split the dataset")
     spec = spec_of(model)
     if spec.class_names and spec.num_classes != train.num_classes:
         raise NetcompressError(f"the model has {spec.num_classes} classes but the data has {train.num_classes}; "
