@@ -49,6 +49,7 @@ IMAGE_SIZE_VERBS = {
     "summary": lambda m, t: ["summary", m, "--no-latency"],
     "summary of a name": lambda m, t: ["summary", "studentnet", "--no-latency"],
     "latency": lambda m, t: ["latency", m],
+    "quantize": lambda m, t: ["quantize", m, "--data", t, "--out", t / "m.ncq"],
 }
 
 

@@ -59,3 +59,32 @@ def test_a_budget_error_names_only_the_limits_given(target_bytes, target_params,
 ])
 def test_stage_names_read_as_words(fields, stage):
     assert PruneSection(**fields).stage == stage
+
+
+def _source(file: str) -> Artifact:
+    return _artifact("m", 1, 1).replace(file=file)
+
+
+@pytest.mark.parametrize("i, file, name", [
+    (0, "student/best.safetensors", "00-student-best.ncq"),
+    (2, "prune-l2-0.5-3steps-ft5/step1.safetensors", "02-prune-l2-0.5-3steps-ft5-step1.ncq"),
+    (3, "prune-slim-0.7-2steps-ft1/step1.safetensors", "03-prune-slim-0.7-2steps-ft1-step1.ncq"),
+    (4, "compare-arch/depthwise/best.safetensors", "04-compare-arch-depthwise-best.ncq"),
+    (5, "/elsewhere/models/teacher.safetensors", "05-models-teacher.ncq"),
+])
+def test_codec_files_are_named_after_their_source_model(i, file, name):
+    from netcompress.pipeline.stages import codec_file_name
+
+    assert codec_file_name(i, _source(file)) == name
+
+
+def test_a_stage_record_writes_results_short_and_its_settings_exact(tmp_path):
+    from netcompress.pipeline.stages import Run
+
+    run = object.__new__(Run)  # a run folder alone: the stage's record is all this reads and writes
+    run.dir, run.progress = tmp_path, False
+    settings = {"lr": float(np.float32(0.436))}
+    run.stage("s", lambda out: {"artifacts": [], "val_accuracy": float(np.float32(0.436))}, settings)
+    text = (tmp_path / "s" / "done.json").read_text()
+    assert '"val_accuracy": 0.436,' in text and '"lr": 0.4359999895095825' in text
+    run.stage("s", lambda out: pytest.fail("made again"), settings)  # same settings: skipped

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from .. import (
     spec_of,
 )
 from ..data.sizes import check_image_size
+from ..files import json_text
 from ..measure.cost import LATENCY_HEADINGS, latency_texts
 from ..measure.latency import LatencyTarget
 from ..preflight import Preflight, training_bytes
@@ -123,7 +123,7 @@ MODEL_FILES = "Model file: .safetensors, quantized .ncq, .onnx, course checkpoin
 def emit(result: dict, as_json: bool, table: Table | None = None) -> None:
     """The command's result: JSON on stdout with --json, else the table."""
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(json_text(result))
     elif table is not None:
         console.print(table)
 

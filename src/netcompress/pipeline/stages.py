@@ -20,7 +20,7 @@ import torch
 
 from .. import (AugmentConfig, ImageFolderData, NetcompressError, evaluate, factorize_and_finetune, fit, load,
                new_model, prune_iteratively, quantize, spec_of)
-from ..files import RunLock, atomic_write_text
+from ..files import RunLock, atomic_write_text, json_text
 from ..formats.load import read_spec
 from ..measure.cost import measure_model
 from ..measure.latency import LatencyTarget, latency
@@ -85,7 +85,8 @@ class Run:
         result = work(self.dir / name)
         result["wall_seconds"] = round(time.perf_counter() - t0, 1)
         result["settings"] = settings
-        atomic_write_text(done, json.dumps(result, indent=2))
+        measured = json.loads(json_text({k: v for k, v in result.items() if k != "settings"}))
+        atomic_write_text(done, json.dumps({**measured, "settings": settings}, indent=2))  # settings kept exact
         return result
 
     def artifact(self, name: str, path: Path, stage: str) -> dict:
@@ -238,7 +239,7 @@ def _quantize_stage(run: Run, q, sources: list[dict]):
                     raise
                 skipped.append({"source": src.name, "why": str(exc)})  # this model cannot get that small
                 continue
-            path = stored.save(out / f"{i:02d}-{Path(src.file).stem}.ncq")
+            path = stored.save(out / codec_file_name(i, src))
             acc = evaluate(stored.decode(), run.data, "validation", device=run.device)["accuracy"]
             artifacts.append(src.replace(name=f"{src.name}, {label}", stage=name, file=str(path.relative_to(run.dir)),
                                          format="ncq", precision=label, runtime=DECODED, latency_ms={},
@@ -281,7 +282,7 @@ def measure_on_target(run: Run, artifacts: list[Artifact], target: LatencyTarget
         measured = latency({name: load(run.dir / wanted[name].file) for name in missing}, target.config)
         found.update({name: {"median_ms": r.median_ms, "p90_ms": r.p90_ms, "spread": r.spread, "note": r.note}
                       for name, r in measured.items()})
-        atomic_write_text(path, json.dumps(found, indent=2))
+        atomic_write_text(path, json_text(found))
     return {name: found[name] for name in wanted}
 
 
@@ -302,7 +303,7 @@ def _evaluate(run: Run, artifacts: list[Artifact], chosen: list[str]) -> dict:
             model = load(run.dir / a.file)
             metrics = evaluate(model, run.data_at(spec_of(model).input_size), "testing", device=run.device)
             results[a.name] = round(metrics["accuracy"], 5)
-        atomic_write_text(path, json.dumps(results, indent=2))
+        atomic_write_text(path, json_text(results))
     return results
 
 
@@ -359,8 +360,15 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
     summary = {"artifacts": [a.replace(test_accuracy=test.get(a.name)).to_dict() for a in artifacts],
                "budget": budget, "budgets": budgets, "latency_budget": latency_budget, "test": test,
                "val_images": len(run.data.split("validation")), "splits": run.data.describe()}
-    atomic_write_text(run.dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(run.dir / "summary.json", json_text(summary))
     return summary
+
+
+def codec_file_name(i: int, source: Artifact) -> str:
+    """The file a codec makes of the i-th source model, named after where that model lies in the run:
+    "02-prune-l2-0.5-3steps-ft5-step1.ncq", not "02-step1.ncq", so the files of two pruning runs differ."""
+    parts = Path(source.file).with_suffix("").parts
+    return f"{i:02d}-{'-'.join(parts[-2:] if Path(source.file).is_absolute() else parts)}.ncq"
 
 
 def artifacts_of(stage_result: dict) -> list[Artifact]:
