@@ -88,3 +88,16 @@ def test_summary_prints_one_mac_count_and_no_enum_names(model):
     assert "Units." not in out and "mult-adds" not in out.lower()
     macs = nc.count_macs(nc.load(model))
     assert f"Total MACs (convolutions and linear layers): {macs:,}" in out and out.count(f"{macs:,}") == 2
+
+
+@pytest.mark.slow  # loads and measures every installed runtime: about a minute on 2 busy cores
+def test_latency_all_measures_each_file_on_every_runtime_it_can_run_on(tmp_path, model):
+    onnx = nc.export_onnx(nc.load(model), tmp_path / "m.onnx")
+    code, out, err = cli("latency", model, onnx, "--runtime", "all", "--rounds", 3, "--seconds", 0.01,
+                         "--max-spread", 100, "--json")
+    assert code == 0, err
+    rows = json.loads(out)["rows"]
+    installed = nc.list_runtimes(installed=True)
+    assert [r["runtime"] for r in rows if r["model"] == str(model)] == installed
+    on_onnx = [r["runtime"] for r in rows if r["model"] == str(onnx)]
+    assert on_onnx and "torch" not in on_onnx and set(on_onnx) < set(installed)
