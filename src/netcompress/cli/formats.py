@@ -33,6 +33,7 @@ from .common import (
     data_for,
     emit,
     folder,
+    input_size_of,
     kv_table,
     load_file,
     set_threads,
@@ -42,7 +43,8 @@ from .options import model_size_option
 
 @app.command()
 def export(
-    model_file: Path = typer.Argument(..., help="Model file (.safetensors, .ncq or a course .bin)."),
+    model_file: Path = typer.Argument(..., help="Model file (.safetensors, .ncq, or a course checkpoint: .bin, .pkl, "
+                                      ".npz; give those --image-size)."),
     out: Path = typer.Option(..., "--out", help="File to write; its suffix picks the format unless --format is given "
                              "(.onnx: ONNX)."),
     target: Optional[str] = Registered(None, "--format", names=list_exporters, help="Export format: one of {names} "
@@ -79,6 +81,7 @@ def export(
     net = load_file(model_file)
     if image_size:
         attach(net, spec_of(net).replace(input_size=image_size))
+    input_size_of(spec_of(net), model_file)  # course files record none: ask for --image-size by name
     ds = None if data is None else data_for(net, model_file, data, image_size, cache_dir, False, True)
     export_model(net, target, out, ds, **options)
     result = {"model": str(model_file), "out": str(out), "format": target, "precision": "int8" if int8 else "fp32",
@@ -195,7 +198,7 @@ def import_state_dict(
     assumed = assumed_layout(arch, given)
     if assumed and data is None:
         raise NetcompressError(
-            f"{checkpoint}: {arch}'s {', '.join(assumed)} leave no trace in the tensors; the registered "
+            f"{checkpoint}: the tensors do not show {arch}'s {', '.join(assumed)}; the registered "
             f"{', '.join(f'{k}={v}' for k, v in assumed.items())} would be assumed. Check it on labelled images with "
             f"--data DIR, or state it: rerun with `--kwargs '{json.dumps({**given, **assumed})}'`, or load the file "
             "with your own class: nc.load_state_dict(path, YourNet())")

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from ..errors import NetcompressError
 from ..models import create_model, model_kwargs
+from ..models.registry import unseen_kwargs
 from ..spec import ModelSpec, attach, copy_model, spec_of
 from .checkpoint import read_checkpoint
 from .key_match import first_misfit, leaf, match_by_position
@@ -156,9 +157,10 @@ def load_into_registered(checkpoint: str | Path, arch: str, kwargs: dict | None 
     given = dict(kwargs or {})
     probe = create_model(arch, **{**given, **pretrained_off(arch)})
     inferred = {**kwargs_from_state(probe, state), **head_and_stem(probe, state)}
-    full = model_kwargs(arch, **{**inferred, **given}, **pretrained_off(arch))
+    full = model_kwargs(arch, **{**inferred, **assumed_layout(arch, given), **given}, **pretrained_off(arch))
     names = class_names or [str(i) for i in range(full.get("num_classes", 0))]
     base = ModelSpec(arch, full, list(names), input_size, channels=full.get("in_channels", 3)).build()
+    state = inside_scaling(base, state)
     problems = differences(base, match_by_position(base.state_dict(), state)[0])
     if problems:
         raise NetcompressError(f"{checkpoint} does not fit {arch}:\n  " + "\n  ".join(problems)
@@ -167,12 +169,19 @@ def load_into_registered(checkpoint: str | Path, arch: str, kwargs: dict | None 
     return attach(net, spec_of(net).with_info(imported_from=Path(checkpoint).name))
 
 
+def inside_scaling(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint of a bare network, placed inside the input-scaling wrapper `model` puts around it (its mean and
+    std buffers are the wrapper's own); as it is where `model` has no such wrapper or the checkpoint has it too."""
+    inner, own = getattr(model, "net", None), dict(model.named_buffers(recurse=False))
+    if not isinstance(inner, nn.Module) or set(own) != {"mean", "std"} or "mean" in state:
+        return state
+    return {**{f"net.{k}": v for k, v in state.items()}, **{k: v.clone() for k, v in own.items()}}
+
+
 def assumed_layout(arch: str, kwargs: dict) -> dict:
-    """The constructor arguments of `arch` that leave no trace in tensors (its `layout_kwargs`) and are not among
-    `kwargs`: the registered defaults an import assumes."""
-    probe_type = type(create_model(arch, **pretrained_off(arch)))
-    defaults = model_kwargs(arch)
-    return {k: defaults[k] for k in getattr(probe_type, "layout_kwargs", ()) if k not in kwargs}
+    """The constructor arguments of `arch` that leave no trace in tensors (registered as `unseen`: pooling,
+    strides, input scaling) and are not among `kwargs`, with the values an import assumes."""
+    return {k: v for k, v in unseen_kwargs(arch).items() if k not in kwargs}
 
 
 def kwargs_hint(state: dict, arch: str, given: dict, inferred: dict, input_size: int) -> str:

@@ -62,14 +62,14 @@ class ConvNet(nn.Module):
 
 
 @register_model("plaincnn", num_classes=11, base=16, multipliers=[1, 2, 4, 8, 8], pool_after=[0, 1, 2, 3], widths=None,
-                in_channels=3)
+                in_channels=3, unseen={"pool_after": [0, 1, 2, 3]})
 def plaincnn(**kwargs) -> ConvNet:
     """The seed's plain CNN (section 4a): 247,179 parameters at 11 classes."""
     return ConvNet(groups=1, **kwargs)
 
 
 @register_model("groupcnn", num_classes=11, base=16, multipliers=[1, 2, 4, 8, 8, 8], groups=2,
-                pool_after=[0, 1, 2, 3], widths=None, in_channels=3)
+                pool_after=[0, 1, 2, 3], widths=None, in_channels=3, unseen={"pool_after": [0, 1, 2, 3]})
 def groupcnn(groups: int = 2, **kwargs) -> ConvNet:
     """The seed's group-convolution CNN (section 4c): groups must be neither 1 nor the channel count."""
     widths = kwargs.get("widths") or [kwargs.get("base", 16) * m for m in kwargs.get("multipliers") or [1]]

@@ -14,17 +14,27 @@ from ..errors import NetcompressError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DEFAULTS: dict[str, dict] = {}
+_UNSEEN: dict[str, dict] = {}
 
 
-def register_model(name: str, **defaults):
-    """Decorator: register a constructor under `name`; `defaults` are stored with every model."""
+def register_model(name: str, *, unseen: dict | None = None, **defaults):
+    """Decorator: register a constructor under `name`; `defaults` are stored with every model. `unseen`: the
+    constructor arguments that leave no trace in a checkpoint's tensors (pooling, strides, input scaling), with
+    the value an import of a checkpoint assumes unless they are given."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = fn
         _DEFAULTS[name] = dict(defaults)
+        _UNSEEN[name] = dict(unseen or {})
         return fn
 
     return wrap
+
+
+def unseen_kwargs(name: str) -> dict:
+    """What an import of a checkpoint into `name` must assume: argument -> the registered layout's value."""
+    _load_families()
+    return dict(_UNSEEN.get(name, {}))
 
 
 def list_models(pattern: str = "*") -> list[str]:

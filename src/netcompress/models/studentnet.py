@@ -37,8 +37,6 @@ class StudentNet(nn.Module):
     has stride 2, in place of a MaxPool).
     """
 
-    layout_kwargs = ("pool_after", "strided")  # what leaves no trace in the tensors
-
     def __init__(
         self,
         num_classes: int = 11,
@@ -114,14 +112,16 @@ class StudentNet(nn.Module):
 
 
 @register_model("studentnet", num_classes=11, base=16, multipliers=COURSE_MULTIPLIERS, width_mult=1.0,
-                pool_after=[0, 1, 2, 3], widths=None, in_channels=3, **COURSE_VARIANT)
+                pool_after=[0, 1, 2, 3], widths=None, in_channels=3, **COURSE_VARIANT,
+                unseen={"pool_after": [0, 1, 2, 3], "strided": []})
 def studentnet(**kwargs) -> StudentNet:
     """The course's student: 256,779 parameters at 11 classes."""
     return StudentNet(**kwargs)
 
 
 @register_model("studentnet9", num_classes=11, base=16, multipliers=SEED_MULTIPLIERS, width_mult=1.0,
-                pool_after=[0, 1, 2, 5], widths=None, in_channels=3, **COURSE_VARIANT)
+                pool_after=[0, 1, 2, 5], widths=None, in_channels=3, **COURSE_VARIANT,
+                unseen={"pool_after": [0, 1, 2, 5], "strided": []})
 def studentnet9(**kwargs) -> StudentNet:
     """The seed report's 9-block student: 224,011 parameters at 11 classes."""
     return StudentNet(**kwargs)

