@@ -156,6 +156,40 @@ def test_every_course_format_loads_into_the_users_class_with_exact_logits(kind, 
     assert isinstance(rebuilt, StudentNet) and torch.equal(rebuilt(x), expected)
 
 
+class CourseStudentNet(nn.Module):
+    """The course's own StudentNet class, as its notebook wrote it (base 16, width_mult 1)."""
+
+    def __init__(self):
+        super().__init__()
+        b = [16 * m for m in [1, 2, 4, 8, 16, 16, 16, 16]]
+
+        def block(i, pool):
+            return nn.Sequential(nn.Conv2d(b[i - 1], b[i - 1], 3, 1, 1, groups=b[i - 1]), nn.BatchNorm2d(b[i - 1]),
+                                 nn.ReLU6(), nn.Conv2d(b[i - 1], b[i], 1), *([nn.MaxPool2d(2, 2, 0)] if pool else []))
+
+        self.cnn = nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, b[0], 3, 1, 1), nn.BatchNorm2d(b[0]), nn.ReLU6(), nn.MaxPool2d(2, 2, 0)),
+            *[block(i, i <= 3) for i in range(1, 8)], nn.AdaptiveAvgPool2d((1, 1)))
+        self.fc = nn.Sequential(nn.Linear(b[7], 11))
+
+    def forward(self, x):
+        out = self.cnn(x)
+        return self.fc(out.view(out.size()[0], -1))
+
+
+@pytest.mark.parametrize("kind", ["8-bit pickle named .bin", "16-bit pickle", "float16 .npz, module. keys"])
+def test_the_course_checkpoint_in_every_kind_loads_into_the_courses_class(kind, course_ckpt, tmp_path):
+    name, write, read_back = FORMATS[kind]
+    write(torch.load(course_ckpt, map_location="cpu", weights_only=True), tmp_path / name)
+    reference = CourseStudentNet()
+    reference.load_state_dict(read_back(tmp_path / name))
+    x = torch.rand(2, 3, 64, 64)
+    expected = reference.eval()(x)
+    assert torch.equal(nc.load(tmp_path / name, model=CourseStudentNet())(x), expected)
+    with pytest.warns(UserWarning, match="assumed MaxPool after blocks 0, 1, 2, 3"):
+        assert torch.equal(nc.load(tmp_path / name)(x), expected)  # rebuilt from the tensors: 256,779 parameters
+
+
 def test_a_torchvision_net_saved_as_float16_npz_loads_in_its_class_and_imports(tmp_path):
     torch.manual_seed(5)
     theirs = torchvision.models.mobilenet_v2(num_classes=11, width_mult=0.5).eval()
