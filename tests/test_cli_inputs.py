@@ -50,6 +50,7 @@ IMAGE_SIZE_VERBS = {
     "summary of a name": lambda m, t: ["summary", "studentnet", "--no-latency"],
     "latency": lambda m, t: ["latency", m],
     "quantize": lambda m, t: ["quantize", m, "--data", t, "--out", t / "m.ncq"],
+    "export": lambda m, t: ["export", m, "--out", t / "m.onnx"],
 }
 
 
