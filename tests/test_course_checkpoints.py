@@ -428,3 +428,17 @@ def test_export_of_a_course_file_asks_for_the_image_size(mine, tmp_path):
     assert not (tmp_path / "s.onnx").exists()
     status, message = cli("export", tmp_path / "student.bin", "--image-size", 32, "--out", tmp_path / "s.onnx")
     assert status == 0 and (tmp_path / "s.onnx").stat().st_size > 0, message
+
+
+@pytest.mark.parametrize("variant", [{"head": [32]}, {"bias": False, "pointwise_bn": True},
+                                     {"strided": [1, 2], "pool_after": [0, 3]}])
+def test_the_variants_prune_and_reload_exactly(variant, tmp_path):
+    model = nc.new_model("studentnet", list("abc"), 32, widths=[8, 16, 16, 32, 32, 32, 32, 32], **variant)
+    x = torch.rand(2, 3, 32, 32)
+    for method in ("slim", "l2"):
+        pruned = nc.prune(model, method=method, rate=0.5, example_input=x)
+        assert nc.count_parameters(pruned) < nc.count_parameters(model) / 2
+        back = nc.load(nc.save(pruned, tmp_path / f"{method}.safetensors"))
+        assert torch.equal(back(x), pruned.eval()(x))
+        assert {k: nc.spec_of(back).kwargs[k] for k in variant if k != "head"} == \
+            {k: v for k, v in variant.items() if k != "head"}

@@ -94,8 +94,11 @@ class StudentNet(nn.Module):
         return self.fc(self.cnn(x).flatten(1))
 
     def architecture_kwargs(self) -> dict:
-        """The constructor arguments of this network's current shape (channel pruning changes the widths)."""
-        return {"widths": [self.cnn[0][0].out_channels] + [block[3].out_channels for block in self.cnn[1:-1]]}
+        """The constructor arguments of this network's current shape (channel pruning changes the widths and the
+        classifier's hidden widths)."""
+        head = [m.out_features for m in self.fc if isinstance(m, nn.Linear)][:-1]
+        return {"widths": [self.cnn[0][0].out_channels] + [block[3].out_channels for block in self.cnn[1:-1]],
+                **({"head": head} if head else {})}
 
     def prune_channels(self, config, step: int, start: dict) -> StudentNet | None:
         """The course's own rule for `slim` (per-layer, not global): each layer keeps the channels with the
