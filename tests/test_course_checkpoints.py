@@ -442,3 +442,9 @@ def test_the_variants_prune_and_reload_exactly(variant, tmp_path):
         assert torch.equal(back(x), pruned.eval()(x))
         assert {k: nc.spec_of(back).kwargs[k] for k in variant if k != "head"} == \
             {k: v for k, v in variant.items() if k != "head"}
+
+
+def test_the_verbs_that_take_a_course_file_name_every_kind_in_their_help():
+    for verb in ("quantize", "prune", "lowrank", "export"):
+        status, text = cli(verb, "--help")
+        assert status == 0 and all(kind in " ".join(text.split()) for kind in (".bin", ".pkl", ".npz")), (verb, text)

@@ -63,7 +63,7 @@ from .options import model_size_option
 
 @app.command()
 def prune(
-    model_file: Path = typer.Argument(..., help="Model file (.safetensors) or course checkpoint (.bin) to prune."),
+    model_file: Path = typer.Argument(..., help="Model file (.safetensors, .ncq) or course checkpoint (.bin, .pkl, .npz) to prune."),
     data: Path = DataOpt,
     method: str = Registered("slim", "--method", names=list_pruners, help="One of {names}: slim is the course's "
                              "(BatchNorm |γ|), magnitude is unstructured."),
@@ -139,7 +139,7 @@ def prune(
 
 @app.command()
 def lowrank(
-    model_file: Path = typer.Argument(..., help="Model file (.safetensors) or course checkpoint (.bin) to factorize."),
+    model_file: Path = typer.Argument(..., help="Model file (.safetensors, .ncq) or course checkpoint (.bin, .pkl, .npz) to factorize."),
     data: Path = DataOpt,
     energy: Optional[float] = typer.Option(None, "--energy", help="Per layer (and Tucker mode), keep the smallest rank "
                                            "holding this fraction of the squared singular values, e.g. 0.9."),
@@ -216,7 +216,7 @@ def plot_pruning_cmd(
 
 @app.command()
 def quantize(
-    model_file: Path = typer.Argument(..., help="Model file to compress (.safetensors, or a course .bin)."),
+    model_file: Path = typer.Argument(..., help="Model file to compress (.safetensors, .ncq, or a course checkpoint: .bin, .pkl, .npz)."),
     out: Path = typer.Option(..., "--out", help="Quantized model file to write (.ncq)."),
     codec: str = Registered("int8-minmax", "--codec", names=list_codecs, help="One of {names}; int8-minmax is the "
                             "course's, kbit per-channel affine k-bit codes, kmeans weight sharing."),
