@@ -69,6 +69,8 @@ CASES = [
      r"spec field kwargs.width_mult = '2' must be a number"),
     ("bias a number", edited(lambda m: m["spec"]["kwargs"].update(bias=3)),
      r"spec field kwargs.bias = 3 must be true or false"),
+    ("bias a string", edited(lambda m: m["spec"]["kwargs"].update(bias="yes")),
+     r"spec field kwargs.bias = 'yes' must be true or false"),
     ("a Linear with a bogus argument", edited(_override("cnn.0.0", {
         "type": "Linear", "in_features": 4, "out_features": 3, "bogus": 1})),
      r"overrides.cnn.0.0 gives a Linear arguments it does not take: bogus"),

@@ -120,8 +120,8 @@ def _number_kind(default) -> type | None:
 
 
 def _is_kind(value, kind: type) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
+    if kind is bool:  # 0 and 1 too: a recipe's `bias = 1` builds, so its file must load
+        return isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
