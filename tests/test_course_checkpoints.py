@@ -448,3 +448,30 @@ def test_the_verbs_that_take_a_course_file_name_every_kind_in_their_help():
     for verb in ("quantize", "prune", "lowrank", "export"):
         status, text = cli(verb, "--help")
         assert status == 0 and all(kind in " ".join(text.split()) for kind in (".bin", ".pkl", ".npz")), (verb, text)
+
+
+class Payload:
+    """What a malicious pickle holds: unpickling it would run a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("name", ["evil.bin", "evil.pt", "evil.pkl", "evil"])
+def test_no_code_runs_whatever_the_file_is_called(name, tmp_path):
+    marker = tmp_path / "ran"
+    (tmp_path / name).write_bytes(pickle.dumps({"cnn.0.0.weight": Payload(marker)}, protocol=3))
+    for load in (lambda p: nc.load(p), lambda p: nc.load(p, model=MyStudent()),
+                 lambda p: nc.load_state_dict(p, MyStudent())):
+        with pytest.raises(nc.NetcompressError, match="refused to load: the pickle asks for (posix|os).system"):
+            load(tmp_path / name)
+    assert not marker.exists()
+    np.savez(tmp_path / "objects.npz", w=np.array([Payload(marker)], dtype=object))
+    with pytest.raises(nc.NetcompressError, match="objects.npz: a .npz whose arrays are not all numbers"):
+        nc.load(tmp_path / "objects.npz", model=MyStudent())
+    assert not marker.exists()
