@@ -34,6 +34,7 @@ def differences(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
 
 
 def mismatches(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
+    """The tensors missing, in excess or in another shape, one line each."""
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     lines = [f"missing from the checkpoint: {k} {list(expected[k].shape)}" for k in missing]
@@ -50,6 +51,8 @@ def fits(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
 
 
 def likely_fixes(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """What the tensors show about the model they came from, and a build of `model`'s class that loads them where
+    one was checked to."""
     facts = []
     linears = [v for k, v in state.items() if leaf(k) == "weight" and v.dim() == 2]
     convs = [v for k, v in state.items() if leaf(k) == "weight" and v.dim() == 4]
@@ -151,8 +154,8 @@ def load_into_registered(checkpoint: str | Path, arch: str, kwargs: dict | None 
                          class_names: list[str] | None = None, input_size: int = 0) -> nn.Module:
     """A registered architecture built to fit a checkpoint: the class count, input channels and (for the
     StudentNet and CNN families) widths, groups, classifier head and conv biases come from the tensors unless
-    `kwargs` sets them. What the tensors cannot show (the family's `layout_kwargs`: pooling, strides) is the
-    registered default unless `kwargs` sets it; `assumed_layout` says which were assumed."""
+    `kwargs` sets them. What the tensors cannot show (registered as the model's `unseen` arguments: pooling,
+    strides, input scaling) is the registered value unless `kwargs` sets it; `assumed_layout` says which."""
     state = read_checkpoint(checkpoint)
     given = dict(kwargs or {})
     probe = create_model(arch, **{**given, **pretrained_off(arch)})
