@@ -232,7 +232,7 @@ CASES = [
                                                                "cnn.0.0.weight": torch.zeros(2, 3, 3, 3),
                                                                "fc.0.weight": torch.zeros(3, 2)}, t / "odd.bin"),
                                                    ["import-course", t / "odd.bin", "--image-size", 32, "--out",
-                                                    t / "o.safetensors"])[1], "MaxPool positions are not in the file"),
+                                                    t / "o.safetensors"])[1], "its tensors do not fit a StudentNet"),
     # run folders
     ("truncated state.pt", lambda t: (lambda r: ((r / "state.pt").write_bytes((r / "state.pt").read_bytes()[:500]),
                                                  ["train", "--model", "studentnet", "--data", t / "d", "--image-size",
