@@ -94,3 +94,12 @@ def test_a_folder_that_cannot_be_made_is_one_clear_error(tmp_path):
     with pytest.raises(NetcompressError, match="cannot lock .*a file stands where its folder should be"):
         with RunLock(tmp_path / "f" / "run"):
             pass
+
+
+def test_a_folder_removed_while_held_is_released_cleanly(tmp_path):
+    import shutil
+
+    with RunLock(tmp_path / "run"):
+        shutil.rmtree(tmp_path / "run")
+    with RunLock(tmp_path / "run"):
+        assert (tmp_path / "run" / ".lock").exists()

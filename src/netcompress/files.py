@@ -125,6 +125,7 @@ class RunLock:
             key = self.path.resolve()
         except OSError as exc:
             raise NetcompressError(f"cannot lock {self.path.parent}: {why_not_written(exc, self.path)}") from None
+        self._key = key  # the folder may be renamed or removed while held: release what was taken
         with self._guard:
             if key in self._held:
                 fd, depth = self._held[key]
@@ -156,7 +157,7 @@ class RunLock:
             os.close(fd)  # its holder removed it between our open and our lock: lock the new one
 
     def __exit__(self, *_exc) -> None:
-        key = self.path.resolve()
+        key = self._key
         with self._guard:
             fd, depth = self._held.pop(key)
             if depth > 1:
