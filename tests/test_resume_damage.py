@@ -98,3 +98,34 @@ def test_a_run_does_not_skip_a_stage_whose_model_file_is_gone(tmp_path):
         {"model_file": str(tmp_path / "teacher" / "best.safetensors"), "artifacts": [], "settings": {}}))
     with pytest.raises(NetcompressError, match="which is missing; delete"):
         run.stage("teacher", lambda out: pytest.fail("the stage ran"), {})
+
+
+def test_a_latency_table_with_foreign_entries_measures_those_again(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import netcompress as nc
+    from netcompress.measure.latency import LatencyTarget
+    from netcompress.pipeline import stages
+    from netcompress.pipeline.artifact import Artifact
+    from netcompress.pipeline.stages import measure_on_target
+
+    measured = []
+
+    def timed(models, _cfg):  # the runtime's measurement itself is latency's own tests' business
+        measured.extend(models)
+        return {name: SimpleNamespace(median_ms=1.0, p90_ms=1.1, spread=0.1, note="") for name in models}
+
+    monkeypatch.setattr(stages, "latency", timed)
+
+    run = object.__new__(Run)
+    run.dir, run.progress = tmp_path, False
+    nc.save(nc.new_model("studentnet", ["a", "b"], 16, widths=[8] * 8), tmp_path / "m.safetensors")
+    kept = {"median_ms": 1.5, "p90_ms": 2.0, "spread": 0.3, "note": ""}
+    artifacts = [Artifact(name=n, stage="s", file="m.safetensors", format="safetensors", precision="fp32",
+                          runtime="torch", file_bytes=1, params=1, macs=1, val_accuracy=0.5) for n in ("m", "kept")]
+    target = LatencyTarget(1000.0, "torch")
+    table = tmp_path / "latency" / "torch-b1-t1.json"
+    table.parent.mkdir()
+    table.write_text(json.dumps({"m": 5, "kept": kept}))
+    found = measure_on_target(run, artifacts, target, tries=1)
+    assert measured == ["m"] and found["kept"] == kept and found["m"]["median_ms"] == 1.0

@@ -271,6 +271,7 @@ def measure_on_target(run: Run, artifacts: list[Artifact], target: LatencyTarget
     a rerun measures only new models. Storage codecs are left out: their files decode to the fp32 model."""
     path = run.dir / "latency" / f"{target.runtime}-b{target.batch}-t{target.threads}.json"
     found = read_json_object(path, "delete it to measure again") if path.exists() else {}
+    found = {k: v for k, v in found.items() if isinstance(v, dict)}  # anything else: measured again
     wanted = {a.name: a for a in artifacts if a.runtime != DECODED and a.candidate}
     for _ in range(tries):
         missing = [name for name in wanted if found.get(name, {}).get("median_ms") is None]
@@ -294,6 +295,8 @@ def _evaluate(run: Run, artifacts: list[Artifact], chosen: list[str]) -> dict:
     """
     path = run.dir / "evaluate" / "test.json"
     results = read_json_object(path, "delete it to evaluate again") if path.exists() else {}
+    results = {k: v for k, v in results.items()  # anything but an accuracy: evaluated again
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1}
     wanted = [a for a in artifacts if (a.stage in ("teacher", "student") or a.name in chosen)
               and a.name not in results]
     if wanted:
