@@ -67,6 +67,8 @@ class Preflight:
         self.add(output_problem(Path(folder), need_bytes))
 
     def raise_if_any(self) -> None:
+        if len(self.problems) == 1:
+            raise NetcompressError(f"{self.what}: {self.problems[0]} (nothing was run)")
         if self.problems:
             listed = "\n".join(f"  - {p}" for p in self.problems)
             raise NetcompressError(f"{self.what}: {len(self.problems)} problem(s) found before any work started "

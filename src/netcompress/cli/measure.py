@@ -13,6 +13,7 @@ from rich.table import Table
 from .. import count_macs, count_parameters, list_models, spec_of
 from .. import evaluate as evaluate_model
 from .. import predict as predict_logits
+from ..data.layout import SPLITS, split_name
 from ..files import atomic_write_text, json_text
 from ..formats.load import graph_file
 from ..measure.cost import LATENCY_HEADINGS, latencies, layer_table
@@ -33,11 +34,10 @@ from .common import (
     ThreadsOpt,
     app,
     console,
-    data_for,
     emit,
     input_size_of,
     kv_table,
-    load_file,
+    model_and_data,
     model_or_name,
     set_threads,
 )
@@ -79,8 +79,9 @@ def evaluate(
     Example: netcompress evaluate runs/student/best.safetensors --data ../shared/data/food101_10 --split validation
     """
     set_threads(threads)
-    net = load_file(model_file)
-    ds = data_for(net, model_file, data, image_size, cache_dir, skip_bad, True, labels)
+    split = split_name(split, SPLITS, "--split")
+    net, ds = model_and_data("evaluate", model_file, data, image_size, cache_dir, skip_bad, True, labels,
+                             splits=(split,), out=out_dir, need_bytes=0)
     metrics = evaluate_model(net, ds, split, device=resolve_device(device))
     result = {"model": str(model_file), **metrics}
     names = ds.split(split).class_names
@@ -118,8 +119,9 @@ def predict(
     Example: netcompress predict model.safetensors --data ../shared/data/food101_10 --out pred.csv --with-filenames
     """
     set_threads(threads)
-    net = load_file(model_file)
-    ds = data_for(net, model_file, data, image_size, cache_dir, skip_bad, True, labels)
+    split = split_name(split, SPLITS, "--split")
+    net, ds = model_and_data("predict", model_file, data, image_size, cache_dir, skip_bad, True, labels,
+                             splits=(split,), out=out.parent, need_bytes=0, same_classes=False)
     images = ds.split(split)
     pred = predict_logits(net, images, split, device=resolve_device(device)).argmax(1)
     write_submission(pred, images, out, with_filenames)

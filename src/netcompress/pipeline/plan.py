@@ -19,7 +19,7 @@ import torch.nn as nn
 from .. import NetcompressError, new_model, prune, quantize
 from ..data.decode import decode_images
 from ..data.folder import ImageFolderData
-from ..measure.cost import count_parameters
+from ..measure.cost import count_parameters, measure_latencies
 from ..measure.latency import LatencyTarget, get_runtime
 from ..preflight import MB, Preflight, training_bytes
 from ..process import log
@@ -126,16 +126,19 @@ class _Clock:
 
     def __init__(self, device: torch.device, channels: int, measure: bool, progress: bool):
         self.device, self.channels, self.measure, self.progress = device, channels, measure, progress
-        self.found: dict[int, tuple[float, float]] = {}
+        self.found: dict[int, tuple[float, float, float]] = {}
 
-    def rates(self, net: nn.Module | None, size: int) -> tuple[float, float] | None:
-        """(training, forward) seconds per image, or None when not measuring."""
+    def rates(self, net: nn.Module | None, size: int) -> tuple[float, float, float] | None:
+        """(training, forward) seconds per image and the seconds of measuring one model of it (the latencies every
+        stage records for each model it makes), or None when not measuring."""
         if not self.measure or net is None:
             return None
         if id(net) not in self.found:
             if self.progress:
                 log(f"[plan] timing {type(net).__name__} at {size} px")
-            self.found[id(net)] = _time_network(net, size, self.channels, self.device)
+            t0 = time.perf_counter()
+            measure_latencies(net)
+            self.found[id(net)] = (*_time_network(net, size, self.channels, self.device), time.perf_counter() - t0)
         return self.found[id(net)]
 
     def decode(self, data: ImageFolderData, size: int) -> float | None:
@@ -179,10 +182,12 @@ def _stages(recipe: Recipe, nets: _Networks, clock: _Clock, n_train: int, n_val:
     t, s, size = recipe.teacher, recipe.student, recipe.data.image_size
     stages, disk = [], 0
 
-    def epochs_cost(rates, epochs: int, extra_per_image: float = 0.0) -> float | None:
+    def epochs_cost(rates, epochs: int, extra_per_image: float = 0.0, models: int = 1) -> float | None:
+        """Training `epochs` (validating after each) and measuring the `models` the stage writes."""
         if rates is None:
             return None
-        return epochs * (n_train * (rates[0] + extra_per_image) + n_val * rates[1])
+        train, forward, measure = rates
+        return epochs * (n_train * (train + extra_per_image) + n_val * forward) + models * (measure + n_val * forward)
 
     teacher = None if t.file else nets.get("teacher", t.model, teacher_size)
     teacher_rates = None if t.file else clock.rates(teacher, teacher_size)
@@ -214,22 +219,23 @@ def _stages(recipe: Recipe, nets: _Networks, clock: _Clock, n_train: int, n_val:
                 else f"prune with {p.method} to rate {p.rate} in {p.steps} step(s)")
         epochs = p.sparsity_epochs + p.steps * p.finetune_epochs
         stages.append(StagePlan(p.stage, f"{what}, {p.finetune_epochs} fine-tuning epochs a step",
-                                epochs_cost(student_rates, epochs, live if p.distill else 0.0)))
+                                epochs_cost(student_rates, epochs, live if p.distill else 0.0, p.steps + 1)))
         disk += p.steps * training_bytes(student_params)
     for lr in recipe.lowrank:
         stages.append(StagePlan(lr.stage, f"factorize the student, {lr.finetune_epochs} fine-tuning epochs",
-                                epochs_cost(student_rates, lr.finetune_epochs, live if lr.distill else 0.0)))
+                                epochs_cost(student_rates, lr.finetune_epochs, live if lr.distill else 0.0, 3)))
         disk += 2 * training_bytes(student_params)
     if recipe.compare_arch.run:
         c = recipe.compare_arch
         stages.append(StagePlan("compare-arch", f"train 3 architectures of about {c.budget_params:,} parameters "
-                                f"for {c.epochs} epochs", epochs_cost(student_rates, 3 * c.epochs)))
+                                f"for {c.epochs} epochs", epochs_cost(student_rates, 3 * c.epochs, models=3)))
         disk += 3 * training_bytes(c.budget_params)
     sources = len(students) + sum(p.steps for p in recipe.prune) + 2 * len(recipe.lowrank)
     for q in recipe.quantize:
         (cfg,) = q.configs(recipe.seed)
         qat = cfg.finetune_epochs
-        per_source = epochs_cost(student_rates, qat) if qat else (n_val * student_rates[1] if student_rates else None)
+        per_source = (epochs_cost(student_rates, qat, models=0) if qat
+                      else n_val * student_rates[1] if student_rates else None)
         stages.append(StagePlan(q.stage, f"store {sources} model(s) with {cfg.codec}"
                                 + (f", {qat} epochs of quantization-aware training each" if qat else ""),
                                 None if per_source is None else sources * per_source))
