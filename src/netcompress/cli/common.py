@@ -29,6 +29,7 @@ from ..files import json_text
 from ..measure.cost import LATENCY_HEADINGS, latency_texts
 from ..measure.latency import LatencyTarget
 from ..preflight import Preflight, training_bytes
+from ..process import fair_threads, log, usable_cores
 from ..spec import attach
 from ..train.distributed import launch, strip_nproc
 
@@ -110,7 +111,8 @@ TestFromOpt = typer.Option(None, "--test-from", help="Where --data has no testin
 TRAINING_SPLITS = ("training", "validation")
 ChannelsOpt = typer.Option(3, "--channels", help="3: RGB (grayscale, palette and CMYK images are converted); "
                            "1: grayscale images and a 1-channel model.")
-ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch and ONNX Runtime [default: one per core]. "
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch and ONNX Runtime [default: the cores this "
+                          "process may use that other work is not keeping busy, or OMP_NUM_THREADS]. "
                           "Give each of several jobs on one machine its own cores: on 2 cores, two jobs of 2 "
                           "threads trained 2.9x slower than two jobs of 1 thread (benchmarks/threads.py).")
 MixupOpt = typer.Option(0.0, "--mixup", help="Mixup: Beta(a, a) weight of blending two images (0: off; 0.2-0.8 "
@@ -188,7 +190,9 @@ def model_and_data(what: str, model_file: Path, data: Path, image_size, cache_di
     if spec is not None and image_size:
         spec = spec.replace(input_size=check.attempt(check_image_size, image_size, "--image-size") or spec.input_size)
         attach(net, spec)
-    size = (spec.input_size or check.attempt(input_size_of, spec, model_file)) if spec is not None else image_size
+    size = image_size
+    if spec is not None and data is not None:  # the data is read at the model's input size
+        size = spec.input_size or check.attempt(input_size_of, spec, model_file)
     ds = None if data is None else folder(data, size or NAME_IMAGE_SIZE, cache_dir, skip_bad, progress,
                                           channels=spec.channels if spec else 3, labels=labels,
                                           val_fraction=val_fraction, test_from=test_from,
@@ -258,11 +262,16 @@ def latency_target(ms: float | None, runtime: str, batch: int, threads: int) -> 
 
 
 def set_threads(threads: int | None) -> None:
-    """--threads N: torch's intra-op threads (ONNX Runtime sessions opened afterwards use as many)."""
-    if threads is not None:
-        if threads < 1:
-            raise NetcompressError(f"--threads {threads} must be >= 1")
-        torch.set_num_threads(threads)
+    """torch's intra-op threads (ONNX Runtime sessions opened afterwards use as many): --threads N, else the cores
+    this process may use that other work is not already keeping busy (`fair_threads`), said when fewer."""
+    if threads is not None and threads < 1:
+        raise NetcompressError(f"--threads {threads} must be >= 1")
+    if threads is None and "OMP_NUM_THREADS" in os.environ:
+        return  # the user's own setting stands
+    chosen = threads or fair_threads()
+    if threads is None and chosen < usable_cores():
+        log(f"using {chosen} of {usable_cores()} cores: other work keeps the rest busy; --threads N sets the number")
+    torch.set_num_threads(chosen)
 
 
 def distill_config(teacher, temperature: float, alpha: float) -> DistillConfig | None:

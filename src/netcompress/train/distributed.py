@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import NetcompressError
+from ..process import fair_threads
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,9 @@ def launch(nproc: int, argv: list[str]) -> int:
         raise NetcompressError(f"--nproc {nproc} must be >= 1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "netcompress.cli", *argv]
-    return subprocess.call(cmd)
+    # never more compute threads than free cores across the workers (torchrun alone gives each one thread)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, fair_threads() // nproc))
+    return subprocess.call(cmd, env=dict(os.environ, OMP_NUM_THREADS=threads))
 
 
 def strip_nproc(argv: list[str]) -> list[str]:
