@@ -249,7 +249,7 @@ CASES = [
         trained_run(t, dataset(t / "d"))), None),
     ("corrupt decode cache", lambda t: (dataset(t / "d"), cli("evaluate", model_file(t), "--data", t / "d",
                                                                cache=t / "cache"),
-                                        [p.write_bytes(b"PK garbage") for p in (t / "cache").glob("*.npz")],
+                                        [p.write_bytes(b"PK garbage") for p in (t / "cache").glob("*/images.npy")],
                                         ["evaluate", model_file(t), "--data", t / "d"])[3], None),
     # output paths
     ("--out is an existing file", lambda t: ((t / "taken").write_text("x"),

@@ -35,7 +35,7 @@ def test_load_split_decodes_and_caches(jpeg_dataset, tmp_path):
     assert split.images.shape == (12, 3, 32, 32) and split.images.dtype == torch.uint8
     assert split.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert split.class_names == ["soup", "rice", "bread"]
-    assert len(list(cache.glob("*.npz"))) == 1
+    assert len(list(cache.glob("*/images.npy"))) == 1
     again = load_split(jpeg_dataset, "training", 32, cache_dir=cache, progress=False)
     assert torch.equal(again.images, split.images)
 

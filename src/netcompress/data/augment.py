@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NetcompressError
+from .mapped import release_pages
 from .mix import mix_batch
 from .split import Split, to_float
 
@@ -136,6 +137,7 @@ def iterate_batches(
         if shuffle and len(idx) == 1 and start > 0:
             break  # a training batch of one image breaks BatchNorm; it is drawn again next epoch
         x = to_float(split.images[idx].to(device, non_blocking=True))
+        release_pages(split.images)  # a mapped split's pages leave this process once read: RSS stays bounded
         labels, soft = split.labels[idx].to(device, non_blocking=True), None
         if augment is not None:
             x = augment_batch(x, augment, generator)

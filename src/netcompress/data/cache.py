@@ -1,20 +1,32 @@
 """The decode-once cache: a list of image files decoded into a Split once, kept on disk keyed by the files'
-paths, sizes, modification and change times and the settings, and read back as tensors by every later run."""
+paths, sizes, modification and change times and inodes and the settings, and mapped back by every later run.
+
+An entry is a folder, NAME-SIZEpx-KEY/, holding images.npy (uint8 [N, C, S, S], read memory-mapped, so
+RAM stays bounded whatever the dataset's size) and kept.npy (each image's position in the file list). It
+is built in a temporary folder and renamed into place: a reader never sees half an entry. A decode in
+progress keeps its finished chunks in NAME-SIZEpx-KEY.parts/ (pool.py), so an interrupted one resumes.
+Carved splits of a mapped split are written into its entry as files of their own, so that they are mapped
+too instead of copied into memory.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .decode import decode_images
+from .decode import decode_images, decode_notes
+from .mapped import mapped_file, open_mapped, release_pages, write_npy
+from .pool import CHUNK, decode_parts, read_part
 from .split import Split
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: a folder of mapped .npy files (2: one .npz read whole)
 
 
 def default_cache_dir() -> Path:
@@ -35,44 +47,110 @@ def _cache_key(files: list[Path], size: int, channels: int, skip_bad: bool) -> s
 
 def decode_files(name: str, files: list[Path], labels: list[int], class_names: list[str], image_size: int, *,
                  channels: int = 3, cache_dir: str | Path | None = None, skip_bad: bool = False,
-                 progress: bool = True) -> Split:
-    """Decode (or read from the cache) a list of image files into a Split; unreadable ones stop the run
-    unless skip_bad, which leaves them out (they keep their place in `Split.skipped`)."""
+                 progress: bool = True, chunk: int = CHUNK, workers: int | None = None) -> Split:
+    """Decode (or map from the cache) a list of image files into a Split; unreadable ones stop the run
+    unless skip_bad, which leaves them out (they keep their place in `Split.skipped`). chunk and workers: how
+    the decode is cut up and over how many processes (default: the usable cores)."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    cache_file = cache / f"{name}-{image_size}px-{_cache_key(files, image_size, channels, skip_bad)}.npz"
-    cached = _read_cache(cache_file, image_size, channels)
-    if cached is not None:
-        images, kept = cached
-    else:
-        images, kept = decode_images(name, files, image_size, channels, skip_bad, progress)
-        _atomic_savez(cache_file, images=images, kept=np.asarray(kept, dtype=np.int64))
+    entry = cache / f"{name}-{image_size}px-{_cache_key(files, image_size, channels, skip_bad)}"
+    found = _read_entry(entry, len(files), image_size, channels)
+    if found is None:
+        try:
+            found = _build_entry(entry, name, files, image_size, channels, skip_bad, chunk, workers, progress)
+        except OSError as exc:  # a read-only or full cache only costs speed and memory: decode in memory
+            warnings.warn(f"could not write the decode cache {entry}: {exc}", stacklevel=2)
+            images, kept = decode_images(name, files, image_size, channels, skip_bad, progress)
+            found = torch.from_numpy(images), kept
+    images, kept = found
     skipped = sorted(set(range(len(files))) - set(kept))
-    return Split(name, torch.from_numpy(images), torch.tensor([labels[i] for i in kept], dtype=torch.int64),
+    return Split(name, images, torch.tensor([labels[i] for i in kept], dtype=torch.int64),
                  [files[i].name for i in kept], list(class_names), tuple((i, files[i].name) for i in skipped))
 
 
-def _read_cache(path: Path, size: int, channels: int) -> tuple[np.ndarray, list[int]] | None:
-    """A decode cache file's images and kept positions; a damaged one is deleted (and the images decoded again)."""
-    if not path.exists():
+def _read_entry(entry: Path, count: int, size: int, channels: int) -> tuple[torch.Tensor, list[int]] | None:
+    """A cache entry's mapped images and kept positions; a damaged one is removed (and the images decoded
+    again). The pixels carry no checksum (reading 5 GB to check one would cost what mapping saves): a short
+    file, a broken header or kept positions that do not fit are caught."""
+    if not entry.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            images, kept = z["images"], z["kept"].tolist()
-        if images.shape[1:] != (channels, size, size) or len(kept) != len(images):
-            raise ValueError(f"shape {images.shape}")
-        return images, kept
-    except Exception as exc:  # numpy and zipfile raise many types for damaged files
-        warnings.warn(f"decode cache {path} is damaged ({type(exc).__name__}); decoding the images again",
+        images = open_mapped(entry / "images.npy")
+        kept = np.load(entry / "kept.npy", allow_pickle=False)
+        if images.shape[1:] != (channels, size, size) or kept.shape != (len(images),) or kept.dtype != np.int64:
+            raise ValueError(f"shape {tuple(images.shape)}, {kept.shape} positions")
+        if len(kept) and (kept[0] < 0 or kept[-1] >= count or (np.diff(kept) <= 0).any()):
+            raise ValueError("positions out of order or range")
+        return images, kept.tolist()
+    except Exception as exc:  # numpy raises many types for damaged files
+        warnings.warn(f"decode cache {entry} is damaged ({type(exc).__name__}); decoding the images again",
                       stacklevel=3)
-        path.unlink(missing_ok=True)
+        _remove(entry)
         return None
 
 
-def _atomic_savez(path: Path, **arrays) -> None:
+def _build_entry(entry: Path, name: str, files: list[Path], size: int, channels: int, skip_bad: bool, chunk: int,
+                 workers: int | None, progress: bool) -> tuple[torch.Tensor, list[int]]:
+    """Decode into part files (resuming any finished ones), join them into a new entry, rename it into place."""
+    parts = entry.with_name(entry.name + ".parts")
+    paths = decode_parts(name, files, size, channels, skip_bad, parts, chunk=chunk, workers=workers,
+                         progress=progress)
+    notes = [read_part(p, with_images=False) for p in paths]
+    kept = [i for n in notes for i in n.kept]
+    decode_notes(name, channels, sum((n.converted for n in notes), Counter()), [b for n in notes for b in n.bad],
+                 len(kept))
+    tmp = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
+    _remove(tmp)
+    tmp.mkdir(parents=True)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-        np.savez(tmp, **arrays)
+        np.save(tmp / "kept.npy", np.asarray(kept, dtype=np.int64))
+        write_npy(tmp / "images.npy", (len(kept), channels, size, size), (read_part(p).images for p in paths))
+        os.rename(tmp, entry)
+    except OSError:
+        if not entry.exists():  # not another process that finished the same entry first
+            raise
+    finally:
+        _remove(tmp)
+    _remove(parts)
+    return open_mapped(entry / "images.npy"), kept
+
+
+def mapped_subset(split: Split, name: str, positions: torch.Tensor) -> Split:
+    """The images at `positions` as a split of its own: for a split mapped from the cache, written (once) into
+    its entry and mapped, so that carving a big split copies nothing into memory; otherwise `split.subset`."""
+    source = mapped_file(split.images)
+    if source is None:
+        return split.subset(name, positions)
+    index = positions.to(torch.int64)
+    path = source.with_name(f"{name}-{hashlib.sha256(index.numpy().tobytes()).hexdigest()[:20]}.npy")
+    shape = (len(index), *split.images.shape[1:])
+    try:
+        images = open_mapped(path) if path.exists() else None
+        if images is None or tuple(images.shape) != shape:
+            images = _write_subset(split.images, index, path, shape)
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"could not write the decode cache {path} ({exc}); holding {name} in memory", stacklevel=2)
+        return split.subset(name, positions)
+    return Split(name, images, split.labels[index], [split.files[i] for i in index.tolist()], split.class_names)
+
+
+def _write_subset(images: torch.Tensor, index: torch.Tensor, path: Path, shape: tuple[int, ...]) -> torch.Tensor:
+    def blocks():
+        for start in range(0, len(index), 1024):
+            block = images[index[start : start + 1024]].numpy()
+            release_pages(images)
+            yield block
+
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        write_npy(tmp, shape, blocks())
         os.replace(tmp, path)
-    except OSError as exc:  # a read-only cache only costs speed
-        warnings.warn(f"could not write the decode cache {path}: {exc}", stacklevel=3)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return open_mapped(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

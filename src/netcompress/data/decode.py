@@ -1,11 +1,11 @@
-"""Decoding image files: converted (RGB or grayscale), resized (shorter side) and center-cropped, in parallel."""
+"""Decoding image files: converted (RGB or grayscale), resized (shorter side) and center-cropped; a chunk of
+files at a time, the unit a parallel decode hands to each process (pool.py)."""
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,36 +52,57 @@ def _to_8_bits(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(wide * 255 / top), 0, 255).astype(np.uint8), "L")
 
 
-def decode_images(name: str, files: list[Path], size: int, channels: int, skip_bad: bool,
-                  progress: bool) -> tuple[np.ndarray, list[int]]:
-    """Images [N, C, size, size] uint8 of the files that decoded, and their positions in `files`; unreadable ones
-    stop the run unless skip_bad, which leaves them out with a note."""
-    def work(path: Path):
+@dataclass(frozen=True)
+class Decoded:
+    """A run of files decoded: the images that decoded [n, C, S, S], their positions in the whole file list, the
+    modes converted from (counted) and what could not be read (skip_bad)."""
+
+    images: np.ndarray
+    kept: list[int]
+    converted: Counter
+    bad: list[str]
+
+
+def decode_chunk(files: list[Path], start: int, size: int, channels: int, skip_bad: bool) -> Decoded:
+    """Decode `files` (positions start, start + 1, ... of the whole list) one after another: the unit of work of
+    a parallel decode, whose results are the same bit for bit as decoding every file in one process."""
+    images, kept, bad, converted = [], [], [], Counter()
+    for i, path in enumerate(files, start):
         try:
-            return decode_image(path, size, channels)
+            image, mode = decode_image(path, size, channels)
         except NetcompressError as exc:
             if not skip_bad:
                 raise
-            return exc
+            bad.append(str(exc))
+            continue
+        images.append(image)
+        kept.append(i)
+        if mode is not None:
+            converted[mode] += 1
+    stacked = np.stack(images).transpose(0, 3, 1, 2) if images else np.zeros((0, size, size, channels), np.uint8)
+    return Decoded(np.ascontiguousarray(stacked), kept, converted, bad)
 
-    images, kept, bad, converted = [], [], [], Counter()
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        results = pool.map(work, files)
-        for i, result in enumerate(tqdm(results, total=len(files), desc=f"decode {name}", unit="img",
-                                        disable=bars_off(progress), leave=False)):
-            if isinstance(result, NetcompressError):
-                bad.append(str(result))
-            else:
-                images.append(result[0])
-                kept.append(i)
-                if result[1] is not None:
-                    converted[result[1]] += 1
+
+def decode_notes(name: str, channels: int, converted: Counter, bad: list[str], kept: int) -> None:
+    """Warn once about converted and skipped images; refuse a split where no image decoded."""
     if converted:
         modes = ", ".join(f"{n} {mode}" for mode, n in sorted(converted.items()))
         warnings.warn(f"{name}: converted {sum(converted.values())} image(s) ({modes}) to {CHANNEL_MODES[channels]}",
-                      stacklevel=3)
+                      stacklevel=4)
     if bad:
-        warnings.warn(f"skipped {len(bad)} bad image(s) in {name}:\n  " + "\n  ".join(bad[:10]), stacklevel=3)
-    if not images:
+        warnings.warn(f"skipped {len(bad)} bad image(s) in {name}:\n  " + "\n  ".join(bad[:10]), stacklevel=4)
+    if not kept:
         raise NetcompressError(f"{name}: no readable images left after skipping bad ones")
-    return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)), kept
+
+
+def decode_images(name: str, files: list[Path], size: int, channels: int, skip_bad: bool,
+                  progress: bool) -> tuple[np.ndarray, list[int]]:
+    """Images [N, C, size, size] uint8 of a few files, in memory, and their positions in `files`; unreadable ones
+    stop the run unless skip_bad, which leaves them out with a note. Folders go through the cache instead."""
+    parts = [decode_chunk(files[i : i + 64], i, size, channels, skip_bad)
+             for i in tqdm(range(0, len(files), 64), desc=f"decode {name}", unit="chunk",
+                           disable=bars_off(progress), leave=False)]
+    kept = [i for part in parts for i in part.kept]
+    decode_notes(name, channels, sum((p.converted for p in parts), Counter()), [b for p in parts for b in p.bad],
+                 len(kept))
+    return np.concatenate([p.images for p in parts]), kept

@@ -13,7 +13,8 @@ comes from and how many images of each class it holds, before anything is decode
 
 Decoding a JPEG costs more than a student's training step, so every image is decoded, converted
 (RGB or grayscale), resized (shorter side) and center-cropped once; the result is cached on disk
-keyed by the folder's contents and the settings, and every later epoch reads tensors.
+keyed by the folder's contents and the settings, and every later epoch reads batches from a memory map of
+it (cache.py), so a dataset larger than RAM trains too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import NetcompressError
-from .cache import decode_files, default_cache_dir
+from .cache import decode_files, default_cache_dir, mapped_subset
 from .carve import carve
 from .decode import CHANNEL_MODES
 from .labels import class_names_of, label_from_name, label_index, read_class_names, read_labels_csv
@@ -133,7 +134,7 @@ class ImageFolderData:
     def _carve(self) -> dict[str, Split]:
         source = self._decode(self.source, labeled=True)
         parts = carve(source.labels.numpy(), self.carved, self.seed)
-        return {name: source.subset(name, torch.from_numpy(positions)) for name, positions in parts.items()}
+        return {name: mapped_subset(source, name, torch.from_numpy(positions)) for name, positions in parts.items()}
 
     def _too_few(self, split: str, images: int) -> str:
         if split == "training":

@@ -1,8 +1,9 @@
-"""A split of images in memory, and the conversion of the user's own datasets into one.
+"""A split of images, and the conversion of the user's own datasets into one.
 
 Training and evaluation read whole batches from a tensor of images, never one file at a time:
 decoding costs more than a student's training step. A `Split` holds uint8 images (decoded
-folders) or float images in [0, 1] (a user's own torch Dataset or DataLoader, read once).
+folders: a read-only tensor memory-mapped from the decode cache, so its size is not bounded by
+RAM) or float images in [0, 1] (a user's own torch Dataset or DataLoader, read once into memory).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ UNLABELED = -1
 @dataclass(frozen=True)
 class Split:
     """One split: images [N, C, S, S] (uint8 0..255, or float 0..1), labels int64 [N] (-1 where unlabeled).
+    Images of a decoded folder are mapped from the cache read-only: index them (`images[idx]` copies those
+    rows), never write into them.
 
     skipped: (position, file) of the files left out as unreadable, so that a submission keeps every
     file's Id and row.

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..data.augment import AugmentConfig, Batch, shard_order, warp, warp_params
+from ..data.mapped import release_pages
 from ..data.mix import cutmix_boxes, mix_pairs
 from ..data.split import Split, to_float
 from ..errors import NetcompressError
@@ -93,6 +94,7 @@ class TeacherViews:
         partner = self.partners[index, view]
         x = warp(to_float(split.images[index].to(device)), self.warps[index, view])
         other = warp(to_float(split.images[partner].to(device)), self.warps[partner, view])
+        release_pages(split.images)
         return mix_pairs(x, other, split.labels[index], split.labels[partner], self.lams[index, view],
                          self.boxes[index, view], split.num_classes)
 
