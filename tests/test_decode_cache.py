@@ -1,0 +1,162 @@
+"""The decode cache at scale: mapped from disk rather than read into memory, decoded in parallel, resumed after a
+kill, decoded again when damaged."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import netcompress.data.decode as decode_module
+from netcompress.data.augment import iterate_batches
+from netcompress.data.cache import decode_files
+from netcompress.data.decode import decode_images
+from netcompress.data.folder import ImageFolderData
+from netcompress.data.mapped import mapped_file
+
+
+def make_images(folder: Path, n: int, classes: int = 3, seed: int = 0) -> list[Path]:
+    """n random JPEGs of assorted sizes (and a few grayscale ones) in class folders; their paths in order."""
+    rng = np.random.default_rng(seed)
+    files = []
+    for i in range(n):
+        c = folder / f"c{i % classes}"
+        c.mkdir(parents=True, exist_ok=True)
+        h, w = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels).convert("L") if i % 7 == 3 else Image.fromarray(pixels)
+        files.append(c / f"{i:05d}.jpg")
+        image.save(files[-1], quality=90)
+    return files
+
+
+def decode(files: list[Path], cache: Path, **options):
+    return decode_files("training", files, [0] * len(files), ["a"], 24, cache_dir=cache, progress=False, **options)
+
+
+def mapping_rss_kb(path: Path) -> int | None:
+    """Resident kB of this process's mappings of `path` (None when it is not mapped)."""
+    total, inside = None, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):  # a mapping's header: addresses, mode, ..., path
+            inside = line.endswith(" " + str(path))
+            total = (total or 0) if inside else total
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_mapped_cache_equals_a_fresh_decode(tmp_path):
+    files = make_images(tmp_path / "d", 30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the grayscale images' note
+        first = decode(files, tmp_path / "cache")
+        fresh, kept = decode_images("fresh", files, 24, 3, False, False)
+    again = decode(files, tmp_path / "cache")
+    assert kept == list(range(30))
+    assert torch.equal(again.images, torch.from_numpy(fresh)) and torch.equal(first.images, again.images)
+    entry = mapped_file(again.images)
+    assert entry is not None and entry.name == "images.npy" and entry.parent.parent == tmp_path / "cache"
+    assert mapping_rss_kb(entry) is not None  # the images are this file, mapped, not a copy in memory
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [entry.parent.name]  # no parts, no temps
+
+
+def test_parallel_decode_equals_serial_bit_for_bit(tmp_path):
+    files = make_images(tmp_path / "d", 37)
+    files[11].write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="skipped 1 bad image") as serial_notes:
+        serial = decode(files, tmp_path / "serial", workers=1, chunk=5, skip_bad=True)
+    with pytest.warns(UserWarning, match="skipped 1 bad image") as parallel_notes:
+        parallel = decode(files, tmp_path / "parallel", workers=2, chunk=5, skip_bad=True)
+    assert torch.equal(serial.images, parallel.images) and len(parallel) == 36
+    assert serial.files == parallel.files and serial.skipped == parallel.skipped == ((11, files[11].name),)
+    assert [str(w.message) for w in serial_notes] == [str(w.message) for w in parallel_notes]
+
+
+KILLED_DECODE = """
+import sys, time
+from pathlib import Path
+import netcompress.data.decode as d
+from netcompress.data.cache import decode_files
+slow = d.decode_image
+d.decode_image = lambda *a: (time.sleep(0.05), slow(*a))[1]
+files = [Path(p) for p in sys.argv[2:]]
+decode_files("training", files, [0] * len(files), ["a"], 24, cache_dir=sys.argv[1], progress=False, workers=1, chunk=4)
+"""
+
+
+def test_a_killed_decode_resumes_and_ends_identical(tmp_path, monkeypatch):
+    files = make_images(tmp_path / "d", 40)
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_DECODE, str(cache), *map(str, files)],
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 120
+    while len(list(cache.glob("*.parts/*.npz"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(cache.glob("*.parts/*.npz")))
+    assert 3 <= done < 10, "the decode was to be killed part way"
+    calls = []
+    real = decode_module.decode_image
+    monkeypatch.setattr(decode_module, "decode_image", lambda *a: (calls.append(a[0]), real(*a))[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        resumed = decode(files, cache, workers=1, chunk=4)
+        fresh = decode(files, tmp_path / "fresh", workers=1, chunk=4)
+    assert len(calls) == 40 + 40 - 4 * done  # the resume decoded only the chunks without a part
+    assert torch.equal(resumed.images, fresh.images)
+    assert not list(cache.glob("*.parts")) and not list(cache.glob("*.tmp*"))
+
+
+@pytest.mark.parametrize("damage", ["truncated images", "garbage header", "kept out of range", "no kept file"])
+def test_a_damaged_cache_is_decoded_again(tmp_path, damage):
+    files = make_images(tmp_path / "d", 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = decode(files, tmp_path / "cache").images.clone()
+    entry = next((tmp_path / "cache").iterdir())
+    images, kept = entry / "images.npy", entry / "kept.npy"
+    if damage == "truncated images":
+        images.write_bytes(images.read_bytes()[:-100])
+    elif damage == "garbage header":
+        images.write_bytes(b"PK garbage" + images.read_bytes()[10:])
+    elif damage == "kept out of range":
+        np.save(kept, np.arange(100, 112, dtype=np.int64))
+    else:
+        kept.unlink()
+    with pytest.warns(UserWarning, match="is damaged"):
+        again = decode(files, tmp_path / "cache")
+    assert torch.equal(again.images, first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(decode(files, tmp_path / "cache")) == 12  # whole again: read without a warning
+
+
+def test_an_epoch_reads_batches_from_the_map_and_lets_its_pages_go(tmp_path):
+    make_images(tmp_path / "d", 60, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = ImageFolderData(tmp_path / "d", 32, cache_dir=tmp_path / "cache", progress=False)
+        train, val = data.split("training"), data.split("validation")
+    for split in (train, val):  # carved splits are mapped files of their own, not copies in memory
+        path = mapped_file(split.images)
+        assert path is not None and path.parent.parent == tmp_path / "cache", split.name
+    path = mapped_file(train.images)
+    assert float(train.images.double().sum()) > 0  # reads every image
+    touched = mapping_rss_kb(path)
+    assert touched >= train.images.numel() // 1024 - 8  # reading every image maps every page
+    seen = torch.cat([b.index for b in iterate_batches(train, 16, device=torch.device("cpu"), shuffle=True,
+                                                       generator=torch.Generator().manual_seed(0))])
+    assert len(set(seen.tolist())) >= len(train) - 1  # a last batch of one image is left out
+    assert mapping_rss_kb(path) < touched // 4  # after the epoch its pages are no longer held by this process
