@@ -243,8 +243,11 @@ def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset,
     assert quantized[0]["file_bytes"] < summary["artifacts"][1]["file_bytes"] / 5
     assert summary["budget"]["chosen"] in names and set(summary["test"]) >= {names[0], names[1]}
     html = (out / "report.html").read_text()
-    for section in ["Models", "Pruning", "Architecture comparison", "Size against accuracy", "Budget", "Environment"]:
+    for section in ["Data", "Models", "Pruning", "Architecture comparison", "Size against accuracy", "Budget",
+                    "Environment"]:
         assert f">{section}<" in html
+    assert summary["splits"]["validation"]["images"] == summary["val_images"] and ">load during the run<" in html
+    assert summary["machine"]["at_start"]["cores"] >= 1 and summary["machine"]["at_end"]["cpu"]
     timed = [a for a in summary["artifacts"]
              if isinstance(a.get("latency_ms"), dict) and a["latency_ms"].get("ort@1")]
     assert (">Latency against accuracy<" in html) == bool(timed)  # no plot when the machine was too busy to time

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import platform
 import random
 import sys
 import time
@@ -150,3 +151,20 @@ def _cpu_times(allowed: set[int]) -> list[tuple[int, int]]:
     if not found:
         raise ValueError("no per-CPU lines in /proc/stat")
     return found
+
+
+def machine_state() -> dict:
+    """The CPU and how busy it is now, for a run's record: latencies and times mean little without the load
+    they were measured under."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except OSError:
+        load = None
+    return {"cpu": name, "cores": usable_cores(), "busy_cores": round(busy_cores(), 2), "load_average": load,
+            "threads": torch.get_num_threads()}

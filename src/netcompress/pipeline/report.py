@@ -170,8 +170,19 @@ def environment() -> dict:
     return {"netcompress": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "onnxruntime": onnxruntime.__version__,
             "safetensors": safetensors.__version__, "numpy": numpy.__version__,
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "machine": platform.machine(),
             "model files": "safetensors with a JSON spec in the header (no pickle)"}
+
+
+def _machine_rows(machine: dict | None) -> dict:
+    """The CPU the run measured on and how busy it was at the run's start and end (older runs recorded none)."""
+    if not machine:
+        return {}
+    start, end = machine["at_start"], machine["at_end"]
+    return {"cpu": f"{start['cpu']}, {start['cores']} usable cores",
+            "load during the run": f"busy cores {start['busy_cores']} at the start, {end['busy_cores']} at the end "
+                                   f"(1-minute load average {start['load_average']} -> {end['load_average']}); "
+                                   f"{start['threads']} compute threads"}
 
 
 def _fmt(v) -> str:
@@ -281,8 +292,8 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
                     [[t["name"], t["file_bytes"], t["params"], t["val_accuracy"], t.get("candidate", True), t["fits"]]
                      for t in budget["tried"]]),
                    ("p", "Models that are not candidates are steps on the way (factorized before fine-tuning).")]
-    env = environment()
-    blocks += [("h2", "Environment"), ("table", ["", ""], [[k, v] for k, v in env.items()])]
+    env = {**environment(), **_machine_rows(summary.get("machine"))}
+    blocks += [("h2", "Environment"), ("table", ["setting", "value"], [[k, v] for k, v in env.items()])]
     md = atomic_write_text(run_dir / "report.md", _markdown(blocks))
     html = atomic_write_text(run_dir / "report.html", _html(blocks, run_dir.name))
     return md, html

@@ -24,7 +24,7 @@ from ..files import RunLock, atomic_write_text, json_text
 from ..formats.load import read_spec
 from ..measure.cost import measure_model
 from ..measure.latency import LatencyTarget, latency
-from ..process import log, seed_everything
+from ..process import log, machine_state, seed_everything
 from ..train.views import TeacherViews, ViewConfig
 from .artifact import DECODED, Artifact
 from .budgets import choose, choose_by_latency
@@ -333,6 +333,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, device: torch.device, *, tar
 def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_params: int | None,
                 target_latency: LatencyTarget | None) -> dict:
     atomic_write_text(run.dir / "recipe.json", json.dumps(asdict(recipe), indent=2))
+    machine = {"at_start": machine_state()}
     teacher = _teacher_stage(run)
     student = _student_stage(run, teacher["model_file"])
     artifacts = artifacts_of(teacher) + artifacts_of(student)
@@ -362,7 +363,8 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
     test = _evaluate(run, artifacts, chosen) if recipe.evaluate.test else {}
     summary = {"artifacts": [a.replace(test_accuracy=test.get(a.name)).to_dict() for a in artifacts],
                "budget": budget, "budgets": budgets, "latency_budget": latency_budget, "test": test,
-               "val_images": len(run.data.split("validation")), "splits": run.data.describe()}
+               "val_images": len(run.data.split("validation")), "splits": run.data.describe(),
+               "machine": {**machine, "at_end": machine_state()}}
     atomic_write_text(run.dir / "summary.json", json_text(summary))
     return summary
 
