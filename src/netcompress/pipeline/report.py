@@ -91,15 +91,16 @@ def plot_size_vs_accuracy(artifacts: list[dict], out: Path, limit_bytes: int = 3
         ax.scatter([a["file_bytes"] for a in others], [a["val_accuracy"] for a in others], facecolors="none",
                    edgecolors="grey", s=36, label="not a candidate (before fine-tuning)")
     front = pareto_front(artifacts)
-    ax.step([a["file_bytes"] for a in front], [a["val_accuracy"] for a in front], where="post", color="black",
-            linewidth=1, alpha=0.6, label="Pareto frontier")
+    if len(front) > 1:  # one point makes no line: the legend would name what is not drawn
+        ax.step([a["file_bytes"] for a in front], [a["val_accuracy"] for a in front], where="post", color="black",
+                linewidth=1, alpha=0.6, label="Pareto frontier")
     picks = [a for a in artifacts if a["name"] in chosen]
     if picks:
         ax.scatter([a["file_bytes"] for a in picks], [a["val_accuracy"] for a in picks], marker="*", s=260,
                    color="gold", edgecolors="black", zorder=5, label="a budget's choice")
     ax.axvline(limit_bytes, color="crimson", linestyle="--", linewidth=1)
-    _accuracy_axis(ax, [a["val_accuracy"] for a in artifacts if a.get("candidate", True)] or [0.5], val_images)
-    ax.text(limit_bytes, ax.get_ylim()[0], f" {limit_bytes:,} bytes", color="crimson", va="bottom", fontsize=8)
+    _accuracy_axis(ax, [a["val_accuracy"] for a in artifacts] or [0.5], val_images)  # hollow points too
+    ax.text(limit_bytes, ax.get_ylim()[1], f" {limit_bytes:,} bytes", color="crimson", va="top", fontsize=8)
     ax.set_xscale("log")
     sizes = [a["file_bytes"] for a in artifacts] + [limit_bytes]
     ax.set_xticks([t for t in (10**k * m for k in range(3, 9) for m in (1, 3))
@@ -125,8 +126,9 @@ def plot_latency_vs_accuracy(points: list[dict], out: Path, runtime: str, target
                     yerr=[standard_error(p["val_accuracy"], val_images) for p in group], fmt="o", ms=5, capsize=2,
                     label=stage)
     front = pareto_front([{"file_bytes": p["ms"], "val_accuracy": p["val_accuracy"]} for p in points])
-    ax.step([p["file_bytes"] for p in front], [p["val_accuracy"] for p in front], where="post", color="black",
-            linewidth=1, alpha=0.6, label="frontier (nothing faster is as accurate)")
+    if len(front) > 1:
+        ax.step([p["file_bytes"] for p in front], [p["val_accuracy"] for p in front], where="post", color="black",
+                linewidth=1, alpha=0.6, label="frontier (nothing faster is as accurate)")
     pick = [p for p in points if p["name"] == chosen]
     if pick:
         ax.scatter([pick[0]["ms"]], [pick[0]["val_accuracy"]], marker="*", s=260, color="gold", edgecolors="black",
@@ -134,7 +136,7 @@ def plot_latency_vs_accuracy(points: list[dict], out: Path, runtime: str, target
     _accuracy_axis(ax, [p["val_accuracy"] for p in points], val_images)
     if target_ms is not None:
         ax.axvline(target_ms, color="crimson", linestyle="--", linewidth=1)
-        ax.text(target_ms, ax.get_ylim()[0], f" {target_ms} ms", color="crimson", va="bottom", fontsize=8)
+        ax.text(target_ms, ax.get_ylim()[1], f" {target_ms} ms", color="crimson", va="top", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel(f"milliseconds per call on {runtime} (log scale; median of interleaved rounds)")
     ax.set_title("Latency against accuracy")
