@@ -89,6 +89,37 @@ def test_a_disturbed_measurement_gives_no_figure_but_a_reason():
     assert "too busy to measure" in str(result) and "idle machine" in result.note
 
 
+class _Preempted(Runtime):
+    """Calls that compute for about 2 ms of CPU on the calling thread, one in four also waiting 20 ms, as a
+    thread does when other work takes its core."""
+
+    name = "preempted"
+    computes_on_caller = True
+
+    def prepare(self, model, x, threads, workdir):
+        calls = iter(range(10**9))
+
+        def run():
+            end = time.thread_time() + 0.002
+            while time.thread_time() < end:
+                pass
+            if next(calls) % 4 == 3:
+                time.sleep(0.02)
+
+        return run
+
+
+def test_a_busy_wall_clock_reads_the_threads_cpu_time_when_the_work_is_on_it():
+    import netcompress as nc
+
+    nc.register_runtime(_Preempted)
+    result = nc.latency(_tiny_student(), runtime="preempted", rounds=3, seconds=0.05, warmup=0)
+    assert result.trusted and result.clock == "thread CPU" and 1.9 < result.median_ms < 3.0
+    assert "thread CPU time" in str(result) and "wall median" in result.note
+    on_two = nc.latency(_tiny_student(), runtime="preempted", rounds=3, seconds=0.05, warmup=0, threads=2)
+    assert not on_two.trusted and "too busy" in on_two.note  # other threads' work would not be on this clock
+
+
 class _Instant(Runtime):
     """Calls that return at once: far shorter than the timer's own jitter."""
 

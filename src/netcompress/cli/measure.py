@@ -190,7 +190,10 @@ def latency_cmd(
     num_classes: int = typer.Option(11, "--num-classes", help="For a model name: its class count."),
     as_json: bool = JsonOpt,
 ):
-    """Latency per call: median, p90 and spread over interleaved rounds; no figure when the machine is too busy.
+    """Latency per call: median, p90 and spread over interleaved rounds.
+
+    On a busy machine a one-thread run on torch or ort reports its thread's CPU time per call (clock
+    "thread CPU"), which other work barely moves; a run on more threads gets no figure then.
 
     Example: netcompress latency runs/kd/best.safetensors runs/prune/step1.safetensors --runtime ort --batch 1 --threads 1
 
@@ -212,7 +215,7 @@ def latency_cmd(
         if not runnable:
             continue  # with --runtime all: a runtime that runs none of these files (eager PyTorch and .onnx files)
         rows += [{"model": model, "runtime": name, "batch": batch, "threads": threads, "median_ms": r.median_ms,
-                  "p90_ms": r.p90_ms, "spread": r.spread, "calls": r.calls, "note": r.note}
+                  "p90_ms": r.p90_ms, "spread": r.spread, "calls": r.calls, "clock": r.clock, "note": r.note}
                  for model, r in measure_latency(runnable, cfg).items()]
     fastest = {}
     for model in nets:
@@ -220,10 +223,14 @@ def latency_cmd(
         if len(runtimes) > 1 and timed:
             fastest[model] = min(timed, key=lambda r: r["median_ms"])["runtime"]
     table = Table(title=f"latency at batch {batch}, {threads} thread(s), {rounds} interleaved rounds")
-    for column in ("model", "runtime", "median ms", "p90 ms", "spread", "calls"):
+    for column in ("model", "runtime", "median ms", "p90 ms", "spread", "clock", "calls"):
         table.add_column(column, justify="right")
     for r in rows:
         star = " (fastest)" if fastest.get(r["model"]) == r["runtime"] else ""
         table.add_row(r["model"], r["runtime"] + star, f"{r['median_ms']:.3f}" if r["median_ms"] else r["note"],
-                      f"{r['p90_ms']:.3f}" if r["p90_ms"] else "", f"{100 * r['spread']:.0f}%", str(r["calls"]))
+                      f"{r['p90_ms']:.3f}" if r["p90_ms"] else "", f"{100 * r['spread']:.0f}%", r["clock"],
+                      str(r["calls"]))
     emit({"rows": rows, "fastest": fastest}, as_json, table)
+    if not as_json and any(r["clock"] != "wall" and r["median_ms"] for r in rows):
+        console.print("thread CPU: the machine was busy, so these figures are the calling thread's CPU time per call "
+                      "(it stops while other work runs; on an idle machine it equals the wall time)")
