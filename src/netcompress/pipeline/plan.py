@@ -230,7 +230,7 @@ def _stages(recipe: Recipe, nets: _Networks, clock: _Clock, n_train: int, n_val:
         stages.append(StagePlan("compare-arch", f"train 3 architectures of about {c.budget_params:,} parameters "
                                 f"for {c.epochs} epochs", epochs_cost(student_rates, 3 * c.epochs, models=3)))
         disk += 3 * training_bytes(c.budget_params)
-    sources = len(students) + sum(p.steps for p in recipe.prune) + 2 * len(recipe.lowrank)
+    sources = len(students) + sum(p.steps for p in recipe.prune) + len(recipe.lowrank)  # the candidates
     for q in recipe.quantize:
         (cfg,) = q.configs(recipe.seed)
         qat = cfg.finetune_epochs
