@@ -58,9 +58,11 @@ def decode_files(name: str, files: list[Path], labels: list[int], class_names: l
         try:
             found = _build_entry(entry, name, files, image_size, channels, skip_bad, chunk, workers, progress)
         except OSError as exc:  # a read-only or full cache only costs speed and memory: decode in memory
-            warnings.warn(f"could not write the decode cache {entry}: {exc}", stacklevel=2)
-            images, kept = decode_images(name, files, image_size, channels, skip_bad, progress)
-            found = torch.from_numpy(images), kept
+            found = _read_entry(entry, len(files), image_size, channels)  # unless another process just built it
+            if found is None:
+                warnings.warn(f"could not write the decode cache {entry}: {exc}", stacklevel=2)
+                images, kept = decode_images(name, files, image_size, channels, skip_bad, progress)
+                found = torch.from_numpy(images), kept
     images, kept = found
     skipped = sorted(set(range(len(files))) - set(kept))
     return Split(name, images, torch.tensor([labels[i] for i in kept], dtype=torch.int64),
@@ -124,7 +126,10 @@ def mapped_subset(split: Split, name: str, positions: torch.Tensor) -> Split:
     path = source.with_name(f"{name}-{hashlib.sha256(index.numpy().tobytes()).hexdigest()[:20]}.npy")
     shape = (len(index), *split.images.shape[1:])
     try:
-        images = open_mapped(path) if path.exists() else None
+        images = open_mapped(path)
+    except (OSError, ValueError):  # not written yet, or damaged: written again
+        images = None
+    try:
         if images is None or tuple(images.shape) != shape:
             images = _write_subset(split.images, index, path, shape)
     except (OSError, ValueError) as exc:

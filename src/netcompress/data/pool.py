@@ -32,10 +32,11 @@ def write_part(files: list[str], start: int, size: int, channels: int, skip_bad:
     """Decode one chunk and write it as a part file (a temporary name, then renamed: never half a part)."""
     part = decode_chunk([Path(f) for f in files], start, size, channels, skip_bad)
     modes = sorted(part.converted)
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, images=part.images, kept=np.asarray(part.kept, dtype=np.int64), modes=np.asarray(modes, dtype=str),
-             counts=np.asarray([part.converted[m] for m in modes], dtype=np.int64),
-             bad=np.asarray(part.bad, dtype=str))
+    tmp = f"{path}.tmp{os.getpid()}"  # not *.npz: only whole parts carry that name
+    with open(tmp, "wb") as f:
+        np.savez(f, images=part.images, kept=np.asarray(part.kept, dtype=np.int64),
+                 modes=np.asarray(modes, dtype=str), counts=np.asarray([part.converted[m] for m in modes], np.int64),
+                 bad=np.asarray(part.bad, dtype=str))
     os.replace(tmp, path)
 
 
