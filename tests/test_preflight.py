@@ -217,3 +217,22 @@ def test_train_verb_reports_its_problems_together_before_training(tmp_path):
                        "--image-size", 16, "--epochs", 1, "--no-progress")
     assert proc.returncode == 2 and "2 problem(s)" in proc.stderr, proc.stderr
     assert "has no training split" in proc.stderr and "is a file" in proc.stderr
+
+
+
+def test_preflight_refuses_a_runtime_that_is_not_installed_and_a_budget_that_is_no_number(tmp_path):
+    from netcompress.measure.latency import LatencyTarget, Runtime
+
+    class Missing(Runtime):
+        name = "missing-runtime"
+        install = "pip install missing-runtime"
+
+        def available(self):
+            return False
+
+    nc.register_runtime(Missing)
+    make_layout(tmp_path / "d", "train/val")
+    plan = plan_recipe(tiny_demo(tmp_path / "d"), tmp_path / "run", target_bytes=0,
+                       target_latency=LatencyTarget(0.1, "missing-runtime"))
+    assert any("runtime missing-runtime is not installed: pip install missing-runtime" in p for p in plan.problems)
+    assert any("--target-bytes 0: a budget must be a positive number" in p for p in plan.problems)
