@@ -160,3 +160,17 @@ def test_an_epoch_reads_batches_from_the_map_and_lets_its_pages_go(tmp_path):
                                                        generator=torch.Generator().manual_seed(0))])
     assert len(set(seen.tolist())) >= len(train) - 1  # a last batch of one image is left out
     assert mapping_rss_kb(path) < touched // 4  # after the epoch its pages are no longer held by this process
+
+
+def test_a_cache_that_cannot_be_written_decodes_in_memory(tmp_path):
+    make_images(tmp_path / "d", 24, seed=2)
+    (tmp_path / "file").write_text("in the way")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mapped = ImageFolderData(tmp_path / "d", 16, cache_dir=tmp_path / "cache", progress=False)
+    with pytest.warns(UserWarning, match="could not write the decode cache"):
+        memory = ImageFolderData(tmp_path / "d", 16, cache_dir=tmp_path / "file" / "cache", progress=False)
+        train = memory.split("training")
+    assert mapped_file(train.images) is None
+    for name in ("training", "validation", "testing"):
+        assert torch.equal(memory.split(name).images, mapped.split(name).images), name
