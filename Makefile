@@ -4,13 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DATA   ?= ../shared/data/food101_10
 OUT    ?= runs/demo
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu: PyTorch's CPU-only wheels, without the CUDA libraries
+TORCH_INDEX ?=
 
 .PHONY: install demo test test-slow clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: a looser request may pull a multi-GB build
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
