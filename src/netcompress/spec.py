@@ -58,7 +58,7 @@ class ModelInfo:
     val_accuracy: float | None = None  # of the best epoch of its training
     epoch: int | None = None
     imported_from: str | None = None  # a course checkpoint or another format's file name
-    exported: dict = field(default_factory=dict)  # per export ("onnx", "onnx_int8"): its settings
+    exported: dict = field(default_factory=dict)  # per export (EXPORT_KEYS: "onnx", "openvino_int8", ...): its settings
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -94,7 +94,7 @@ class ModelInfo:
         return dataclasses.replace(self, **changes)
 
 
-EXPORT_KEYS = ("onnx", "onnx_int8")  # older files keep their exports' settings at the top level of info
+EXPORT_KEYS = ("onnx", "onnx_int8", "openvino", "openvino_int8")  # exports' settings: at the top level of info
 
 
 @dataclass(frozen=True)

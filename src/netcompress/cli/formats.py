@@ -18,7 +18,7 @@ from ..formats.course import (
     layout_text,
     save_course_pkl,
 )
-from ..formats.load import exporter_for, list_exporters, readable_suffixes
+from ..formats.load import exported_bytes, exporter_for, list_exporters, readable_suffixes
 from ..formats.state_dict import assumed_layout, load_into_registered
 from ..measure.chance import above_chance
 from ..models import model_kwargs
@@ -46,13 +46,14 @@ def export(
     model_file: Path = typer.Argument(..., help="Model file (.safetensors, .ncq, or a course checkpoint: .bin, .pkl, "
                                       ".npz; give those --image-size)."),
     out: Path = typer.Option(..., "--out", help="File to write; its suffix picks the format unless --format is given "
-                             "(.onnx: ONNX)."),
+                             "(.onnx: ONNX; .xml: OpenVINO IR, its weights in the .bin beside it)."),
     target: Optional[str] = Registered(None, "--format", names=list_exporters, help="Export format: one of {names} "
                                        "[default: the one that writes --out's suffix]."),
-    int8: bool = typer.Option(False, "--int8", help="Static int8 quantization (ONNX: QDQ for ONNX Runtime), "
-                              "calibrated on training images; needs --data."),
+    int8: bool = typer.Option(False, "--int8", help="Static int8 quantization (ONNX: QDQ for ONNX Runtime; OpenVINO: "
+                              "NNCF), calibrated on training images; needs --data."),
     calibration: int = typer.Option(256, "--calibration", help="Training images used to calibrate int8 ranges."),
-    method: str = typer.Option("minmax", "--calibration-method", help="minmax, entropy or percentile."),
+    method: Optional[str] = typer.Option(None, "--calibration-method", help="ONNX: minmax (default), entropy or "
+                                         "percentile."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: calibration images (training split) "
                                                              "and, when given, fp32 vs exported validation accuracy."),
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="Height and width dynamic too (the batch always "
@@ -62,7 +63,7 @@ def export(
     cache_dir: Optional[Path] = CacheOpt,
     as_json: bool = JsonOpt,
 ):
-    """Export a model to a deployment format: ONNX (fp32, dynamic batch), optionally int8 for ONNX Runtime.
+    """Export a model to a deployment format: ONNX or OpenVINO IR (fp32, dynamic batch), optionally int8.
 
     Example: netcompress export runs/kd/best.safetensors --int8 --calibration 256 --data ../shared/data/food101_10 --out kd-int8.onnx
     """
@@ -74,7 +75,9 @@ def export(
         target = fmt.name
     if int8 and data is None:
         raise NetcompressError("--int8 needs --data DIR: its training images calibrate the activation ranges")
-    options = {"int8": True, "calibration_images": calibration, "calibration_method": method} if int8 else {}
+    options = {"int8": True, "calibration_images": calibration} if int8 else {}
+    if int8 and method is not None:
+        options["calibration_method"] = method
     if dynamic_size:
         options["dynamic_size"] = True
     set_threads(threads)
@@ -85,7 +88,7 @@ def export(
     ds = None if data is None else data_for(net, model_file, data, image_size, cache_dir, False, True)
     export_model(net, target, out, ds, **options)
     result = {"model": str(model_file), "out": str(out), "format": target, "precision": "int8" if int8 else "fp32",
-              "input": "dynamic size" if dynamic_size else f"{spec_of(net).input_size}px", "bytes": out.stat().st_size}
+              "input": "dynamic size" if dynamic_size else f"{spec_of(net).input_size}px", "bytes": exported_bytes(target, out)}
     if ds is not None and out.suffix.lower() in readable_suffixes():
         result.update(val_accuracy_fp32=evaluate(net, ds, device="cpu")["accuracy"],
                       val_accuracy=evaluate(load(out), ds, device="cpu")["accuracy"])

@@ -4,7 +4,7 @@ written by the format's name.
 A format is a `ModelFormat` subclass registered with `@register_format`: `suffixes` and `load` make
 `load` read its files, `name` and `export` make it an export target (`export(model, name, path)`,
 `netcompress export --format NAME`). Built in: .safetensors (netcompress model files), .ncq
-(quantized), .onnx (read and written), checkpoints (.bin/.pt/.pth/.pkl/.npz, told by their bytes).
+(quantized), .onnx and OpenVINO's .xml (read and written), checkpoints (.bin/.pt/.pth/.pkl/.npz, told by their bytes).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .state_dict import load_state_dict
 from .model_file import read_spec as read_file_spec
 from .ncq import load_ncq
 from .onnx import export_onnx, load_onnx
+from .openvino import export_openvino, load_openvino, weights_file
 
 
 class ModelFormat:
@@ -44,6 +45,10 @@ class ModelFormat:
         """Write `model` to `path` (atomically); `data`: a dataset folder, Split or torch Dataset for formats that
         calibrate on images; `options`: the format's own settings."""
         raise NotImplementedError
+
+    def files(self, path: Path) -> list[Path]:
+        """Every file an export to `path` wrote, which must ship together: what its size on disk counts."""
+        return [path]
 
 
 _READERS: dict[str, ModelFormat] = {}
@@ -82,6 +87,11 @@ def exporter_for(path: str | Path) -> ModelFormat | None:
     """The export target that writes files with `path`'s suffix, if one does."""
     suffix = Path(path).suffix.lower()
     return next((fmt for fmt in _EXPORTERS.values() if suffix in fmt.suffixes), None)
+
+
+def exported_bytes(target: str, path: str | Path) -> int:
+    """Bytes on disk of an export to `path`: all its files (an OpenVINO IR's .xml and .bin)."""
+    return sum(f.stat().st_size for f in get_exporter(target).files(Path(path)))
 
 
 def graph_file(model: nn.Module) -> Path | None:
@@ -194,6 +204,23 @@ class Onnx(ModelFormat):
 
     def export(self, model, path, data=None, **options):
         return export_onnx(model, path, calibration=data, **options)
+
+
+@register_format
+class OpenVinoIR(ModelFormat):
+    """OpenVINO IR (.xml, weights in the .bin beside it): fp32, or int8 through NNCF with int8=True and `data`
+    to calibrate on (the `openvino` extra)."""
+
+    name, suffixes = "openvino", (".xml",)
+
+    def load(self, path, model, verify):
+        return load_openvino(path, verify=verify)
+
+    def export(self, model, path, data=None, **options):
+        return export_openvino(model, path, calibration=data, **options)
+
+    def files(self, path):
+        return [path, weights_file(path)]
 
 
 @register_format

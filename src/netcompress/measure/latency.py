@@ -3,7 +3,8 @@ p90, and no figure at all when the machine is too busy to measure.
 
 Runtimes are a registry: `torch` (eager PyTorch, channels_last), `ort` (ONNX Runtime with the settings
 that serve one image fastest on a CPU: a fixed number of intra-op threads, no spinning, sequential
-execution, every graph optimization) and `openvino` (the optional `openvino` extra). Several models
+execution, every graph optimization) and `openvino` (the optional `openvino` extra; it also runs OpenVINO IR
+files). Several models
 measured together take turns round by round, so a burst of load hits them all alike. Calls shorter than
 a millisecond are timed in blocks of at least 1 ms (as timeit does), so the timer's own jitter of a few
 microseconds does not pass for load; a measurement whose 90th percentile lies more than `max_spread`
@@ -144,8 +145,12 @@ class OnnxRuntime(OnnxBased):
 
 @register_runtime
 class OpenVino(OnnxBased):
+    """OpenVINO on the CPU: a torch module through its fp32 ONNX export, or the .onnx or OpenVINO IR (.xml, fp32 or
+    NNCF int8) file the model was loaded from, as it is."""
+
     name = "openvino"
     install = "pip install 'netcompress[openvino]' (the openvino package)"
+    reads = (".onnx", ".xml")
 
     def available(self) -> bool:
         import importlib.util
