@@ -139,11 +139,14 @@ def mapped_subset(split: Split, name: str, positions: torch.Tensor) -> Split:
 
 
 def _write_subset(images: torch.Tensor, index: torch.Tensor, path: Path, shape: tuple[int, ...]) -> torch.Tensor:
+    buffer = torch.empty((min(256, len(index)), *images.shape[1:]), dtype=images.dtype)  # reused: no heap churn
+
     def blocks():
-        for start in range(0, len(index), 1024):
-            block = images[index[start : start + 1024]].numpy()
+        for start in range(0, len(index), len(buffer)):
+            rows = index[start : start + len(buffer)]
+            torch.index_select(images, 0, rows, out=buffer[: len(rows)])
             release_pages(images)
-            yield block
+            yield buffer[: len(rows)].numpy()
 
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:

@@ -29,7 +29,7 @@ def write_npy(path: Path, shape: tuple[int, ...], blocks: Iterable[np.ndarray]) 
         np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
         written = 0
         for block in blocks:
-            f.write(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
+            f.write(np.ascontiguousarray(block, dtype=np.uint8).data)  # the block's own memory, not a copy
             written += len(block)
     if written != shape[0]:
         raise ValueError(f"{path}: wrote {written} rows of {shape[0]}")
