@@ -77,7 +77,8 @@ def priced_runtime(monkeypatch):
     clock that latency measurements read on by that much, so every measurement agrees with the table."""
     offset = [0.0]
     clock = time.perf_counter
-    monkeypatch.setattr(latency_module, "time", SimpleNamespace(perf_counter=lambda: clock() + offset[0]))
+    monkeypatch.setattr(latency_module, "time", SimpleNamespace(perf_counter=lambda: clock() + offset[0],
+                                                                thread_time=time.thread_time))
     monkeypatch.setattr(LatencyTable, "predict", priced)
 
     @nc.register_runtime
