@@ -4,7 +4,8 @@ written by the format's name.
 A format is a `ModelFormat` subclass registered with `@register_format`: `suffixes` and `load` make
 `load` read its files, `name` and `export` make it an export target (`export(model, name, path)`,
 `netcompress export --format NAME`). Built in: .safetensors (netcompress model files), .ncq
-(quantized), .onnx and OpenVINO's .xml (read and written), checkpoints (.bin/.pt/.pth/.pkl/.npz, told by their bytes).
+(quantized), .onnx, OpenVINO's .xml and ExecuTorch's .pte (read and written), checkpoints
+(.bin/.pt/.pth/.pkl/.npz, told by their bytes).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .state_dict import load_state_dict
 from .model_file import read_spec as read_file_spec
 from .ncq import load_ncq
 from .onnx import export_onnx, load_onnx
+from .executorch import export_executorch, load_executorch, spec_file
 from .openvino import export_openvino, load_openvino, weights_file
 
 
@@ -221,6 +223,23 @@ class OpenVinoIR(ModelFormat):
 
     def files(self, path):
         return [path, weights_file(path)]
+
+
+@register_format
+class ExecuTorchProgram(ModelFormat):
+    """ExecuTorch program (.pte, XNNPACK delegate; its spec in the .json beside it): fp32, or PT2E int8 with
+    int8=True and `data` to calibrate on (the `executorch` extra)."""
+
+    name, suffixes = "executorch", (".pte",)
+
+    def load(self, path, model, verify):
+        return load_executorch(path, verify=verify)
+
+    def export(self, model, path, data=None, **options):
+        return export_executorch(model, path, calibration=data, **options)
+
+    def files(self, path):
+        return [path, spec_file(path)]
 
 
 @register_format

@@ -3,8 +3,8 @@ p90, and no figure at all when the machine is too busy to measure.
 
 Runtimes are a registry: `torch` (eager PyTorch, channels_last), `ort` (ONNX Runtime with the settings
 that serve one image fastest on a CPU: a fixed number of intra-op threads, no spinning, sequential
-execution, every graph optimization) and `openvino` (the optional `openvino` extra; it also runs OpenVINO IR
-files). Several models
+execution, every graph optimization), `openvino` (the optional `openvino` extra; it also runs OpenVINO IR
+files) and `executorch` (the optional `executorch` extra: XNNPACK-delegated .pte programs). Several models
 measured together take turns round by round, so a burst of load hits them all alike. Calls shorter than
 a millisecond are timed in blocks of at least 1 ms (as timeit does), so the timer's own jitter of a few
 microseconds does not pass for load; a measurement whose 90th percentile lies more than `max_spread`
@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import NetcompressError
+from ..formats.executorch import export_executorch, load_method
+from ..formats.executorch import set_threads as set_executorch_threads
 from ..formats.load import graph_file
 from ..formats.onnx import export_onnx, layer_graph, ort_session
 from ..spec import copy_model, spec_of
@@ -167,6 +169,33 @@ class OpenVino(OnnxBased):
         request = compiled.create_infer_request()
         array = x.numpy()
         return lambda: request.infer([array])
+
+
+@register_runtime
+class ExecuTorch(Runtime):
+    """ExecuTorch with the XNNPACK delegate: a torch module through its fp32 .pte export, or the .pte file (fp32 or
+    PT2E int8) the model was loaded from, as it is."""
+
+    name = "executorch"
+    install = "pip install 'netcompress[executorch]' (the executorch package)"
+    reads = (".pte",)
+    computes_on_caller = True  # XNNPACK's pool of one thread runs the work on the calling thread
+
+    def available(self) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("executorch") is not None
+
+    def prepare(self, model, x, threads, workdir):
+        path = graph_file(model)
+        if path is None:
+            path = export_executorch(model, workdir / "model.pte", batch=len(x))
+        elif len(x) != getattr(model, "batch", len(x)):
+            raise NetcompressError(f"{path} runs batches of {model.batch} images, not {len(x)}; export it with "
+                                   f"batch={len(x)}")
+        set_executorch_threads(threads)
+        method, inputs = load_method(path), [x.contiguous()]
+        return lambda: method.execute(inputs)
 
 
 @dataclass(frozen=True)

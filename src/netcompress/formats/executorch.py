@@ -1,0 +1,185 @@
+"""ExecuTorch programs (.pte) lowered to the XNNPACK delegate: export (fp32, or int8 by PT2E static quantization
+calibrated on training images) and loading.
+
+A .pte is what ExecuTorch runs on phones and boards (`executorch.runtime.Runtime.get().load_program("m.pte")`),
+with no netcompress installed. XNNPACK is its fast CPU backend for convolutions, on x86 and Arm alike. A .pte
+has no free-form metadata, so the model's spec (classes, input size, preprocessing) and a SHA-256 of the
+program sit beside it in a JSON file of the same stem (`m.json`), which ships with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..data.split import calibration_images, split_of
+from ..errors import NetcompressError
+from ..files import atomic_write, atomic_write_text
+from ..spec import ModelSpec, attach, copy_model, spec_of
+from .model_file import spec_from_dict
+
+INSTALL = "pip install 'netcompress[executorch]'"
+
+
+def _runtime():
+    try:
+        from executorch.runtime import Runtime
+    except ImportError:
+        raise NetcompressError(f"ExecuTorch programs need the executorch package: {INSTALL}") from None
+    return Runtime.get()
+
+
+def spec_file(path: str | Path) -> Path:
+    """The JSON beside a .pte that holds its spec and checksum."""
+    return Path(path).with_suffix(".json")
+
+
+def export_executorch(model: nn.Module, path: str | Path, *, int8: bool = False, calibration=None,
+                      calibration_images: int = 256, batch: int = 1) -> Path:
+    """Write `model` as an ExecuTorch program lowered to XNNPACK: input [batch, C, S, S] in 0..1, output the
+    logits; its spec goes to `spec_file`.
+
+    The batch is fixed: with a dynamic one, ExecuTorch 1.5's XNNPACK lowering under torch 2.14 plans its tensors
+    for at most 15 images, whatever bound the export was given, and larger batches fail at run time.
+
+    int8=True: PT2E static quantization with XNNPACK's quantizer (per-channel symmetric int8 weights, int8
+    activations), ranges calibrated on `calibration_images` training images of `calibration` (a dataset folder,
+    Split or torch Dataset).
+    """
+    path = Path(path)
+    if path.suffix != ".pte":
+        raise NetcompressError(f"{path}: ExecuTorch programs end in .pte")
+    if int8 and calibration is None:
+        raise NetcompressError("int8 export needs calibration data: its training images set the activation ranges")
+    if not 1 <= batch <= 4096:
+        raise NetcompressError(f"batch = {batch}: use 1..4096")
+    _runtime()  # a clear message when executorch is missing, before minutes of work
+    spec = spec_of(model)
+    if not spec.input_size:
+        raise NetcompressError("the model's input size is unknown: fit it on data first, or save it with input_size=")
+    net = copy_model(model).eval().cpu()
+    try:
+        if int8:
+            net = _quantized(net, spec.input_shape(2), split_of(calibration, "training"), calibration_images)
+        program = _lowered(net, torch.rand(spec.input_shape(batch)))
+    except NetcompressError:
+        raise
+    except Exception as exc:  # torch.export and the lowering raise many types for unsupported graphs
+        raise NetcompressError(f"could not export {spec.arch or spec.info.module} to ExecuTorch "
+                               f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]})") from exc
+    settings = {"calibration_images": calibration_images, "quantizer": "xnnpack-pt2e"} if int8 else {}
+    spec = spec.with_export("executorch_int8" if int8 else "executorch",
+                            {"input_size": spec.input_size, "batch": batch, "delegate": "xnnpack", **settings})
+    buffer = program.buffer
+    spec_json = json.dumps(spec.to_dict())
+    atomic_write(path, lambda tmp: tmp.write_bytes(buffer))
+    atomic_write_text(spec_file(path), json.dumps({"netcompress": spec.to_dict(), "program": path.name,
+                                                   "checksum": _checksum(spec_json, buffer)}, indent=1))
+    return path
+
+
+def _quantized(net: nn.Module, shape: tuple, calibration, n: int) -> nn.Module:
+    """`net` with PT2E int8 quantize/dequantize pairs from XNNPACK's quantizer, ranges observed on `n` images (in
+    batches: this graph's batch is dynamic; the program's is fixed when it is lowered)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    prepared = prepare_pt2e(torch.export.export(net, (torch.rand(shape),), dynamic_shapes=shapes).module(), quantizer)
+    images = calibration_images(calibration, n)
+    with torch.no_grad():
+        for i in range(0, len(images), 32):
+            prepared(images[i:i + 32])
+    return convert_pt2e(prepared)
+
+
+def _lowered(net: nn.Module, example: torch.Tensor):
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    exported = torch.export.export(net, (example,))
+    return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+
+
+def _checksum(spec_json: str, program: bytes) -> str:
+    """SHA-256 of the spec and the program: what a netcompress export vouches for."""
+    return hashlib.sha256(spec_json.encode() + b"\0" + program).hexdigest()
+
+
+def set_threads(threads: int) -> None:
+    """XNNPACK's thread pool size, which ExecuTorch shares between every program in the process (0: leave it)."""
+    if threads > 0:
+        from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+
+        if _threadpool_get_thread_count() != threads:
+            _unsafe_reset_threadpool(threads)
+
+
+def load_method(path: str | Path):
+    """The program's `forward`, ready to execute, with a NetcompressError for what ExecuTorch cannot load."""
+    runtime = _runtime()
+    try:
+        return runtime.load_program(Path(path)).load_method("forward")
+    except Exception as exc:  # the runtime raises RuntimeError/ValueError for damaged programs
+        raise NetcompressError(f"{path}: ExecuTorch cannot load it ({type(exc).__name__}); re-export it with "
+                               "`netcompress export MODEL --out FILE.pte`") from None
+
+
+class ExecuTorchModel(nn.Module):
+    """An ExecuTorch program behind the nn.Module call interface, so `predict` and `evaluate` run the .pte like any
+    model (tensors in, tensors out, on the CPU, in chunks of its fixed `batch`, the last one padded); `graph_file`
+    marks it as a file only the runtimes that read it run."""
+
+    def __init__(self, path: Path, batch: int):
+        super().__init__()
+        self.method = load_method(path)
+        self.graph_file = Path(path)
+        self.batch = batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for chunk in x.detach().cpu().float().split(self.batch):
+            padded = torch.cat([chunk, chunk.new_zeros((self.batch - len(chunk), *chunk.shape[1:]))])
+            outputs.append(self.method.execute([padded.contiguous()])[0][:len(chunk)].clone())
+        return torch.cat(outputs)
+
+
+def load_executorch(path: str | Path, *, verify: bool = True) -> ExecuTorchModel:
+    """An ExecuTorch-backed module with the spec from the JSON beside it, or one guessed from the program's input
+    and output shapes when there is none. verify: check the checksum of a netcompress export."""
+    path = Path(path)
+    if not path.is_file():
+        raise NetcompressError(f"ExecuTorch program {path} does not exist")
+    if not spec_file(path).is_file():
+        return _guessed(path)
+    try:
+        sidecar = json.loads(spec_file(path).read_text(encoding="utf-8"))
+        meta, stored = sidecar["netcompress"], sidecar.get("checksum")
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise NetcompressError(f"{spec_file(path)}: not readable ({type(exc).__name__}); it is damaged, re-export "
+                               f"{path.name}") from None
+    spec = spec_from_dict(meta, str(spec_file(path)))
+    if verify and stored is not None and _checksum(json.dumps(meta), path.read_bytes()) != stored:
+        raise NetcompressError(f"{path}: checksum mismatch: the program or {spec_file(path).name} is damaged or was "
+                               "edited; re-export it, or load it anyway with --no-verify (verify=False)")
+    settings = spec.info.exported.get("executorch_int8", spec.info.exported.get("executorch", {}))
+    return attach(ExecuTorchModel(path, int(settings.get("batch", 1))), spec)
+
+
+def _guessed(path: Path) -> ExecuTorchModel:
+    meta = load_method(path).metadata
+    shape_in, shape_out = list(meta.input_tensor_meta(0).sizes()), list(meta.output_tensor_meta(0).sizes())
+    if len(shape_in) != 4 or shape_in[2] != shape_in[3] or len(shape_out) != 2:
+        raise NetcompressError(f"{path}: not a netcompress export (no {spec_file(path).name} beside it) and its "
+                               f"input {shape_in} / output {shape_out} are not an image classifier's")
+    spec = ModelSpec(None, {}, [str(i) for i in range(shape_out[1])], shape_in[2],
+                     info={"imported_from": path.name, "module": "executorch"}, channels=shape_in[1])
+    return attach(ExecuTorchModel(path, shape_in[0]), spec)

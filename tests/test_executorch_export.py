@@ -1,0 +1,127 @@
+"""ExecuTorch export: fp32 and PT2E int8 .pte programs (XNNPACK) that plain ExecuTorch runs, agreeing with eager
+PyTorch on real photos, with their spec beside them, refused when damaged, and run by the executorch runtime."""
+
+import json
+import shutil
+import time
+
+import pytest
+import torch
+
+import netcompress as nc
+from netcompress.formats.course import import_course_checkpoint
+
+et_runtime = pytest.importorskip("executorch.runtime",
+                                 reason="the executorch extra is not installed: pip install 'netcompress[executorch]'")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def student(course_ckpt):
+    """A trained StudentNet at 32 px (the course's checkpoint): agreement on real photos means something only for
+    a model whose predictions are not a constant."""
+    return import_course_checkpoint(course_ckpt, input_size=32)
+
+
+@pytest.fixture(scope="module")
+def data(food_root, cache_dir):
+    return nc.ImageFolderData(food_root, 32, cache_dir=cache_dir, progress=False)
+
+
+@pytest.fixture(scope="module")
+def photos(data):
+    return data.split("validation").images[::5].float() / 255  # 150 real photos, every class
+
+
+@pytest.fixture(scope="module")
+def exported(student, data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("executorch")
+    fp32 = nc.export(student, "executorch", folder / "fp32.pte")
+    int8 = nc.export(student, "executorch", folder / "int8.pte", data, int8=True, calibration_images=128, batch=16)
+    return fp32, int8
+
+
+def plain_executorch(path, images: torch.Tensor) -> torch.Tensor:
+    """Logits from ExecuTorch alone, as a deployment without netcompress runs the program (its batch is fixed)."""
+    method = et_runtime.Runtime.get().load_program(path).load_method("forward")
+    batch = method.metadata.input_tensor_meta(0).sizes()[0]
+    assert len(images) % batch == 0
+    return torch.cat([method.execute([chunk.contiguous()])[0].clone() for chunk in images.split(batch)])
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.argmax(1) == b.argmax(1)).float().mean().item()
+
+
+def test_fp32_program_runs_in_plain_executorch_like_pytorch(student, photos, exported):
+    fp32, _ = exported
+    ref = student(photos)
+    out = plain_executorch(fp32, photos)
+    assert torch.allclose(out, ref, atol=1e-3) and agreement(out, ref) == 1.0
+    meta = json.loads(fp32.with_suffix(".json").read_text())["netcompress"]
+    assert meta["class_names"] == nc.spec_of(student).class_names and meta["input_size"] == 32
+    assert meta["preprocessing"] == nc.spec_of(student).preprocessing
+
+
+def test_int8_program_agrees_with_pytorch_on_real_photos(student, photos, exported):
+    fp32, int8 = exported
+    ref = student(photos)
+    out = plain_executorch(int8, photos[:144])  # its batch is 16
+    assert out.shape == ref[:144].shape and torch.isfinite(out).all()
+    assert agreement(out, ref[:144]) >= 0.75  # 0.83 measured; ONNX Runtime's int8 QDQ agrees as often
+    assert int8.stat().st_size < fp32.stat().st_size / 2.5
+    model = nc.load(int8)
+    assert nc.spec_of(model).info.exported["executorch_int8"]["calibration_images"] == 128
+    padded = model(photos)  # 150 photos: the last chunk of 6 padded to 16
+    assert padded.shape == ref.shape and torch.allclose(padded[:144], out, atol=1e-5)
+    assert torch.allclose(padded[144:], plain_executorch(int8, photos[134:])[10:], atol=1e-5)
+
+
+def test_netcompress_loads_the_program_with_its_spec_and_checks_it(student, photos, exported, tmp_path):
+    fp32, _ = exported
+    model = nc.load(fp32)
+    assert nc.spec_of(model) == nc.spec_of(student).with_export(
+        "executorch", {"input_size": 32, "batch": 1, "delegate": "xnnpack"})
+    assert torch.allclose(model(photos), student(photos), atol=1e-3)  # 150 photos, one at a time
+    shutil.copy(fp32.with_suffix(".json"), tmp_path / "d.json")
+    raw = bytearray(fp32.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    (tmp_path / "d.pte").write_bytes(bytes(raw))
+    with pytest.raises(nc.NetcompressError, match="checksum mismatch"):
+        nc.load(tmp_path / "d.pte")
+    shutil.copy(fp32, tmp_path / "d.pte")
+    sidecar = json.loads((tmp_path / "d.json").read_text())
+    sidecar["netcompress"]["class_names"] = sidecar["netcompress"]["class_names"][::-1]
+    (tmp_path / "d.json").write_text(json.dumps(sidecar))
+    with pytest.raises(nc.NetcompressError, match="checksum mismatch"):
+        nc.load(tmp_path / "d.pte")
+    (tmp_path / "d.json").unlink()  # a program from elsewhere: its spec guessed from its shapes
+    guessed = nc.load(tmp_path / "d.pte")
+    assert nc.spec_of(guessed).num_classes == 11 and nc.spec_of(guessed).input_size == 32
+
+
+def test_executorch_runtime_runs_the_program_on_the_calling_thread(exported, tmp_path):
+    from netcompress.measure.latency import get_runtime, runtimes_for
+
+    model = nc.load(exported[0])
+    assert runtimes_for(model) == ["executorch"]
+    run = get_runtime("executorch").prepare(model, torch.rand(nc.spec_of(model).input_shape(1)), 1, tmp_path)
+    run()
+    walls, cpus = [], []
+    for _ in range(30):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        run()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.thread_time() - cpu)
+    # one thread: the work is this thread's CPU time (the busy-machine clock relies on it); a call's least
+    # disturbed wall time is its work, and work on another thread would leave this one's CPU clock near zero
+    assert sorted(cpus)[15] > 0.5 * min(walls)
+    with pytest.raises(nc.NetcompressError, match="runs batches of 1 images, not 8"):
+        get_runtime("executorch").prepare(model, torch.rand(nc.spec_of(model).input_shape(8)), 1, tmp_path)
