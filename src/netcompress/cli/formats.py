@@ -46,11 +46,12 @@ def export(
     model_file: Path = typer.Argument(..., help="Model file (.safetensors, .ncq, or a course checkpoint: .bin, .pkl, "
                                       ".npz; give those --image-size)."),
     out: Path = typer.Option(..., "--out", help="File to write; its suffix picks the format unless --format is given "
-                             "(.onnx: ONNX; .xml: OpenVINO IR, its weights in the .bin beside it)."),
+                             "(.onnx: ONNX; .xml: OpenVINO IR, its weights in the .bin beside it; .pte: ExecuTorch "
+                             "with XNNPACK, its spec in the .json beside it)."),
     target: Optional[str] = Registered(None, "--format", names=list_exporters, help="Export format: one of {names} "
                                        "[default: the one that writes --out's suffix]."),
     int8: bool = typer.Option(False, "--int8", help="Static int8 quantization (ONNX: QDQ for ONNX Runtime; OpenVINO: "
-                              "NNCF), calibrated on training images; needs --data."),
+                              "NNCF; ExecuTorch: PT2E), calibrated on training images; needs --data."),
     calibration: int = typer.Option(256, "--calibration", help="Training images used to calibrate int8 ranges."),
     method: Optional[str] = typer.Option(None, "--calibration-method", help="ONNX: minmax (default), entropy or "
                                          "percentile."),
@@ -63,7 +64,7 @@ def export(
     cache_dir: Optional[Path] = CacheOpt,
     as_json: bool = JsonOpt,
 ):
-    """Export a model to a deployment format: ONNX or OpenVINO IR (fp32, dynamic batch), optionally int8.
+    """Export a model to a deployment format: ONNX, OpenVINO IR or ExecuTorch (fp32), optionally int8.
 
     Example: netcompress export runs/kd/best.safetensors --int8 --calibration 256 --data ../shared/data/food101_10 --out kd-int8.onnx
     """
