@@ -106,6 +106,8 @@ def plot(rows: list[dict], path: Path) -> None:
                               ("decode ms / image", "peak RSS of one epoch (MB)", "training images / s")):
         ax.plot(sizes, [r[key] for r in rows], "o-")
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
+        ax.minorticks_off()
         ax.set_xlabel("images in the dataset")
         ax.set_title(label)
         ax.set_ylim(bottom=0)
