@@ -22,7 +22,7 @@ from ..data.folder import ImageFolderData
 from ..measure.cost import count_parameters, measure_latencies
 from ..measure.latency import LatencyTarget, get_runtime
 from ..preflight import MB, Preflight, training_bytes
-from ..process import log
+from ..process import log, usable_cores
 from .recipe import Recipe
 
 SIZE_MARGIN = 0.5  # a byte or parameter budget is refused below this fraction of the smallest estimate
@@ -150,7 +150,7 @@ class _Clock:
         t0 = time.perf_counter()
         decode_images("plan", files, size, self.channels, True, False)
         per_image = (time.perf_counter() - t0) / len(files)
-        return per_image * sum(s["images"] for s in data.describe().values())
+        return per_image * sum(s["images"] for s in data.describe().values()) / usable_cores()  # decoded in parallel
 
 
 def _time_network(net: nn.Module, size: int, channels: int, device: torch.device, batch: int = 16,
