@@ -66,3 +66,36 @@ def restore_registries():
     for registry, entries in zip(registries, saved):
         registry.clear()
         registry.update(entries)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models and batches: fastest, and immune to a busy machine's
+    oversubscription (use with pytestmark = pytest.mark.usefixtures("one_thread"))."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def course_student_32(course_ckpt):
+    """A trained StudentNet at 32 px (the course's checkpoint): agreement on real photos means something only for
+    a model whose predictions are not a constant."""
+    from netcompress.formats.course import import_course_checkpoint
+
+    return import_course_checkpoint(course_ckpt, input_size=32)
+
+
+@pytest.fixture(scope="module")
+def food_32(food_root, cache_dir):
+    import netcompress as nc
+
+    return nc.ImageFolderData(food_root, 32, cache_dir=cache_dir, progress=False)
+
+
+@pytest.fixture(scope="module")
+def food_32_photos(food_32):
+    return food_32.split("validation").images[::5].float() / 255  # 150 real photos, every class

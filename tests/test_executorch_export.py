@@ -9,42 +9,20 @@ import pytest
 import torch
 
 import netcompress as nc
-from netcompress.formats.course import import_course_checkpoint
 
 et_runtime = pytest.importorskip("executorch.runtime",
                                  reason="the executorch extra is not installed: pip install 'netcompress[executorch]'")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def student(course_ckpt):
-    """A trained StudentNet at 32 px (the course's checkpoint): agreement on real photos means something only for
-    a model whose predictions are not a constant."""
-    return import_course_checkpoint(course_ckpt, input_size=32)
-
-
-@pytest.fixture(scope="module")
-def data(food_root, cache_dir):
-    return nc.ImageFolderData(food_root, 32, cache_dir=cache_dir, progress=False)
-
-
-@pytest.fixture(scope="module")
-def photos(data):
-    return data.split("validation").images[::5].float() / 255  # 150 real photos, every class
-
-
-@pytest.fixture(scope="module")
-def exported(student, data, tmp_path_factory):
+def exported(course_student_32, food_32, tmp_path_factory):
     folder = tmp_path_factory.mktemp("executorch")
-    fp32 = nc.export(student, "executorch", folder / "fp32.pte")
-    int8 = nc.export(student, "executorch", folder / "int8.pte", data, int8=True, calibration_images=128, batch=16)
+    fp32 = nc.export(course_student_32, "executorch", folder / "fp32.pte")
+    int8 = nc.export(course_student_32, "executorch", folder / "int8.pte", food_32, int8=True, calibration_images=128,
+                     batch=16)
     return fp32, int8
 
 
@@ -60,36 +38,38 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.argmax(1) == b.argmax(1)).float().mean().item()
 
 
-def test_fp32_program_runs_in_plain_executorch_like_pytorch(student, photos, exported):
+def test_fp32_program_runs_in_plain_executorch_like_pytorch(course_student_32, food_32_photos, exported):
     fp32, _ = exported
-    ref = student(photos)
-    out = plain_executorch(fp32, photos)
+    ref = course_student_32(food_32_photos)
+    out = plain_executorch(fp32, food_32_photos)
     assert torch.allclose(out, ref, atol=1e-3) and agreement(out, ref) == 1.0
     meta = json.loads(fp32.with_suffix(".json").read_text())["netcompress"]
-    assert meta["class_names"] == nc.spec_of(student).class_names and meta["input_size"] == 32
-    assert meta["preprocessing"] == nc.spec_of(student).preprocessing
+    assert meta["class_names"] == nc.spec_of(course_student_32).class_names and meta["input_size"] == 32
+    assert meta["preprocessing"] == nc.spec_of(course_student_32).preprocessing
 
 
-def test_int8_program_agrees_with_pytorch_on_real_photos(student, photos, exported):
+def test_int8_program_agrees_with_pytorch_on_real_photos(course_student_32, food_32_photos, exported):
     fp32, int8 = exported
-    ref = student(photos)
-    out = plain_executorch(int8, photos[:144])  # its batch is 16
+    ref = course_student_32(food_32_photos)
+    out = plain_executorch(int8, food_32_photos[:144])  # its batch is 16
     assert out.shape == ref[:144].shape and torch.isfinite(out).all()
     assert agreement(out, ref[:144]) >= 0.75  # 0.83 measured; ONNX Runtime's int8 QDQ agrees as often
     assert int8.stat().st_size < fp32.stat().st_size / 2.5
     model = nc.load(int8)
     assert nc.spec_of(model).info.exported["executorch_int8"]["calibration_images"] == 128
-    padded = model(photos)  # 150 photos: the last chunk of 6 padded to 16
+    padded = model(food_32_photos)  # 150 photos: the last chunk of 6 padded to 16
     assert padded.shape == ref.shape and torch.allclose(padded[:144], out, atol=1e-5)
-    assert torch.allclose(padded[144:], plain_executorch(int8, photos[134:])[10:], atol=1e-5)
+    assert torch.allclose(padded[144:], plain_executorch(int8, food_32_photos[134:])[10:], atol=1e-5)
 
 
-def test_netcompress_loads_the_program_with_its_spec_and_checks_it(student, photos, exported, tmp_path):
+def test_netcompress_loads_the_program_with_its_spec_and_checks_it(course_student_32, food_32_photos, exported,
+                                                                   tmp_path):
     fp32, _ = exported
     model = nc.load(fp32)
-    assert nc.spec_of(model) == nc.spec_of(student).with_export(
+    assert nc.spec_of(model) == nc.spec_of(course_student_32).with_export(
         "executorch", {"input_size": 32, "batch": 1, "delegate": "xnnpack"})
-    assert torch.allclose(model(photos), student(photos), atol=1e-3)  # 150 photos, one at a time
+    # 150 photos, one at a time
+    assert torch.allclose(model(food_32_photos), course_student_32(food_32_photos), atol=1e-3)
     shutil.copy(fp32.with_suffix(".json"), tmp_path / "d.json")
     raw = bytearray(fp32.read_bytes())
     raw[len(raw) // 2] ^= 0x10

@@ -8,43 +8,21 @@ import pytest
 import torch
 
 import netcompress as nc
-from netcompress.formats.course import import_course_checkpoint
 
 ov = pytest.importorskip("openvino", reason="the openvino extra is not installed: pip install 'netcompress[openvino]'")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def student(course_ckpt):
-    """A trained StudentNet at 32 px (the course's checkpoint): agreement on real photos means something only for
-    a model whose predictions are not a constant."""
-    return import_course_checkpoint(course_ckpt, input_size=32)
-
-
-@pytest.fixture(scope="module")
-def data(food_root, cache_dir):
-    return nc.ImageFolderData(food_root, 32, cache_dir=cache_dir, progress=False)
-
-
-@pytest.fixture(scope="module")
-def photos(data):
-    return data.split("validation").images[::5].float() / 255  # 150 real photos, every class
-
-
-@pytest.fixture(scope="module")
-def exported(student, data, tmp_path_factory):
+def exported(course_student_32, food_32, tmp_path_factory):
     folder = tmp_path_factory.mktemp("openvino")
-    fp32 = nc.export(student, "openvino", folder / "fp32.xml")
+    fp32 = nc.export(course_student_32, "openvino", folder / "fp32.xml")
     if not _has_nncf():
         return fp32, None
-    return fp32, nc.export(student, "openvino", folder / "int8.xml", data, int8=True, calibration_images=128)
+    return fp32, nc.export(course_student_32, "openvino", folder / "int8.xml", food_32, int8=True,
+                           calibration_images=128)
 
 
 def _has_nncf() -> bool:
@@ -64,35 +42,36 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.argmax(1) == b.argmax(1)).float().mean().item()
 
 
-def test_fp32_ir_runs_in_plain_openvino_like_pytorch(student, photos, exported):
+def test_fp32_ir_runs_in_plain_openvino_like_pytorch(course_student_32, food_32_photos, exported):
     fp32, _ = exported
     assert fp32.with_suffix(".bin").stat().st_size > 4 * 200_000  # fp32 weights, not compressed to fp16
-    ref = student(photos)
-    out = plain_openvino(fp32, photos)
+    ref = course_student_32(food_32_photos)
+    out = plain_openvino(fp32, food_32_photos)
     assert torch.allclose(out, ref, atol=1e-3) and agreement(out, ref) == 1.0
-    assert torch.allclose(plain_openvino(fp32, photos[:1]), ref[:1], atol=1e-3)  # dynamic batch
+    assert torch.allclose(plain_openvino(fp32, food_32_photos[:1]), ref[:1], atol=1e-3)  # dynamic batch
     meta = json.loads(ov.Core().read_model(str(fp32)).get_rt_info(["netcompress", "spec"]).astype(str))
-    assert meta["class_names"] == nc.spec_of(student).class_names and meta["input_size"] == 32
-    assert meta["preprocessing"] == nc.spec_of(student).preprocessing
+    assert meta["class_names"] == nc.spec_of(course_student_32).class_names and meta["input_size"] == 32
+    assert meta["preprocessing"] == nc.spec_of(course_student_32).preprocessing
 
 
-def test_int8_ir_agrees_with_pytorch_on_real_photos(student, photos, exported):
+def test_int8_ir_agrees_with_pytorch_on_real_photos(course_student_32, food_32_photos, exported):
     if not _has_nncf():
         pytest.skip("NNCF is not installed (the openvino extra installs it): int8 OpenVINO export needs it")
     fp32, int8 = exported
-    ref = student(photos)
-    out = plain_openvino(int8, photos)
+    ref = course_student_32(food_32_photos)
+    out = plain_openvino(int8, food_32_photos)
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert agreement(out, ref) >= 0.85
     assert int8.with_suffix(".bin").stat().st_size < fp32.with_suffix(".bin").stat().st_size / 2.5
     assert nc.spec_of(nc.load(int8)).info.exported["openvino_int8"]["calibration_images"] == 128
 
 
-def test_netcompress_loads_the_ir_with_its_spec_and_checks_it(student, photos, exported, tmp_path):
+def test_netcompress_loads_the_ir_with_its_spec_and_checks_it(course_student_32, food_32_photos, exported, tmp_path):
     fp32, _ = exported
     model = nc.load(fp32)
-    assert nc.spec_of(model) == nc.spec_of(student).with_export("openvino", {"input_size": 32, "dynamic_size": False})
-    assert torch.allclose(model(photos), student(photos), atol=1e-3)
+    assert nc.spec_of(model) == nc.spec_of(course_student_32).with_export("openvino",
+                                                                          {"input_size": 32, "dynamic_size": False})
+    assert torch.allclose(model(food_32_photos), course_student_32(food_32_photos), atol=1e-3)
     for damaged, offset in (("xml", 200), ("bin", 1000)):
         shutil.copy(fp32, tmp_path / "d.xml")
         shutil.copy(fp32.with_suffix(".bin"), tmp_path / "d.bin")
@@ -120,12 +99,12 @@ def test_openvino_runtime_runs_the_ir_and_ort_refuses_it(exported, tmp_path):
         nc.latency(model, runtime="ort")
 
 
-def test_cli_exports_openvino_by_suffix(student, tmp_path):
+def test_cli_exports_openvino_by_suffix(course_student_32, tmp_path):
     from typer.testing import CliRunner
 
     from netcompress.cli import app
 
-    nc.save(student, tmp_path / "s.safetensors")
+    nc.save(course_student_32, tmp_path / "s.safetensors")
     result = CliRunner().invoke(app, ["export", str(tmp_path / "s.safetensors"), "--out", str(tmp_path / "s.xml"),
                                       "--json"])
     assert result.exit_code == 0, result.output

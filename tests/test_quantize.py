@@ -27,7 +27,6 @@ from netcompress.compress.quant_config import QuantConfig, encode_model
 from netcompress.errors import NetcompressError
 from netcompress.formats.course import (
     course_encode,
-    import_course_checkpoint,
     load_course_pkl,
     read_course_pkl,
     save_course_pkl,
@@ -41,18 +40,7 @@ def quantize_to(path, model, cfg):
 rng = np.random.default_rng(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models and batches: one thread is fastest, and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def course(course_ckpt):
-    return import_course_checkpoint(course_ckpt, input_size=32)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -253,8 +241,8 @@ def test_a_new_codec_is_one_class_and_one_registration(tmp_path):
 
 # --- the course's files -----------------------------------------------------------------------
 
-def test_course_checkpoint_pickles_match_the_course_sizes(course, tmp_path):
-    net = course
+def test_course_checkpoint_pickles_match_the_course_sizes(course_student_32, tmp_path):
+    net = course_student_32
     p8 = save_course_pkl(net, tmp_path / "s8.pkl", 8, protocol=3)
     p16 = save_course_pkl(net, tmp_path / "s16.pkl", 16, protocol=3)
     assert abs(p8.stat().st_size - 268_471) <= 100
@@ -268,8 +256,8 @@ def test_course_checkpoint_pickles_match_the_course_sizes(course, tmp_path):
         assert torch.equal(a, b), k
 
 
-def test_quantized_course_model_predicts_like_the_original(course, food_images, tmp_path):
-    net = course
+def test_quantized_course_model_predicts_like_the_original(course_student_32, food_images, tmp_path):
+    net = course_student_32
     ref = net(food_images)
     errors = {}
     for cfg, bound in [(QuantConfig("fp16"), 0.01), (QuantConfig("int8-minmax"), 0.15),
@@ -301,10 +289,10 @@ def test_malicious_pickle_is_refused_before_it_runs(tmp_path):
 
 # --- ONNX ---------------------------------------------------------------------------------------
 
-def test_onnx_fp32_matches_pytorch_and_int8_runs(course, food_images, tmp_path, food_root, cache_dir):
+def test_onnx_fp32_matches_pytorch_and_int8_runs(course_student_32, food_images, tmp_path, food_root, cache_dir):
     from netcompress.formats.onnx import load_onnx
 
-    net = course
+    net = course_student_32
     path = nc.export_onnx(net, tmp_path / "m.onnx")
     onnx_net = load_onnx(path, threads=1)
     assert nc.spec_of(onnx_net) == nc.spec_of(net).with_export("onnx", {"input_size": 32, "dynamic_size": False})
@@ -361,10 +349,10 @@ def test_knapsack_spends_bits_where_they_matter():
     assert choose_widths(table, 1000) is None
 
 
-def test_budget_is_met_and_beats_uniform_bits(course, food_images):
+def test_budget_is_met_and_beats_uniform_bits(course_student_32, food_images):
     from netcompress.compress.bit_allocation import allocate_bits
 
-    net = course
+    net = course_student_32
     uniform = QuantConfig("kbit", 3)
     budget = len(encode_model(net, uniform))
     cfg = allocate_bits(net, QuantConfig("kbit", 8), food_images[::2], budget, progress=False)
@@ -380,11 +368,11 @@ def test_budget_is_met_and_beats_uniform_bits(course, food_images):
         allocate_bits(net, QuantConfig("kbit", 8), food_images[:4], 10_000, progress=False)
 
 
-def test_quantization_aware_finetuning_recovers_what_2_bits_lose(course, food_images, food_root, cache_dir):
+def test_quantization_aware_finetuning_recovers_what_2_bits_lose(course_student_32, food_images, food_root, cache_dir):
     from netcompress.data.split import Split
     from netcompress.schedule import Finetune, finetune_quantized
 
-    net = course
+    net = course_student_32
     train = nc.ImageFolderData(food_root, 32, cache_dir=cache_dir, progress=False).split("training")
     keep = torch.arange(0, len(train), 12)  # 250 images
     small = Split("training", train.images[keep], train.labels[keep], [train.files[i] for i in keep],
