@@ -108,8 +108,9 @@ def plan_recipe(recipe: Recipe, run_dir, *, target_bytes: int | None = None, tar
         clock = _Clock(device or torch.device("cpu"), recipe.data.channels, measure, progress)
         stages, disk = _stages(recipe, nets, clock, n_train, n_val, teacher_size)
         if measure:
-            stages.insert(0, StagePlan("decode", f"decode {sum(s['images'] for s in described.values()):,} images "
-                                       "once (later runs read the cache)", clock.decode(data, teacher_size)))
+            images = sum(s["images"] for s in described.values())
+            stages.insert(0, StagePlan("decode", f"decode {images:,} images once (later runs read the cache)",
+                                       clock.decode(data, teacher_size, images)))
         smallest = _smallest(recipe, nets, notes) if measure or target_bytes or target_params else None
         _check_budgets(check, notes, smallest, recipe, target_bytes, target_params)
     else:
@@ -141,7 +142,8 @@ class _Clock:
             self.found[id(net)] = (*_time_network(net, size, self.channels, self.device), time.perf_counter() - t0)
         return self.found[id(net)]
 
-    def decode(self, data: ImageFolderData, size: int) -> float | None:
+    def decode(self, data: ImageFolderData, size: int, images: int) -> float | None:
+        """Seconds to decode `images` images, timed on a few of the folder's files."""
         if not self.measure:
             return None
         files = data.listed_files(data.source)[:8]
@@ -150,7 +152,7 @@ class _Clock:
         t0 = time.perf_counter()
         decode_images("plan", files, size, self.channels, True, False)
         per_image = (time.perf_counter() - t0) / len(files)
-        return per_image * sum(s["images"] for s in data.describe().values()) / usable_cores()  # decoded in parallel
+        return per_image * images / usable_cores()  # the cache decodes in parallel
 
 
 def _time_network(net: nn.Module, size: int, channels: int, device: torch.device, batch: int = 16,
