@@ -28,14 +28,15 @@ from netcompress.formats import ncq
 from netcompress.formats.integrity import digest
 
 
-def cli(*args, cache: Path) -> tuple[int, str, str]:
+def cli(*args, cache: Path | None = None) -> tuple[int, str, str]:
     """Run `netcompress ARGS` in this process: (exit code, stdout, stderr)."""
     from netcompress.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    old = sys.argv, os.environ.get("NETCOMPRESS_CACHE")
+    old_argv, old_cache = sys.argv, os.environ.get("NETCOMPRESS_CACHE")
     sys.argv = ["netcompress", *map(str, args)]
-    os.environ["NETCOMPRESS_CACHE"] = str(cache)
+    if cache is not None:
+        os.environ["NETCOMPRESS_CACHE"] = str(cache)
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -43,11 +44,11 @@ def cli(*args, cache: Path) -> tuple[int, str, str]:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     finally:
-        sys.argv = old[0]
-        if old[1] is None:
+        sys.argv = old_argv
+        if old_cache is None:
             os.environ.pop("NETCOMPRESS_CACHE", None)
         else:
-            os.environ["NETCOMPRESS_CACHE"] = old[1]
+            os.environ["NETCOMPRESS_CACHE"] = old_cache
     return code, out.getvalue(), err.getvalue()
 
 

@@ -1,40 +1,13 @@
 """Command-line values checked as they are read: each bad one is one `error:` line and exit 2, on every verb."""
 
-import contextlib
-import io
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import netcompress as nc
-
-
-def cli(*args, cache: Path | None = None) -> tuple[int, str, str]:
-    """`netcompress ARGS` in this process: (exit code, stdout, stderr)."""
-    from netcompress.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    old_argv, old_cache = sys.argv, os.environ.get("NETCOMPRESS_CACHE")
-    sys.argv = ["netcompress", *map(str, args)]
-    if cache is not None:
-        os.environ["NETCOMPRESS_CACHE"] = str(cache)
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old_argv
-        if old_cache is None:
-            os.environ.pop("NETCOMPRESS_CACHE", None)
-        else:
-            os.environ["NETCOMPRESS_CACHE"] = old_cache
-    return code, out.getvalue(), err.getvalue()
+from test_bad_inputs import cli
 
 
 @pytest.fixture()
