@@ -12,7 +12,6 @@ import warnings
 
 from ..errors import NetcompressError
 from ..files import why_not_written
-from ..version import __version__
 
 # importing the verb families registers their commands, listed in this order by --help
 from . import (  # noqa: F401
@@ -30,9 +29,6 @@ ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 def main() -> None:
     from ..process import tune_allocator
 
-    if sys.argv[1:] in (["--version"], ["-V"]):
-        print(f"netcompress {__version__}")
-        return
     tune_allocator()
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
     try:

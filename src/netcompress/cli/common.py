@@ -31,6 +31,7 @@ from ..measure.latency import LatencyTarget
 from ..preflight import Preflight, training_bytes
 from ..process import fair_threads, log, usable_cores
 from ..spec import attach
+from ..version import __version__
 from ..train.distributed import launch, strip_nproc
 
 app = typer.Typer(
@@ -45,9 +46,17 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 160)  # no truncated tables in logs
 
 
+def print_version(wanted: bool) -> None:
+    if wanted:
+        print(f"netcompress {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def options(no_verify: bool = typer.Option(False, "--no-verify", help="Load netcompress model files without checking "
-                                           "their checksums and that their weights are finite.")) -> None:
+                                           "their checksums and that their weights are finite."),
+            version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=print_version,
+                                         help="Print the version and exit.")) -> None:
     """Options for every verb, given before it: netcompress --no-verify evaluate ..."""
     if no_verify:
         os.environ["NETCOMPRESS_NO_VERIFY"] = "1"
