@@ -20,6 +20,7 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs_as_shown(food_root, tmp_path):
     code = readme_example().replace('"../shared/data/food101_10"', repr(str(food_root)))
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def netcompress(*args, cache: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, NETCOMPRESS_CACHE=str(cache) if cache else os.environ.get("NETCOMPRESS_CACHE", "/tmp/nc"))
@@ -137,14 +139,27 @@ def test_latency_of_two_files_side_by_side(course_ckpt, tmp_path):
                                  "--seconds", 0.05, "--max-spread", 100, "--json").stdout)
     assert [r["model"] for r in out["rows"]] == [str(tmp_path / "small.safetensors"), str(tmp_path / "small.onnx")]
     assert all(r["runtime"] == "ort" and r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] for r in out["rows"])
-    every = json.loads(netcompress("latency", tmp_path / "small.safetensors", "--runtime", "all", "--rounds", 3,
-                                   "--seconds", 0.05, "--max-spread", 100, "--json").stdout)
-    assert [r["runtime"] for r in every["rows"]] == nc.list_runtimes(installed=True)
-    assert every["fastest"][str(tmp_path / "small.safetensors")] in nc.list_runtimes(installed=True)
     missing = netcompress("latency", course_ckpt, check=False)  # the file records no input size
     assert missing.returncode == 2 and "--image-size" in missing.stderr
     wrong = netcompress("latency", tmp_path / "small.onnx", "--runtime", "torch", check=False)
     assert wrong.returncode == 2 and "ort or openvino" in wrong.stderr
+
+
+@pytest.mark.slow  # every installed runtime, ExecuTorch's lowering included: about a minute
+def test_latency_on_every_runtime_a_file_runs_on(tmp_path):
+    import netcompress as nc
+
+    small = nc.new_model("studentnet", ["a", "b"], 32, widths=[8, 16, 16, 32, 32, 32, 32, 32])
+    nc.save(small, tmp_path / "small.safetensors")
+    nc.export_onnx(small, tmp_path / "small.onnx")
+    every = json.loads(netcompress("latency", tmp_path / "small.safetensors", tmp_path / "small.onnx", "--runtime",
+                                   "all", "--rounds", 3, "--seconds", 0.05, "--max-spread", 100, "--json").stdout)
+    installed = nc.list_runtimes(installed=True)
+    onnx_runtimes = [r for r in installed if r in ("ort", "openvino")]
+    assert sorted((r["model"], r["runtime"]) for r in every["rows"]) == sorted(
+        [(str(tmp_path / "small.safetensors"), r) for r in installed]
+        + [(str(tmp_path / "small.onnx"), r) for r in onnx_runtimes])
+    assert every["fastest"][str(tmp_path / "small.onnx")] in onnx_runtimes
 
 
 def test_predict_with_the_course_checkpoint(course_ckpt, food_root, cache_dir, tmp_path):
@@ -170,6 +185,7 @@ def test_evaluate_refuses_a_model_for_other_classes(course_ckpt, food_root, cach
     assert proc.returncode == 2 and "predicts 11 classes but" in proc.stderr
 
 
+@pytest.mark.slow
 def test_prune_then_plot(jpeg_dataset, tmp_path):
     cache = tmp_path / "c"
     netcompress("train", "--model", "studentnet", "--data", jpeg_dataset, "--image-size", 32, "--epochs", 1,
@@ -194,6 +210,7 @@ def test_prune_rate_out_of_range_is_one_clear_line(jpeg_dataset, tmp_path):
     assert "rate = 1.2 must lie strictly between 0 and 1" in proc.stderr and not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow
 def test_prune_writes_progress_to_stderr_and_json_to_stdout(jpeg_dataset, tmp_path):
     import netcompress as nc
 

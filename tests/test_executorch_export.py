@@ -14,7 +14,7 @@ et_runtime = pytest.importorskip("executorch.runtime",
                                  reason="the executorch extra is not installed: pip install 'netcompress[executorch]'")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # exports once per module: tens of seconds
 
 
 @pytest.fixture(scope="module")

@@ -177,6 +177,7 @@ def test_a_cut_that_costs_accuracy_must_save_latency_in_proportion(jpeg_dataset,
     assert check_choices(rows, seen, tmp_path / "run")[0] == ("cnn.2.0", 8)
 
 
+@pytest.mark.slow
 def test_pruning_to_a_latency_weighs_the_briefly_fine_tuned_accuracy(jpeg_dataset, tmp_path, monkeypatch,
                                                                       priced_runtime):
     rows, seen = prune_recording(monkeypatch, tmp_path, jpeg_dataset)

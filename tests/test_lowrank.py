@@ -191,6 +191,7 @@ save_file({"y": model(load_file(sys.argv[2])["x"]).detach()}, sys.argv[3])
 """
 
 
+@pytest.mark.slow
 def test_factorized_resnet18_round_trips_through_its_file_in_a_fresh_process(tmp_path):
     result = factorize_model(nc.new_model("resnet18", list("abcde"), 32), LowRankConfig(rank_ratio=0.2))
     kinds = {r["method"] for r in result.factorized}
@@ -207,6 +208,7 @@ def test_factorized_resnet18_round_trips_through_its_file_in_a_fresh_process(tmp
     assert count_parameters(nc.load(path)) == result.params_after < 0.3 * result.params_before
 
 
+@pytest.mark.slow
 def test_lowrank_cli_factorizes_fine_tunes_and_logs(jpeg_dataset, tmp_path):
     assert "Example" in netcompress("lowrank", "--help").stdout
     model = nc.new_model("studentnet", ["soup", "rice", "bread"], 32, widths=[8, 16, 16, 64, 64, 64, 64, 64])

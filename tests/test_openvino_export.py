@@ -12,7 +12,7 @@ import netcompress as nc
 ov = pytest.importorskip("openvino", reason="the openvino extra is not installed: pip install 'netcompress[openvino]'")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # exports once per module: tens of seconds
 
 
 @pytest.fixture(scope="module")

@@ -125,6 +125,7 @@ batch_size = 4
     return path
 
 
+@pytest.mark.slow
 def test_a_rerun_refuses_a_stage_made_with_other_settings(jpeg_dataset, tmp_path):
     recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset,
                               "[[quantize]]\ncodec = 'fp16'\n[evaluate]\ntest = false\n")
@@ -140,6 +141,7 @@ def test_a_rerun_refuses_a_stage_made_with_other_settings(jpeg_dataset, tmp_path
         "student (studentnet, distilled), fp16", "lowrank-energy-0.5-ft0, factorized, fp16"]
 
 
+@pytest.mark.slow
 def test_a_pruning_run_can_start_from_the_teacher(jpeg_dataset, tmp_path):
     recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "[[prune]]\nsource = 'teacher'\nmethod = 'l2'\n"
                               "rate = 0.5\nsteps = 1\nfinetune_epochs = 1\nprecise_bn = 8\n[evaluate]\ntest = false\n")
@@ -164,6 +166,7 @@ def test_the_student_takes_model_arguments(jpeg_dataset, tmp_path):
     assert "student (efficientnet_lite0 blocks=3 head=16, distilled)" in [a["name"] for a in summary["artifacts"]]
 
 
+@pytest.mark.slow
 def test_student_variants_share_the_teaching_and_the_codecs(jpeg_dataset, tmp_path):
     recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "views = 2\n[[student_variant]]\n"
                               "model_args = {width_mult = 0.5}\n[[quantize]]\ncodec = 'fp16'\n"
@@ -181,6 +184,7 @@ def test_student_variants_share_the_teaching_and_the_codecs(jpeg_dataset, tmp_pa
         load_recipe(recipe, ["student_variant.model_args={}"])
 
 
+@pytest.mark.slow
 def test_a_field_added_since_a_stage_was_made_changes_nothing_at_its_default(jpeg_dataset, tmp_path):
     recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "[[prune]]\nmethod = 'l2'\nrate = 0.5\nsteps = 1\n"
                               "finetune_epochs = 1\n[evaluate]\ntest = false\n")
@@ -225,6 +229,7 @@ def test_artifacts_of_older_runs_read_as_records():
     assert Artifact.from_dict(record.to_dict()) == record
 
 
+@pytest.mark.slow
 def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset, tmp_path):
     recipe, out, cache = write_recipe(tmp_path, jpeg_dataset), tmp_path / "run", tmp_path / "cache"
     proc = run_cli("run", recipe, "--out", out, "--target-bytes", 10**9, "--no-progress", "--json", cache=cache)
@@ -289,6 +294,7 @@ def test_a_killed_run_resumes_without_redoing_finished_stages(jpeg_dataset, tmp_
     assert (out / "student" / "done.json").exists() and (out / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_a_larger_teacher_and_cached_views(jpeg_dataset, tmp_path):
     """The teacher trains at 48 px, the student at 32 px from 2 cached mixed views of every image."""
     recipe = tmp_path / "views.toml"
@@ -331,6 +337,7 @@ finetune_epochs = 1
     assert artifacts["teacher"]["val_accuracy"] >= 0 and "prune-l2-0.5-1step-ft1" in artifacts
 
 
+@pytest.mark.slow
 def test_a_latency_budget_measures_every_candidate_and_reports_the_choice(jpeg_dataset, tmp_path):
     recipe = one_epoch_recipe(tmp_path / "fast.toml", jpeg_dataset,
                               "[[prune]]\nrate = 0.5\nsteps = 1\nfinetune_epochs = 1\n")

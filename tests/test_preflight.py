@@ -198,6 +198,7 @@ def netcompress(*args):
                           env=env)
 
 
+@pytest.mark.slow
 def test_run_check_prints_the_plan_and_trains_nothing(tmp_path):
     root = make_layout(tmp_path / "d", "train/val")
     proc = netcompress("run", "recipes/demo.toml", "--check", "--out", tmp_path / "run", "--target-bytes", 300000,

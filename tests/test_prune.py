@@ -217,6 +217,7 @@ def test_magnitude_masks_and_sparse_bytes(tmp_path):
     assert torch.equal(nc.load(sparse)(x), model.eval()(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["slim", "magnitude"])
 def test_schedule_fine_tunes_every_step_and_resumes(tmp_path, method):
     def fresh():

@@ -39,6 +39,7 @@ def test_train_test_only_folder_trains_and_records_the_carve(tmp_path):
     assert nc.spec_of(nc.load(tmp_path / "run" / "best.safetensors")).info.data["carve_seed"] == 0
 
 
+@pytest.mark.slow
 def test_cli_on_a_train_test_folder_and_on_grayscale_images(tmp_path):
     folder = tiny_folder(tmp_path / "gray", splits=("train", "test"), mode="L")
     run = tmp_path / "run"
