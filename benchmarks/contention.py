@@ -45,10 +45,10 @@ while time.time() < end:
     a = torch.tanh(a @ a)
 """
 
-SETTINGS = {  # environment of the workload: torch's default thread count, netcompress's, and that with passive waits
-    "a thread per core (torch's default)": {"OMP_NUM_THREADS": "cores"},
-    "threads that fit the free cores (netcompress)": {},
-    "the same, waiting OpenMP threads asleep": {"OMP_WAIT_POLICY": "PASSIVE"},
+SETTINGS = {  # environment of the workload, by --settings name: (what the table calls it, the variables)
+    "torch": ("a thread per core (torch's default)", {"OMP_NUM_THREADS": "cores"}),
+    "fair": ("threads that fit the free cores (netcompress)", {"OMP_WAIT_POLICY": "ACTIVE"}),
+    "passive": ("the same, waiting OpenMP threads asleep", {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
 
 
@@ -74,17 +74,20 @@ def main() -> None:
     ap.add_argument("--workload", choices=("train", "demo"), default="train")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/food101_10"))
     ap.add_argument("--images", type=int, default=1500)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/contention.json"))
+    ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
+                    help="torch: OMP_NUM_THREADS = cores; fair: netcompress's thread count with spinning waits; "
+                    "passive: the same with OMP_WAIT_POLICY=PASSIVE")
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/contention-WORKLOAD.json")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = dict(os.environ, NETCOMPRESS_CACHE=str(Path(tmp) / "cache"))
         subprocess.run(workload_command("train", args.data, 64, Path(tmp)), env=cache, check=True)  # decode once
-        for name, extra in SETTINGS.items():
+        for name, extra in (SETTINGS[key] for key in args.settings):
             env = {k: v for k, v in cache.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
             env.update({k: str(cores) if v == "cores" else v for k, v in extra.items()})
-            run = [Path(tmp) / f"{name[:5]}-{i}" for i in range(2)]
+            run = [Path(tmp) / f"{len(rows)}-{i}" for i in range(2)]
             quiet = timed(workload_command(args.workload, args.data, args.images, run[0]), env)
             hog = subprocess.Popen([sys.executable, "-c", HOG, str(cores), str(20 * quiet[0] + 60)],
                                    env=dict(env, OMP_NUM_THREADS=str(cores), OMP_WAIT_POLICY="ACTIVE"))
@@ -104,8 +107,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['setting']} | {r['quiet_wall_s']} / {r['quiet_cpu_s']} | {r['busy_wall_s']} / "
               f"{r['busy_cpu_s']} | {r['wall_ratio']} | {r['cpu_ratio']} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"workload": args.workload, "cores": cores, "images": args.images,
+    out = args.out or Path(f"benchmarks/results/contention-{args.workload}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"workload": args.workload, "cores": cores, "images": args.images,
                                     "load_before": os.getloadavg()[0], "rows": rows}, indent=2))
 
 
