@@ -229,6 +229,38 @@ def test_artifacts_of_older_runs_read_as_records():
     assert Artifact.from_dict(record.to_dict()) == record
 
 
+def test_every_model_is_timed_together_at_the_end_of_the_run(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from netcompress.pipeline import stages
+
+    rounds = []
+
+    def timed(models, cfg):  # the timing itself is measure/latency's business; here: who is timed with whom
+        rounds.append((cfg.runtime, cfg.batch, sorted(models)))
+        return {name: SimpleNamespace(median_ms=len(name) * cfg.batch, p90_ms=None, spread=0.0, note="")
+                for name in models}
+
+    monkeypatch.setattr(stages, "latency", timed)
+    run = object.__new__(stages.Run)
+    run.dir, run.progress = tmp_path, False
+    nc.save(nc.new_model("studentnet", ["a", "b"], 16, widths=[8] * 8), tmp_path / "m.safetensors")
+    made = {"ort@1": 99.0, "torch@1": 99.0, "torch@64": None}  # taken when each model was made, under other load
+
+    def record(name, runtime="torch"):
+        return Artifact(name=name, stage="s", file="m.safetensors", format="safetensors", precision="fp32",
+                        runtime=runtime, file_bytes=1, params=1, macs=1, val_accuracy=0.5, latency_ms=made)
+
+    artifacts = [record("big"), record("small"), record("small, 8-bit", DECODED)]
+    timed_together = stages.with_latencies_measured_together(run, artifacts)
+    assert rounds == [("ort", 1, ["big", "small"]), ("torch", 1, ["big", "small"]), ("torch", 64, ["big", "small"])]
+    assert [a.latency_ms for a in timed_together] == [{"ort@1": 3, "torch@1": 3, "torch@64": 192},
+                                                      {"ort@1": 5, "torch@1": 5, "torch@64": 320}, made]
+    assert artifacts[0].latency_ms == made  # the argument is left as it was
+    rounds.clear()
+    assert stages.with_latencies_measured_together(run, artifacts) == timed_together and rounds == []  # kept
+
+
 @pytest.mark.slow
 def test_run_writes_every_stage_and_the_report_then_skips_on_rerun(jpeg_dataset, tmp_path):
     recipe, out, cache = write_recipe(tmp_path, jpeg_dataset), tmp_path / "run", tmp_path / "cache"

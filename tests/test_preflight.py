@@ -205,8 +205,8 @@ def test_run_check_prints_the_plan_and_trains_nothing(tmp_path):
                        *[x for s in [f"data.root={root}", *DEMO_AT_TINY_SIZE] for x in ("--set", s)],
                        "--cache-dir", tmp_path / "c", "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    for text in ("carved from training", "teacher", "prune-slim-0.63", "estimated", "smallest model it can make",
-                 "no problems found"):
+    for text in ("carved from training", "teacher", "prune-slim-0.63", "fp32 models together", "estimated",
+                 "smallest model it can make", "no problems found"):
         assert text in proc.stdout, text
     assert not (tmp_path / "run").exists()
 

@@ -107,7 +107,7 @@ def test_a_latency_table_with_foreign_entries_measures_those_again(tmp_path, mon
     from netcompress.measure.latency import LatencyTarget
     from netcompress.pipeline import stages
     from netcompress.pipeline.artifact import Artifact
-    from netcompress.pipeline.stages import measure_on_target
+    from netcompress.pipeline.stages import measure_together
 
     measured = []
 
@@ -127,5 +127,5 @@ def test_a_latency_table_with_foreign_entries_measures_those_again(tmp_path, mon
     table = tmp_path / "latency" / "torch-b1-t1.json"
     table.parent.mkdir()
     table.write_text(json.dumps({"m": 5, "kept": kept}))
-    found = measure_on_target(run, artifacts, target, tries=1)
+    found = measure_together(run, artifacts, target.config, tries=1)
     assert measured == ["m"] and found["kept"] == kept and found["m"]["median_ms"] == 1.0

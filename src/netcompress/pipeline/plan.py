@@ -242,6 +242,9 @@ def _stages(recipe: Recipe, nets: _Networks, clock: _Clock, n_train: int, n_val:
                                 + (f", {qat} epochs of quantization-aware training each" if qat else ""),
                                 None if per_source is None else sources * per_source))
         disk += sources * student_params
+    timed = sources + 3 * recipe.compare_arch.run  # and the teacher: every fp32 model, timed together at the end
+    together = (student_rates[2] * timed + (teacher_rates[2] if teacher_rates else 0.0)) if student_rates else None
+    stages.append(StagePlan("latency", f"time the run's {timed + 1} fp32 models together on each runtime", together))
     return stages, disk
 
 

@@ -216,12 +216,20 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
             for a in records]
     blocks += [("h2", "Models"),
                ("p", "Every model the run made. Bytes are the file on disk in the named format; parameters are "
-                     "counted like torchsummary. Latency is the median of interleaved rounds in milliseconds: "
+                     "counted like torchsummary. Latency is the median in milliseconds of rounds in which every "
+                     "model was timed in turn at the end of the run (the tables below use the same figures): "
                      "ONNX Runtime and eager PyTorch at batch 1 on one thread, PyTorch at batch 64 on every core; "
                      "'busy' where the machine was too busy to measure honestly, 'decoded to fp32' for storage "
                      "codecs (their file decodes to the fp32 model, which runs as fast as its source). Test accuracy "
                      "is measured once, for the teacher, the student and the budgets' choices."),
                ("table", header, rows)]
+    timed = {a.file: {"latency_ms": a.latency_ms} for a in records if a.runtime != DECODED}
+
+    def latency_cells(file: str, row: dict) -> list[str]:
+        """A table's latencies of one model: the figures the run took of every model together at its end, where
+        the model is one of the run's files, else those of the row itself."""
+        return list(latency_texts(timed.get(file, row)).values())
+
     prune_dirs = sorted(p.parent for p in run_dir.glob("prune-*/pruning.jsonl"))
     if prune_dirs:
         curve = plot_pruning(prune_dirs, run_dir / "pruning.png", val_images=images)
@@ -233,7 +241,8 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
             blocks += [("h3", d.name), ("table", ["step", "kept", "params", "bytes", "val acc before fine-tune",
                                                   "val acc", *LATENCY_HEADINGS.values()],
                                         [[r["step"], r["kept"], r["params"], r["file_bytes"],
-                                          r.get("val_accuracy_before_finetune"), r["val_accuracy"], *latency_texts(r).values()]
+                                          r.get("val_accuracy_before_finetune"), r["val_accuracy"],
+                                          *latency_cells(f"{d.name}/{r.get('model_file')}", r)]
                                          for r in prows])]
     compare = run_dir / "compare-arch" / "compare.json"
     if compare.exists():
@@ -244,7 +253,8 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
                    ("table", ["architecture", "widths", "params", "bytes", "8-bit bytes", "MACs", *LATENCY_HEADINGS.values(),
                               "val acc"],
                     [[r["architecture"], " ".join(map(str, r["widths"])), r["params"], r["file_bytes"], r["int8_bytes"],
-                      r["macs"], *latency_texts(r).values(), r["val_accuracy"]] for r in crows]),
+                      r["macs"], *latency_cells(f"compare-arch/{r['architecture']}/best.safetensors", r),
+                      r["val_accuracy"]] for r in crows]),
                    ("img", compare.parent / "compare.png")]
     choices = ([budget] if budget else []) + summary.get("budgets", [])
     scatter = plot_size_vs_accuracy(artifacts, run_dir / "size_vs_accuracy.png",

@@ -22,8 +22,8 @@ from .. import (AugmentConfig, ImageFolderData, NetcompressError, evaluate, fact
                new_model, prune_iteratively, quantize, spec_of)
 from ..files import RunLock, atomic_write_text, json_text
 from ..formats.load import read_spec
-from ..measure.cost import measure_model
-from ..measure.latency import LatencyTarget, latency
+from ..measure.cost import LATENCIES, measure_model
+from ..measure.latency import LatencyConfig, LatencyTarget, get_runtime, latency
 from ..process import log, machine_state, seed_everything
 from ..train.views import TeacherViews, ViewConfig
 from .artifact import DECODED, Artifact
@@ -265,26 +265,42 @@ def _compare_arch_stage(run: Run):
     return run.stage("compare-arch", work, run.settings("compare_arch"))
 
 
-def measure_on_target(run: Run, artifacts: list[Artifact], target: LatencyTarget, tries: int = 3) -> dict[str, dict]:
-    """Every candidate that runs as it is, its latency on the target's runtime, measured together in interleaved
-    rounds (again, up to `tries` times, for those the machine was too busy to measure). Kept in RUN/latency/, so
-    a rerun measures only new models. Storage codecs are left out: their files decode to the fp32 model."""
-    path = run.dir / "latency" / f"{target.runtime}-b{target.batch}-t{target.threads}.json"
+def measure_together(run: Run, artifacts: list[Artifact], config: LatencyConfig, tries: int = 3) -> dict[str, dict]:
+    """The latency of every model of `artifacts` that `config`'s runtime runs as it is, all measured together in
+    interleaved rounds (again, up to `tries` times, for those the machine was too busy to measure), so that load
+    which comes and goes weighs on every model alike. Kept in RUN/latency/, so a rerun measures only new models.
+    Storage codecs are left out: their files decode to the fp32 model."""
+    path = run.dir / "latency" / f"{config.runtime}-b{config.batch}-t{config.threads}.json"
     found = read_json_object(path, "delete it to measure again") if path.exists() else {}
     found = {k: v for k, v in found.items() if isinstance(v, dict)}  # anything else: measured again
-    wanted = {a.name: a for a in artifacts if a.runtime != DECODED and a.candidate}
+    runtime = get_runtime(config.runtime)
+    wanted = [a for a in artifacts if a.runtime != DECODED]
+    models: dict[str, torch.nn.Module] = {}
     for _ in range(tries):
-        missing = [name for name in wanted if found.get(name, {}).get("median_ms") is None]
+        missing = [a for a in wanted if found.get(a.name, {}).get("median_ms") is None]
+        models.update({a.name: load(run.dir / a.file) for a in missing if a.name not in models})
+        missing = [a.name for a in missing if runtime.runs(models[a.name])]
         if not missing:
             break
         if run.progress:
-            log(f"[latency] measuring {len(missing)} models on {target.runtime}, batch {target.batch}, "
-                f"{target.threads} thread(s)")
-        measured = latency({name: load(run.dir / wanted[name].file) for name in missing}, target.config)
+            log(f"[latency] measuring {len(missing)} models together on {config.runtime}, batch {config.batch}, "
+                f"{config.threads} thread(s)")
+        measured = latency({name: models[name] for name in missing}, config)
         found.update({name: {"median_ms": r.median_ms, "p90_ms": r.p90_ms, "spread": r.spread, "note": r.note}
                       for name, r in measured.items()})
         atomic_write_text(path, json_text(found))
-    return {name: found[name] for name in wanted}
+    return {a.name: found[a.name] for a in wanted if a.name in found}
+
+
+def with_latencies_measured_together(run: Run, artifacts: list[Artifact]) -> list[Artifact]:
+    """The models with the report's latencies (LATENCIES) measured together at the end of the run, in place of
+    the figures each stage took when it made a model: those were taken at different times, and a pruned model
+    timed while the machine was busy could read slower than its larger source timed while it was idle."""
+    measured = {key: measure_together(run, artifacts, LatencyConfig(
+        runtime=m.runtime, batch=m.batch, threads=m.threads or torch.get_num_threads(), rounds=5, seconds=0.1),
+        tries=2) for key, m in LATENCIES.items() if get_runtime(m.runtime).available()}
+    return [a if a.runtime == DECODED else a.replace(latency_ms={
+        key: found[a.name]["median_ms"] for key, found in measured.items() if a.name in found}) for a in artifacts]
 
 
 def _evaluate(run: Run, artifacts: list[Artifact], chosen: list[str]) -> dict:
@@ -348,6 +364,7 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
     sources = [a for a in artifacts if a.stage not in ("teacher", "compare-arch") and a.candidate]
     for q in recipe.quantize:
         artifacts += artifacts_of(_quantize_stage(run, q, sources))
+    artifacts = with_latencies_measured_together(run, artifacts)
     candidates = [a for a in artifacts if a.stage != "teacher"]
     budget = None
     if target_bytes is not None or target_params is not None:
@@ -356,8 +373,8 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
                if any(a.file_bytes <= b for a in candidates if a.candidate)]
     latency_budget = None
     if target_latency is not None:
-        latency_budget = choose_by_latency(candidates, target_latency,
-                                           measure_on_target(run, candidates, target_latency))
+        latency_budget = choose_by_latency(candidates, target_latency, measure_together(
+            run, [a for a in candidates if a.candidate], target_latency.config))
     chosen = [c["chosen"] for c in ([budget] if budget else []) + budgets + ([latency_budget] if latency_budget
                                                                                else [])]
     test = _evaluate(run, artifacts, chosen) if recipe.evaluate.test else {}
