@@ -5,7 +5,7 @@ OpenMP's passive waits (waiting threads sleep instead of spinning).
 The competing job is a plain matrix-multiply loop with a thread per core. Ratios compare each setting's run
 beside that job with the same setting alone; CPU time is the workload's own (user + system, children
 included). Workloads: `train` (one epoch of StudentNet on --images images, a few minutes) or `demo` (`make
-demo`'s command, about 4 minutes alone on 2 quiet cores). Run it on an otherwise idle machine.
+demo`'s command, about 10 minutes alone on 2 quiet cores). Run it on an otherwise idle machine.
 
     python benchmarks/contention.py --workload train
     python benchmarks/contention.py --workload demo
@@ -47,8 +47,8 @@ while time.time() < end:
 
 SETTINGS = {  # environment of the workload, by --settings name: (what the table calls it, the variables)
     "torch": ("a thread per core (torch's default)", {"OMP_NUM_THREADS": "cores"}),
-    "fair": ("threads that fit the free cores (netcompress)", {"OMP_WAIT_POLICY": "ACTIVE"}),
-    "passive": ("the same, waiting OpenMP threads asleep", {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "fair": ("threads that fit the free cores, waiting threads spin", {"OMP_WAIT_POLICY": "ACTIVE"}),
+    "passive": ("the same, waiting threads asleep (netcompress's default)", {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
 
 
@@ -75,8 +75,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/food101_10"))
     ap.add_argument("--images", type=int, default=1500)
     ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
-                    help="torch: OMP_NUM_THREADS = cores; fair: netcompress's thread count with spinning waits; "
-                    "passive: the same with OMP_WAIT_POLICY=PASSIVE")
+                    help="torch: OMP_NUM_THREADS = cores; fair: netcompress's thread count with spinning waits "
+                    "(OMP_WAIT_POLICY=ACTIVE); passive: the same with OMP_WAIT_POLICY=PASSIVE, netcompress's default")
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/contention-WORKLOAD.json")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))

@@ -23,6 +23,14 @@ distillation losses and file formats live in registries (`register_codec`, `regi
 the CLI's choices and help read them.
 """
 
+import os
+
+# Waiting OpenMP threads sleep instead of spinning, unless OMP_WAIT_POLICY says otherwise: a spinning thread
+# burns a core that other jobs, or this process's own single-threaded stretches, could use. The demo took the
+# same wall time alone and 21% less CPU (benchmarks/contention.py). OpenMP reads it when torch loads it, so it
+# takes effect where netcompress is imported before torch (the command line always is).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .compress.codecs import Codec, list_codecs, register_codec
 from .compress.lowrank import LowRankConfig, factorize
 from .compress.prune import PruneConfig, prune
