@@ -71,6 +71,17 @@ def test_mapped_cache_equals_a_fresh_decode(tmp_path):
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [entry.parent.name]  # no parts, no temps
 
 
+def test_entries_of_the_older_whole_file_format_are_removed_when_a_new_one_is_built(tmp_path):
+    files = make_images(tmp_path / "d", 8, classes=1)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    np.savez(cache / "training-96px-0123456789abcdef0123.npz", images=np.zeros((2, 3, 4, 4), np.uint8))
+    (cache / "notes.npz").write_bytes(b"not ours")  # another name pattern: left alone
+    with pytest.warns(UserWarning, match=r"removed 1 decode-cache files of an older format"):
+        decode(files, cache)
+    assert sorted(p.suffix for p in cache.iterdir()) == ["", ".npz"] and (cache / "notes.npz").exists()
+
+
 def test_parallel_decode_equals_serial_bit_for_bit(tmp_path):
     files = make_images(tmp_path / "d", 37)
     files[11].write_bytes(b"not a jpeg")

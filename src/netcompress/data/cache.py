@@ -113,7 +113,20 @@ def _build_entry(entry: Path, name: str, files: list[Path], size: int, channels:
     finally:
         _remove(tmp)
     _remove(parts)
+    _remove_older_format(entry.parent)
     return open_mapped(entry / "images.npy"), kept
+
+
+def _remove_older_format(cache: Path) -> None:
+    """Delete the previous format's entries (NAME-SIZEpx-KEY.npz, read whole into memory): no version since
+    reads them, and at a few GB each they would hold the disk for nothing."""
+    old = list(cache.glob("*-*px-*.npz"))
+    if old:
+        freed = sum(f.stat().st_size for f in old)
+        for f in old:
+            _remove(f)
+        warnings.warn(f"removed {len(old)} decode-cache files of an older format from {cache} "
+                      f"({freed / 2**20:,.0f} MB)", stacklevel=3)
 
 
 def mapped_subset(split: Split, name: str, positions: torch.Tensor) -> Split:
