@@ -11,10 +11,12 @@ reach the algorithms through the library's public verbs only.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -265,11 +267,14 @@ def _compare_arch_stage(run: Run):
     return run.stage("compare-arch", work, run.settings("compare_arch"))
 
 
-def measure_together(run: Run, artifacts: list[Artifact], config: LatencyConfig, tries: int = 3) -> dict[str, dict]:
+def measure_together(run: Run, artifacts: list[Artifact], config: LatencyConfig, tries: int = 3,
+                     load_model: Callable[[str], torch.nn.Module] | None = None) -> dict[str, dict]:
     """The latency of every model of `artifacts` that `config`'s runtime runs as it is, all measured together in
     interleaved rounds (again, up to `tries` times, for those the machine was too busy to measure), so that load
     which comes and goes weighs on every model alike. Kept in RUN/latency/, so a rerun measures only new models.
-    Storage codecs are left out: their files decode to the fp32 model."""
+    Storage codecs are left out: their files decode to the fp32 model. load_model: a model file (relative to the
+    run folder) as a module, shared by calls that measure the same models on several runtimes."""
+    load_model = load_model or (lambda file: load(run.dir / file))
     path = run.dir / "latency" / f"{config.runtime}-b{config.batch}-t{config.threads}.json"
     found = read_json_object(path, "delete it to measure again") if path.exists() else {}
     found = {k: v for k, v in found.items() if isinstance(v, dict)}  # anything else: measured again
@@ -278,7 +283,7 @@ def measure_together(run: Run, artifacts: list[Artifact], config: LatencyConfig,
     models: dict[str, torch.nn.Module] = {}
     for _ in range(tries):
         missing = [a for a in wanted if found.get(a.name, {}).get("median_ms") is None]
-        models.update({a.name: load(run.dir / a.file) for a in missing if a.name not in models})
+        models.update({a.name: load_model(a.file) for a in missing if a.name not in models})
         missing = [a.name for a in missing if runtime.runs(models[a.name])]
         if not missing:
             break
@@ -296,9 +301,10 @@ def with_latencies_measured_together(run: Run, artifacts: list[Artifact]) -> lis
     """The models with the report's latencies (LATENCIES) measured together at the end of the run, in place of
     the figures each stage took when it made a model: those were taken at different times, and a pruned model
     timed while the machine was busy could read slower than its larger source timed while it was idle."""
+    load_once = functools.cache(lambda file: load(run.dir / file))
     measured = {key: measure_together(run, artifacts, LatencyConfig(
         runtime=m.runtime, batch=m.batch, threads=m.threads or torch.get_num_threads(), rounds=5, seconds=0.1),
-        tries=2) for key, m in LATENCIES.items() if get_runtime(m.runtime).available()}
+        tries=2, load_model=load_once) for key, m in LATENCIES.items() if get_runtime(m.runtime).available()}
     return [a if a.runtime == DECODED else a.replace(latency_ms={
         key: found[a.name]["median_ms"] for key, found in measured.items() if a.name in found}) for a in artifacts]
 
