@@ -5,9 +5,7 @@ same `main` as the `netcompress` script): the error must be one `error:` line na
 field, with no traceback, and nothing half-written.
 """
 
-import contextlib
 import errno
-import io
 import json
 import lzma
 import os
@@ -26,30 +24,7 @@ from PIL import Image
 import netcompress as nc
 from netcompress.formats import ncq
 from netcompress.formats.integrity import digest
-
-
-def cli(*args, cache: Path | None = None) -> tuple[int, str, str]:
-    """Run `netcompress ARGS` in this process: (exit code, stdout, stderr)."""
-    from netcompress.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    old_argv, old_cache = sys.argv, os.environ.get("NETCOMPRESS_CACHE")
-    sys.argv = ["netcompress", *map(str, args)]
-    if cache is not None:
-        os.environ["NETCOMPRESS_CACHE"] = str(cache)
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old_argv
-        if old_cache is None:
-            os.environ.pop("NETCOMPRESS_CACHE", None)
-        else:
-            os.environ["NETCOMPRESS_CACHE"] = old_cache
-    return code, out.getvalue(), err.getvalue()
+from test_cli import run_cli as cli
 
 
 # --- crafting files -------------------------------------------------------------------------------

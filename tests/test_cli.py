@@ -1,19 +1,65 @@
-"""The command line as a user meets it: real processes, exit codes, messages, files."""
+"""The command line as a user meets it: exit codes, messages, files (in this process, but for one real process)."""
 
+import contextlib
 import csv
+import io
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
 
-def netcompress(*args, cache: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NETCOMPRESS_CACHE=str(cache) if cache else os.environ.get("NETCOMPRESS_CACHE", "/tmp/nc"))
-    proc = subprocess.run([sys.executable, "-m", "netcompress.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env)
+def run_cli(*args, cache: Path | None = None) -> tuple[int, str, str]:
+    """Run `netcompress ARGS` in this process: (exit code, stdout, stderr). What a verb sets for the whole process
+    (the decode cache's folder, torch's threads, --no-verify) is put back afterwards."""
+    import torch
+
+    from netcompress.cli import main
+
+    def show(message, category, filename, lineno, file=None, line=None):  # as Python does, to today's stderr
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env = {k: os.environ.get(k) for k in ("NETCOMPRESS_CACHE", "NETCOMPRESS_NO_VERIFY")}
+    old_argv, old_threads, old_format = sys.argv, torch.get_num_threads(), warnings.formatwarning
+    sys.argv = ["netcompress", *map(str, args)]
+    if cache is not None:
+        os.environ["NETCOMPRESS_CACHE"] = str(cache)
+    code = 0
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            warnings.resetwarnings()  # a fresh process's filters: pytest's own record every warning silently
+            warnings.simplefilter("default")
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.showwarning = show
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv, warnings.formatwarning = old_argv, old_format
+        torch.set_num_threads(old_threads)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return code, out.getvalue(), err.getvalue()
+
+
+def netcompress(*args, cache: Path | None = None, check: bool = True,
+                process: bool = False) -> subprocess.CompletedProcess:
+    """`netcompress ARGS` in this process, or in a process of its own when `process`."""
+    if process:
+        env = dict(os.environ, NETCOMPRESS_CACHE=str(cache) if cache else os.environ.get("NETCOMPRESS_CACHE", "/tmp/nc"))
+        proc = subprocess.run([sys.executable, "-m", "netcompress.cli", *map(str, args)], capture_output=True,
+                              text=True, env=env)
+    else:
+        proc = subprocess.CompletedProcess(args, *run_cli(*args, cache=cache))
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -80,7 +126,7 @@ def test_choices_come_from_the_registries():
 
 def test_missing_data_folder_is_one_clear_line(tmp_path):
     proc = netcompress("train", "--model", "studentnet", "--data", tmp_path / "nowhere", "--out", tmp_path / "run",
-                       cache=tmp_path, check=False)
+                       cache=tmp_path, check=False, process=True)  # a real process: its exit code and stderr
     assert proc.returncode == 2
     assert "nowhere does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()

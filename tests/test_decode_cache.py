@@ -20,6 +20,7 @@ from PIL import Image
 import netcompress.data.decode as decode_module
 from netcompress.data.augment import iterate_batches
 from netcompress.data.cache import decode_files
+from netcompress.data.carve import carve
 from netcompress.data.decode import decode_images
 from netcompress.data.folder import ImageFolderData
 from netcompress.data.mapped import mapped_file
@@ -99,6 +100,7 @@ import sys, time
 from pathlib import Path
 import netcompress.data.decode as d
 from netcompress.data.cache import decode_files
+from netcompress.data.carve import carve
 slow = d.decode_image
 d.decode_image = lambda *a: (time.sleep(0.05), slow(*a))[1]
 files = [Path(p) for p in sys.argv[2:]]
@@ -160,10 +162,10 @@ def test_an_epoch_reads_batches_from_the_map_and_lets_its_pages_go(tmp_path):
         warnings.simplefilter("ignore")
         data = ImageFolderData(tmp_path / "d", 32, cache_dir=tmp_path / "cache", progress=False)
         train, val = data.split("training"), data.split("validation")
-    for split in (train, val):  # carved splits are mapped files of their own, not copies in memory
-        path = mapped_file(split.images)
-        assert path is not None and path.parent.parent == tmp_path / "cache", split.name
-    path = mapped_file(train.images)
+    path = mapped_file(train.images)  # carved splits are ranges of rows of one mapped file, not copies
+    assert path is not None and path.parent.parent == tmp_path / "cache"
+    assert all(mapped_file(data.split(s).images) == path for s in ("validation", "testing"))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["images.npy", "kept.npy"]
     assert float(train.images.double().sum()) > 0  # reads every image
     touched = mapping_rss_kb(path)
     assert touched >= train.images.numel() // 1024 - 8  # reading every image maps every page
@@ -171,6 +173,40 @@ def test_an_epoch_reads_batches_from_the_map_and_lets_its_pages_go(tmp_path):
                                                        generator=torch.Generator().manual_seed(0))])
     assert len(set(seen.tolist())) >= len(train) - 1  # a last batch of one image is left out
     assert mapping_rss_kb(path) < touched // 4  # after the epoch its pages are no longer held by this process
+
+
+def test_carved_splits_hold_the_carved_images_in_file_order(tmp_path):
+    """Decoding in carve order changes where the images lie in the cache, not which images a split holds."""
+    files = make_images(tmp_path / "d", 45, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = ImageFolderData(tmp_path / "d", 16, cache_dir=tmp_path / "cache", progress=False, seed=7)
+        listed = data.listed_files("all")
+        fresh, _ = decode_images("fresh", listed, 16, 3, False, False)
+    labels = np.asarray([int(f.parent.name[1:]) for f in listed])
+    for name, positions in carve(labels, data.carved, 7).items():
+        split = data.split(name)
+        assert split.files == [listed[i].name for i in positions], name
+        assert torch.equal(split.images, torch.from_numpy(fresh[positions])), name
+        assert torch.equal(split.labels, torch.from_numpy(labels[positions])), name
+
+
+def test_a_bad_image_leaves_a_gap_in_its_carved_split(tmp_path):
+    """The carve is drawn from the listing: an image that fails to decode is missing from its split, the others
+    stay where a clean folder puts them."""
+    files = make_images(tmp_path / "d", 45, seed=3)
+    files[10].write_bytes(b"\xff\xd8\xff broken")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = ImageFolderData(tmp_path / "d", 16, skip_bad=True, cache_dir=tmp_path / "cache", progress=False, seed=7)
+        splits = {name: data.split(name) for name in ("training", "validation", "testing")}
+    listed = data.listed_files("all")
+    labels = np.asarray([int(f.parent.name[1:]) for f in listed])
+    for name, positions in carve(labels, data.carved, 7).items():
+        expected = [listed[i].name for i in positions]
+        assert splits[name].files == [f for f in expected if f != files[10].name], name
+        assert [f for _, f in splits[name].skipped] == [f for f in expected if f == files[10].name], name
+        assert mapped_file(splits[name].images) is not None
 
 
 def test_a_cache_that_cannot_be_written_decodes_in_memory(tmp_path):

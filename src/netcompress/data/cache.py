@@ -4,9 +4,7 @@ paths, sizes, modification and change times and inodes and the settings, and map
 An entry is a folder, NAME-SIZEpx-KEY/, holding images.npy (uint8 [N, C, S, S], read memory-mapped, so
 RAM stays bounded whatever the dataset's size) and kept.npy (each image's position in the file list). It
 is built in a temporary folder and renamed into place: a reader never sees half an entry. A decode in
-progress keeps its finished chunks in NAME-SIZEpx-KEY.parts/ (pool.py), so an interrupted one resumes.
-Carved splits of a mapped split are written into its entry as files of their own, so that they are mapped
-too instead of copied into memory.
+progress writes into NAME-SIZEpx-KEY.parts/ (pool.py), so an interrupted one resumes.
 """
 
 from __future__ import annotations
@@ -22,8 +20,8 @@ import numpy as np
 import torch
 
 from .decode import decode_images, decode_notes
-from .mapped import mapped_file, open_mapped, release_pages, write_npy
-from .pool import CHUNK, decode_parts, read_part
+from .mapped import open_mapped, release_pages, write_npy
+from .pool import CHUNK, decode_parts
 from .split import Split
 
 CACHE_VERSION = 3  # 3: a folder of mapped .npy files (2: one .npz read whole)
@@ -39,9 +37,11 @@ def _cache_key(files: list[Path], size: int, channels: int, skip_bad: bool) -> s
     inode's change time is in the key: an edit in place that keeps the size and restores the mtime still moves
     it (no call sets it), so such a file is decoded again."""
     h = hashlib.sha256(f"v{CACHE_VERSION} size={size} channels={channels} skip_bad={skip_bad}\n".encode())
+    folders: dict[Path, Path] = {}  # each folder resolved once: resolving every file costs as much as its stat
     for f in files:
         st = f.stat()
-        h.update(f"{f.resolve()}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ctime_ns}\t{st.st_ino}\n".encode())
+        folder = folders.get(f.parent) or folders.setdefault(f.parent, f.parent.resolve())
+        h.update(f"{folder / f.name}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ctime_ns}\t{st.st_ino}\n".encode())
     return h.hexdigest()[:20]
 
 
@@ -92,11 +92,10 @@ def _read_entry(entry: Path, count: int, size: int, channels: int) -> tuple[torc
 
 def _build_entry(entry: Path, name: str, files: list[Path], size: int, channels: int, skip_bad: bool, chunk: int,
                  workers: int | None, progress: bool) -> tuple[torch.Tensor, list[int]]:
-    """Decode into part files (resuming any finished ones), join them into a new entry, rename it into place."""
+    """Decode into the parts folder (resuming any noted chunks), make it a new entry, rename that into place."""
     parts = entry.with_name(entry.name + ".parts")
-    paths = decode_parts(name, files, size, channels, skip_bad, parts, chunk=chunk, workers=workers,
-                         progress=progress)
-    notes = [read_part(p, with_images=False) for p in paths]
+    decoded, notes = decode_parts(name, files, size, channels, skip_bad, parts, chunk=chunk, workers=workers,
+                                  progress=progress)
     kept = [i for n in notes for i in n.kept]
     decode_notes(name, channels, sum((n.converted for n in notes), Counter()), [b for n in notes for b in n.bad],
                  len(kept))
@@ -105,7 +104,10 @@ def _build_entry(entry: Path, name: str, files: list[Path], size: int, channels:
     tmp.mkdir(parents=True)
     try:
         np.save(tmp / "kept.npy", np.asarray(kept, dtype=np.int64))
-        write_npy(tmp / "images.npy", (len(kept), channels, size, size), (read_part(p).images for p in paths))
+        if len(kept) == len(files):
+            os.rename(decoded, tmp / "images.npy")
+        else:  # the rows of unreadable files are left out
+            _write_rows(open_mapped(decoded), torch.tensor(kept), tmp / "images.npy")
         os.rename(tmp, entry)
     except OSError:
         if not entry.exists():  # not another process that finished the same entry first
@@ -115,6 +117,20 @@ def _build_entry(entry: Path, name: str, files: list[Path], size: int, channels:
     _remove(parts)
     _remove_older_format(entry.parent)
     return open_mapped(entry / "images.npy"), kept
+
+
+def _write_rows(images: torch.Tensor, rows: torch.Tensor, path: Path) -> None:
+    """images[rows] written as a .npy file a block at a time, so that it never holds more than one in memory."""
+    buffer = torch.empty((min(256, len(rows)), *images.shape[1:]), dtype=images.dtype)  # reused: no heap churn
+
+    def blocks():
+        for start in range(0, len(rows), len(buffer)):
+            block = rows[start : start + len(buffer)]
+            torch.index_select(images, 0, block, out=buffer[: len(block)])
+            release_pages(images)
+            yield buffer[: len(block)].numpy()
+
+    write_npy(path, (len(rows), *images.shape[1:]), blocks())
 
 
 def _remove_older_format(cache: Path) -> None:
@@ -127,47 +143,6 @@ def _remove_older_format(cache: Path) -> None:
             _remove(f)
         warnings.warn(f"removed {len(old)} decode-cache files of an older format from {cache} "
                       f"({freed / 2**20:,.0f} MB)", stacklevel=3)
-
-
-def mapped_subset(split: Split, name: str, positions: torch.Tensor) -> Split:
-    """The images at `positions` as a split of its own: for a split mapped from the cache, written (once) into
-    its entry and mapped, so that carving a big split copies nothing into memory; otherwise `split.subset`."""
-    source = mapped_file(split.images)
-    if source is None:
-        return split.subset(name, positions)
-    index = positions.to(torch.int64)
-    path = source.with_name(f"{name}-{hashlib.sha256(index.numpy().tobytes()).hexdigest()[:20]}.npy")
-    shape = (len(index), *split.images.shape[1:])
-    try:
-        images = open_mapped(path)
-    except (OSError, ValueError):  # not written yet, or damaged: written again
-        images = None
-    try:
-        if images is None or tuple(images.shape) != shape:
-            images = _write_subset(split.images, index, path, shape)
-    except (OSError, ValueError) as exc:
-        warnings.warn(f"could not write the decode cache {path} ({exc}); holding {name} in memory", stacklevel=2)
-        return split.subset(name, positions)
-    return Split(name, images, split.labels[index], [split.files[i] for i in index.tolist()], split.class_names)
-
-
-def _write_subset(images: torch.Tensor, index: torch.Tensor, path: Path, shape: tuple[int, ...]) -> torch.Tensor:
-    buffer = torch.empty((min(256, len(index)), *images.shape[1:]), dtype=images.dtype)  # reused: no heap churn
-
-    def blocks():
-        for start in range(0, len(index), len(buffer)):
-            rows = index[start : start + len(buffer)]
-            torch.index_select(images, 0, rows, out=buffer[: len(rows)])
-            release_pages(images)
-            yield buffer[: len(rows)].numpy()
-
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        write_npy(tmp, shape, blocks())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return open_mapped(path)
 
 
 def _remove(path: Path) -> None:

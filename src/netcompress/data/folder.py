@@ -24,10 +24,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import NetcompressError
-from .cache import decode_files, default_cache_dir, mapped_subset
+from .cache import decode_files, default_cache_dir
 from .carve import carve
 from .decode import CHANNEL_MODES
 from .labels import class_names_of, label_from_name, label_index, read_class_names, read_labels_csv
@@ -107,6 +106,12 @@ class ImageFolderData:
         return self._splits[name]
 
     def _decode(self, name: str, labeled: bool) -> Split:
+        files, labels = self._labeled_files(name, labeled)
+        return self._decode_files(name, files, labels)
+
+    def _labeled_files(self, name: str, labeled: bool) -> tuple[list[Path], list[int]]:
+        """A listing's files and class indices; files without a (known) label stop the run, or with skip_bad are
+        left out with a note."""
         files, raw = self._listings[name]
         index = {n: i for i, n in enumerate(self.class_names)}
         kept, labels, bad = [], [], []
@@ -122,19 +127,33 @@ class ImageFolderData:
                 bad.append(str(exc))
         if bad:
             warnings.warn(f"skipped {len(bad)} unlabeled or mislabeled file(s) in {name}:\n  " + "\n  ".join(bad[:10]),
-                          stacklevel=3)
+                          stacklevel=4)
         if any(y == UNLABELED for y in labels) and any(y != UNLABELED for y in labels):
             raise NetcompressError(f"{self.root}: the {name} split mixes labeled and unlabeled files; keep one kind")
         if not kept:
             raise NetcompressError(self._no_images(name))
-        return decode_files(name, kept, labels, self.class_names, self.image_size,
-                            channels=self.channels, cache_dir=self.cache_dir, skip_bad=self.skip_bad,
-                            progress=self.progress)
+        return kept, labels
+
+    def _decode_files(self, name: str, files: list[Path], labels: list[int]) -> Split:
+        return decode_files(name, files, labels, self.class_names, self.image_size, channels=self.channels,
+                            cache_dir=self.cache_dir, skip_bad=self.skip_bad, progress=self.progress)
 
     def _carve(self) -> dict[str, Split]:
-        source = self._decode(self.source, labeled=True)
-        parts = carve(source.labels.numpy(), self.carved, self.seed)
-        return {name: mapped_subset(source, name, torch.from_numpy(positions)) for name, positions in parts.items()}
+        """The carved splits and the rest of training, from one decode of the source in carve order (training's
+        files, then validation's, then testing's): each split is a range of the cache's rows, mapped, not copied.
+        The carve is drawn from the listing's labels, so an image that fails to decode (skip_bad) leaves a gap in
+        its split rather than moving the others."""
+        files, labels = self._labeled_files(self.source, labeled=True)
+        parts = carve(np.asarray(labels, dtype=np.int64), self.carved, self.seed)
+        order = np.concatenate(list(parts.values())).tolist()
+        whole = self._decode_files(self.source, [files[i] for i in order], [labels[i] for i in order])
+        bounds = np.cumsum([0, *map(len, parts.values())])
+        skipped = np.asarray([i for i, _ in whole.skipped], dtype=np.int64)
+        rows = (bounds - np.searchsorted(skipped, bounds)).tolist()  # positions -> rows of the decoded images
+        bounds = bounds.tolist()
+        return {name: Split(name, whole.images[ra:rb], whole.labels[ra:rb], whole.files[ra:rb], whole.class_names,
+                            tuple((i - a, f) for i, f in whole.skipped if a <= i < b))
+                for name, a, b, ra, rb in zip(parts, bounds[:-1], bounds[1:], rows[:-1], rows[1:])}
 
     def _too_few(self, split: str, images: int) -> str:
         if split == "training":

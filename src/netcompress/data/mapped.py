@@ -35,9 +35,19 @@ def write_npy(path: Path, shape: tuple[int, ...], blocks: Iterable[np.ndarray]) 
         raise ValueError(f"{path}: wrote {written} rows of {shape[0]}")
 
 
-def open_mapped(path: Path) -> torch.Tensor:
-    """A uint8 .npy file as a read-only tensor over a memory map of it; ValueError when the file is not one whole
-    C-ordered uint8 array (a short, long or damaged file)."""
+def allocate_npy(path: Path, shape: tuple[int, ...]) -> int:
+    """A new uint8 .npy file of `shape`, its rows not yet written (zeros, and no disk used until they are); the
+    byte offset of its data."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
+        offset = f.tell()
+        f.truncate(offset + int(np.prod(shape)))
+    return offset
+
+
+def npy_layout(path: Path) -> tuple[tuple[int, ...], int]:
+    """The shape of the uint8 array a .npy file holds and the byte offset of its data; ValueError when the file is
+    not one whole C-ordered uint8 array (a short, long or damaged file)."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
@@ -45,10 +55,18 @@ def open_mapped(path: Path) -> torch.Tensor:
         shape, fortran, dtype = read_header(f)
         offset = f.tell()
         size = os.fstat(f.fileno()).st_size
-        if fortran or dtype != np.uint8 or not shape or size != offset + int(np.prod(shape)):
-            raise ValueError(f"{path}: {size} bytes do not hold a uint8 array of shape {shape}")
-        if not np.prod(shape):
-            return torch.zeros(shape, dtype=torch.uint8)
+    if fortran or dtype != np.uint8 or not shape or size != offset + int(np.prod(shape)):
+        raise ValueError(f"{path}: {size} bytes do not hold a uint8 array of shape {shape}")
+    return tuple(shape), offset
+
+
+def open_mapped(path: Path) -> torch.Tensor:
+    """A uint8 .npy file as a read-only tensor over a memory map of it; ValueError when the file is not one whole
+    C-ordered uint8 array (a short, long or damaged file)."""
+    shape, offset = npy_layout(path)
+    if not np.prod(shape):
+        return torch.zeros(shape, dtype=torch.uint8)
+    with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     array = np.ndarray(shape, np.uint8, buffer=mm, offset=offset)
     with warnings.catch_warnings():  # the array is read-only by design: nothing writes into a split's images
