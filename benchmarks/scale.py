@@ -6,7 +6,8 @@ decodes each into a fresh cache at 96 px in one process, then trains StudentNet 
 whose peak RSS (getrusage) is the figure that must stay bounded: the cache is memory-mapped, so it should not
 grow with the dataset. A full epoch at the largest size runs for half an hour, long enough for a shared
 machine's speed to drift; so training speed is also sampled side by side: --rounds rounds that each train
-one epoch on --sample images of every size, spread over its whole training file (every k-th row, shuffled),
+one epoch on --sample images of every size, spread over its whole training file (every k-th row, shuffled;
+other rows each round, so that a file larger than the page cache is read from the disk as in a full epoch),
 and the median of each size is the figure compared. Targets: decode time per image and training images/s
 within 1.5x and 20% from the smallest size to the largest, peak RSS under 2 GB at 200,000 images.
 Prints a table and writes JSON and a plot. The folders go under --root (a temporary folder by default),
@@ -69,7 +70,8 @@ torch.set_num_threads(int(sys.argv[4]))
 data = nc.ImageFolderData(sys.argv[1], int(sys.argv[3]), cache_dir=sys.argv[2], progress=False)
 train = data.split("training")
 step = max(1, len(train) // int(sys.argv[6]))  # a view: every step-th row of the mapped file, not a copy
-sample = nc.Split("sample", train.images[::step], train.labels[::step], train.files[::step], train.class_names)
+rows = slice(int(sys.argv[7]) % step, None, step)  # each round other rows: none of them read before
+sample = nc.Split("sample", train.images[rows], train.labels[rows], train.files[rows], train.class_names)
 with tempfile.TemporaryDirectory() as tmp:
     torch.manual_seed(0)
     nc.fit(nc.new_model("studentnet", data.class_names, int(sys.argv[3])), sample, epochs=1,
@@ -138,7 +140,7 @@ def sample_speeds(jobs: list[tuple[Path, Path]], args) -> list[list[float]]:
     for r in range(args.rounds):
         for i, (folder, cache) in enumerate(jobs):
             speeds[i].append(run_job(SAMPLE, folder, cache, args.image_size, args.threads, args.batch_size,
-                                     args.sample)["images_per_second"])
+                                     args.sample, r)["images_per_second"])
             print(f"  round {r + 1}: {folder.name} {speeds[i][-1]:.1f} img/s", file=sys.stderr)
     return speeds
 

@@ -221,3 +221,43 @@ def test_a_cache_that_cannot_be_written_decodes_in_memory(tmp_path):
     assert mapped_file(train.images) is None
     for name in ("training", "validation", "testing"):
         assert torch.equal(memory.split(name).images, mapped.split(name).images), name
+
+
+def resident_pages(tensor: torch.Tensor, row: int) -> list[bool]:
+    """Which pages of a mapped tensor's row are in the page cache (mincore)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    start = tensor.data_ptr() + row * tensor.stride(0) * tensor.element_size()
+    aligned = start - start % mmap.PAGESIZE
+    length = start + tensor[0].numel() - aligned
+    vec = (ctypes.c_ubyte * ((length + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+    assert libc.mincore(ctypes.c_void_p(aligned), ctypes.c_size_t(length), vec) == 0, ctypes.get_errno()
+    return [bool(v & 1) for v in vec]
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="page-cache control is Linux's")
+def test_prefetch_reads_exactly_the_rows_asked_for(tmp_path):
+    """The rows of the next batch are requested from the disk ahead; the view's offset and stride are honoured."""
+    from netcompress.data.mapped import open_mapped, prefetch_rows, release_pages, write_npy
+
+    path = tmp_path / "rows.npy"
+    rows = np.random.default_rng(0).integers(0, 256, (40, 3, 64, 64), dtype=np.uint8)  # 12 KB a row
+    write_npy(path, rows.shape, [rows])
+    os.sync()
+    images = open_mapped(path)
+    view = images[1::2]  # a carved range or a strided sample: rows 1, 3, 5, ... of the file
+    release_pages(images)
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    if any(resident_pages(view, 9)):
+        pytest.skip("this file system keeps the file's pages in memory")
+    prefetch_rows(view, torch.tensor([3, 15]))
+    deadline = time.monotonic() + 5
+    while not all(resident_pages(view, 3) + resident_pages(view, 15)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(resident_pages(view, 3)) and all(resident_pages(view, 15))
+    assert not any(resident_pages(view, 9)) and not any(resident_pages(images, 11))
+    assert torch.equal(view[3], torch.from_numpy(rows[7])) and torch.equal(view[15], torch.from_numpy(rows[31]))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NetcompressError
-from .mapped import release_pages
+from .mapped import prefetch_rows, release_pages
 from .mix import mix_batch
 from .split import Split, to_float
 
@@ -132,12 +132,14 @@ def iterate_batches(
     rank, ranks = shard
     if ranks > 1 and generator is not None:  # each rank augments its own images with its own draws
         generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)) + rank)
+    prefetch_rows(split.images, order[:batch_size])
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         if shuffle and len(idx) == 1 and start > 0:
             break  # a training batch of one image breaks BatchNorm; it is drawn again next epoch
         x = to_float(split.images[idx].to(device, non_blocking=True))
         release_pages(split.images)  # a mapped split's pages leave this process once read: RSS stays bounded
+        prefetch_rows(split.images, order[start + batch_size : start + 2 * batch_size])  # read while this one trains
         labels, soft = split.labels[idx].to(device, non_blocking=True), None
         if augment is not None:
             x = augment_batch(x, augment, generator)

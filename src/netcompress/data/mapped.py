@@ -4,7 +4,9 @@ RAM of the batches being read, not of the dataset.
 A mapped tensor reads its pages from the file on first touch; the kernel keeps them in the page cache, but
 they also count in this process's resident set until `release_pages` drops them from it, which batch
 iteration does after every batch: a whole epoch over 200,000 images at 96 px (5.5 GB) then stays within
-a few batches of resident memory. The mapping is read-only: writing into such a tensor is an error.
+a few batches of resident memory. Batch iteration also asks for the next batch's rows ahead (`prefetch_rows`),
+so that a dataset larger than the page cache is read from the disk while the current batch trains rather
+than image by image when it is gathered. The mapping is read-only: writing into such a tensor is an error.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-_MAPS: dict[int, tuple[weakref.ref, Path]] = {}  # storage address -> (its mmap, its file)
+_MAPS: dict[int, tuple[weakref.ref, Path, int]] = {}  # storage address -> (its mmap, its file, data offset in it)
 
 
 def write_npy(path: Path, shape: tuple[int, ...], blocks: Iterable[np.ndarray]) -> None:
@@ -73,7 +75,7 @@ def open_mapped(path: Path) -> torch.Tensor:
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensor = torch.from_numpy(array)
     address = tensor.untyped_storage().data_ptr()
-    _MAPS[address] = (weakref.ref(mm), Path(path))
+    _MAPS[address] = (weakref.ref(mm), Path(path), offset)
     weakref.finalize(mm, _forget, address)
     return tensor
 
@@ -90,10 +92,31 @@ def mapped_file(tensor: torch.Tensor) -> Path | None:
     return found[1] if found and found[0]() is not None else None
 
 
+def _live_map(tensor: torch.Tensor) -> tuple[mmap.mmap, int] | None:
+    """The open mmap a tensor (or a view of it) reads from and where its storage starts in it; None otherwise."""
+    found = _MAPS.get(tensor.untyped_storage().data_ptr()) if tensor.device.type == "cpu" else None
+    mm = found[0]() if found else None
+    return None if mm is None or mm.closed else (mm, found[2])
+
+
+def prefetch_rows(tensor: torch.Tensor, rows: torch.Tensor) -> None:
+    """Ask the kernel to start reading rows `rows` of a mapped tensor (a view of one included) into the page cache,
+    without waiting for them; nothing for a tensor in memory or an empty `rows`."""
+    found = _live_map(tensor) if len(rows) else None
+    if found is None or not hasattr(mmap, "MADV_WILLNEED"):
+        return
+    mm, offset = found
+    first = offset + tensor.data_ptr() - tensor.untyped_storage().data_ptr()  # the view's first row in the map
+    length = tensor[0].numel()
+    for row in rows.tolist():
+        start = first + row * tensor.stride(0)
+        aligned = start - start % mmap.PAGESIZE
+        mm.madvise(mmap.MADV_WILLNEED, aligned, start + length - aligned)
+
+
 def release_pages(tensor: torch.Tensor) -> None:
     """Drop a mapped tensor's pages from this process's resident set (they stay in the page cache, and the
     next read maps them again); nothing for a tensor in memory."""
-    found = _MAPS.get(tensor.untyped_storage().data_ptr()) if tensor.device.type == "cpu" else None
-    mm = found[0]() if found else None
-    if mm is not None and not mm.closed:
-        mm.madvise(mmap.MADV_DONTNEED)
+    found = _live_map(tensor)
+    if found is not None:
+        found[0].madvise(mmap.MADV_DONTNEED)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..data.augment import AugmentConfig, Batch, shard_order, warp, warp_params
-from ..data.mapped import release_pages
+from ..data.mapped import prefetch_rows, release_pages
 from ..data.mix import cutmix_boxes, mix_pairs
 from ..data.split import Split, to_float
 from ..errors import NetcompressError
@@ -187,6 +187,8 @@ class TeacherViews:
             if len(index) == 1 and start > 0:
                 break  # a training batch of one image breaks BatchNorm
             images, soft = self.render(split, index, view[index], device)
+            upcoming = order[start + batch_size:start + 2 * batch_size]  # read while this batch trains
+            prefetch_rows(split.images, torch.cat([upcoming, self.partners[upcoming, view[upcoming]]]))
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield Batch(images, split.labels[index].to(device), index, soft,
