@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/netcompress run recipes/demo.toml --set data.root=$(DATA) --out $(OUT) --target-bytes 300000
 
-# the default suite, a worker per usable core (8 minutes on 2 idle cores); test-slow adds real training,
+# the default suite, a worker per usable core (2.5 minutes on 2 idle cores); test-slow adds real training,
 # killed runs, torchrun, the deployment exports and the examples, one at a time (they time and kill processes)
 test: install
 	$(BIN)/python -m pytest -q -m "not slow" -n $(shell nproc)
