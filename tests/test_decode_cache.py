@@ -132,6 +132,24 @@ def test_a_killed_decode_resumes_and_ends_identical(tmp_path, monkeypatch):
     assert not list(cache.glob("*.parts")) and not list(cache.glob("*.tmp*"))
 
 
+def test_two_processes_decoding_the_same_files_agree(tmp_path):
+    """Both write into one image file (the same bytes); whichever finishes second maps the first's entry."""
+    files = make_images(tmp_path / "d", 40)
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen([sys.executable, "-c", KILLED_DECODE, str(cache), *map(str, files)],
+                              env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fresh, _ = decode_images("fresh", files, 24, 3, False, False)
+        with_entry = decode(files, cache, workers=1, chunk=4)
+    assert torch.equal(with_entry.images, torch.from_numpy(fresh))
+    assert len(list(cache.iterdir())) == 1 and not list(cache.glob("*.parts"))
+
+
 @pytest.mark.parametrize("damage", ["truncated images", "garbage header", "kept out of range", "no kept file"])
 def test_a_damaged_cache_is_decoded_again(tmp_path, damage):
     files = make_images(tmp_path / "d", 12)

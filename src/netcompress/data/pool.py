@@ -38,7 +38,7 @@ def read_ahead(files: list[str]) -> None:
         return
     for f in files:
         try:
-            fd = os.open(f, os.O_RDONLY)
+            fd = os.open(f, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO put in a file's place never blocks
         except OSError:
             continue  # the decode itself says what is wrong with the file
         try:
@@ -85,18 +85,34 @@ def _noted(path: Path) -> bool:
 
 
 def _images_file(parts: Path, shape: tuple[int, ...]) -> tuple[Path, int]:
-    """parts/images.npy for `shape` and its data offset: the one an interrupted decode left, else a new one (and
-    the notes of any other are void)."""
+    """parts/images.npy for `shape` and its data offset: the one an interrupted or concurrent decode of the same
+    files made, else a new one. A new file appears whole and only where none is (a link, not a rename), so two
+    processes decoding the same files write into one file, the same bytes, and neither empties the other's."""
     images = parts / "images.npy"
+    damaged = False
     try:
         found, offset = npy_layout(images)
         if found == shape:
             return images, offset
-    except (OSError, ValueError):
+        damaged = True
+    except FileNotFoundError:
         pass
-    for stale in parts.glob("*.npz"):
-        stale.unlink()
-    return images, allocate_npy(images, shape)
+    except (OSError, ValueError):
+        damaged = True
+    tmp = parts / f"images.npy.tmp{os.getpid()}"
+    offset = allocate_npy(tmp, shape)
+    try:
+        if damaged:
+            os.replace(tmp, images)
+        else:
+            os.link(tmp, images)
+    except FileExistsError:  # another process made it first: its file, its notes
+        return images, npy_layout(images)[1]
+    finally:
+        tmp.unlink(missing_ok=True)
+    for stale in parts.glob("*.npz"):  # notes of rows that the new file does not hold
+        stale.unlink(missing_ok=True)
+    return images, offset
 
 
 def decode_parts(name: str, files: list[Path], size: int, channels: int, skip_bad: bool, parts: Path, *,
