@@ -475,3 +475,20 @@ def test_no_code_runs_whatever_the_file_is_called(name, tmp_path):
     with pytest.raises(nc.NetcompressError, match="objects.npz: a .npz whose arrays are not all numbers"):
         nc.load(tmp_path / "objects.npz", model=MyStudent())
     assert not marker.exists()
+
+
+class ClaimsTwoGigabytes:
+    """An array whose pickle says 2e9 bytes but carries 4: a 400-byte file must not allocate gigabytes."""
+
+    def __reduce__(self):
+        from numpy.core.multiarray import _reconstruct
+
+        return _reconstruct, (np.ndarray, (0,), b"b"), (1, (2_000_000_000,), np.dtype("uint8"), False, b"\0" * 4)
+
+
+def test_a_course_pickle_whose_array_claims_2e9_bytes_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "big.pkl"
+    path.write_bytes(pickle.dumps({"cnn.0.0.weight": (np.float32(0.1), np.float32(0.0), ClaimsTwoGigabytes())},
+                                  protocol=2))
+    with pytest.raises(nc.NetcompressError, match="big.pkl: not a readable course weight pickle .*buffer size"):
+        nc.load(path, model=MyStudent())

@@ -99,6 +99,18 @@ def test_an_image_edited_in_place_with_its_size_and_mtime_kept_is_decoded_again(
     assert int(first.images[0].float().mean()) == 10 and int(second.images[0].float().mean()) == 200
 
 
+@pytest.mark.parametrize("suffix", [".gif", ".tif"])
+def test_a_class_folder_of_only_gif_or_tif_images_is_a_class(tmp_path, suffix):
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        for i in range(10):
+            image = Image.fromarray(np.full((8, 8, 3), 20 * i, np.uint8))
+            image.save(tmp_path / name / f"{i}{suffix if name == 'c' else '.png'}")
+    data = nc.ImageFolderData(tmp_path, 8, progress=False)
+    labels = [data.split(s).labels.tolist() for s in ("training", "validation", "testing")]
+    assert data.class_names == ["a", "b", "c"] and sum(split.count(2) for split in labels) == 10
+
+
 @pytest.mark.parametrize("classes", [10_001, 70_000])
 def test_a_model_of_many_classes_loads_as_it_was_written(tmp_path, classes):
     model = nc.new_model("studentnet", [f"c{i}" for i in range(classes)], 16, widths=[8] * 8)
