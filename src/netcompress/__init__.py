@@ -14,6 +14,7 @@ and leaving its argument as it is:
     same = nc.load("m.safetensors", model=MyNet())                  # re-applies it on a fresh base; no pickle
     nc.quantize(model, nc.QuantConfig(codec="kbit", bits=4, entropy=True)).save("m.ncq")
     print(nc.evaluate(nc.load("m.ncq", model=MyNet()), data, split="validation")["accuracy"])
+    print(nc.deploy(model, data, "deployed", nc.DeployConfig(max_drop=1.0)).chosen)  # fastest file that holds
 
 Layers: compress/ holds pure model -> model transforms (one pruning step, factorize, quantize, fold);
 schedule/ fine-tunes between them (`Finetune`: training settings, teaching, validation, device, run
@@ -48,6 +49,7 @@ from .measure.cost import count_macs, count_parameters, latency_ms
 from .measure.evaluate import evaluate, predict
 from .measure.latency import LatencyConfig, LatencyTarget, Runtime, latency, list_runtimes, register_runtime
 from .models import create_model, list_models, register_model
+from .pipeline.deploy import DeployConfig, Deployment, deploy
 from .schedule import Finetune, factorize_and_finetune, prune_iteratively, quantize
 from .spec import ModelInfo, ModelSpec, PruningRecord, new_model, spec_of
 from .train.distill import DistillConfig, KDLoss, list_kd_losses, register_kd_loss
@@ -69,6 +71,8 @@ __all__ = [
     "quantize", "QuantConfig", "QuantizedModel", "Codec", "register_codec", "list_codecs",
     # files
     "save", "load", "load_state_dict", "export", "export_onnx", "ModelFormat", "register_format", "list_exporters",
+    # deployment: every target x precision measured as it ships, the fastest that keeps its accuracy
+    "deploy", "DeployConfig", "Deployment",
     # measurement
     "evaluate", "predict", "count_parameters", "count_macs", "latency", "LatencyConfig", "LatencyTarget",
     "Runtime", "list_runtimes", "register_runtime", "latency_ms",

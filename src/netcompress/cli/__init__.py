@@ -16,6 +16,7 @@ from ..files import why_not_written
 # importing the verb families registers their commands, listed in this order by --help
 from . import (  # noqa: F401
     compress,
+    deploy,
     formats,
     measure,
     pipeline,

@@ -66,12 +66,14 @@ class Registered(OptionInfo):
 
     Its help is written from the registry when the command line is built, which typer does on every run, after
     every registration: "{names}" in `help` becomes the registered names. A name the registry lacks is refused
-    before the verb runs, naming the option. `also`: values accepted besides the names (e.g. "all").
+    before the verb runs, naming the option. `also`: values accepted besides the names (e.g. "all"). `many`: the
+    value is a comma-separated list of names.
     """
 
-    def __init__(self, default, *decls: str, names: Callable[[], list[str]], help: str, also: tuple[str, ...] = ()):
+    def __init__(self, default, *decls: str, names: Callable[[], list[str]], help: str, also: tuple[str, ...] = (),
+                 many: bool = False):
         super().__init__(default=default, param_decls=decls, help=help, callback=self.check)
-        self.names, self.also, self.flag = names, also, decls[0]
+        self.names, self.also, self.flag, self.many = names, also, decls[0], many
 
     @property
     def help(self) -> str:
@@ -83,8 +85,10 @@ class Registered(OptionInfo):
 
     def check(self, value: str | None) -> str | None:
         choices = [*self.names(), *self.also]
-        if value is not None and value not in choices:
-            raise NetcompressError(f"{self.flag} {value!r}: choose one of {', '.join(choices)}")
+        given = [] if value is None else [v.strip() for v in value.split(",")] if self.many else [value]
+        if any(v not in choices for v in given):
+            raise NetcompressError(f"{self.flag} {value!r}: choose {'from' if self.many else 'one of'} "
+                                   f"{', '.join(choices)}{', comma-separated' if self.many else ''}")
         return value
 
 

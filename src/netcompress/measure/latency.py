@@ -13,13 +13,14 @@ above its median was disturbed and is not reported.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 import torch.nn as nn
@@ -39,13 +40,14 @@ class Runtime:
     tables), and register it."""
 
     name: str = ""
+    package = ""  # the module it imports, if any: it is available when that is installed
     install = ""  # what to install when it is missing
     reads: tuple[str, ...] = ()  # suffixes of graph files it runs as they are (a model loaded from an .onnx file)
     # at one thread it computes on the calling thread, so that thread's CPU time is the work's own time
     computes_on_caller: bool = False
 
     def available(self) -> bool:
-        return True
+        return not self.package or importlib.util.find_spec(self.package.split(".")[0]) is not None
 
     def runs(self, model: nn.Module) -> bool:
         """Whether it runs `model`: any torch module; a model loaded from a graph file only if it reads that file."""
@@ -55,6 +57,10 @@ class Runtime:
     def prepare(self, model: nn.Module, x: torch.Tensor, threads: int, workdir: Path) -> Callable[[], object]:
         """A function that runs one forward pass of `model` on `x` with `threads` threads."""
         raise NotImplementedError
+
+    def prepare_file(self, path: Path, x: torch.Tensor, threads: int) -> Callable[[], object]:
+        """The same for a file it `reads`, opened by the runtime alone (what a deployed program does)."""
+        raise NetcompressError(f"runtime {self.name} runs no files of its own")
 
     def prepare_layer(self, layer: nn.Module, x: torch.Tensor, threads: int, workdir: Path) -> Callable[[], object]:
         """The same for one layer of a latency table (see latency_table.py): nn.Identity, nn.Linear, or
@@ -130,13 +136,10 @@ class OnnxBased(Runtime):
     def prepare_layer(self, layer, x, threads, workdir):
         return self.prepare_file(layer_graph(layer, x, workdir / "layer.onnx"), x, threads)
 
-    def prepare_file(self, path: Path, x: torch.Tensor, threads: int) -> Callable[[], object]:
-        raise NotImplementedError
-
 
 @register_runtime
 class OnnxRuntime(OnnxBased):
-    name = "ort"
+    name, package = "ort", "onnxruntime"
     computes_on_caller = True  # intra_op_num_threads=1: no pool, the session runs in the caller
 
     def prepare_file(self, path, x, threads):
@@ -151,13 +154,9 @@ class OpenVino(OnnxBased):
     NNCF int8) file the model was loaded from, as it is."""
 
     name = "openvino"
+    package = "openvino"
     install = "pip install 'netcompress[openvino]' (the openvino package)"
     reads = (".onnx", ".xml")
-
-    def available(self) -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("openvino") is not None
 
     def prepare_file(self, path, x, threads):
         import openvino as ov
@@ -177,14 +176,10 @@ class ExecuTorch(Runtime):
     PT2E int8) the model was loaded from, as it is."""
 
     name = "executorch"
+    package = "executorch.runtime"
     install = "pip install 'netcompress[executorch]' (the executorch package)"
     reads = (".pte",)
     computes_on_caller = True  # XNNPACK's pool of one thread runs the work on the calling thread
-
-    def available(self) -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("executorch") is not None
 
     def prepare(self, model, x, threads, workdir):
         path = graph_file(model)
@@ -193,6 +188,9 @@ class ExecuTorch(Runtime):
         elif len(x) != getattr(model, "batch", len(x)):
             raise NetcompressError(f"{path} runs batches of {model.batch} images, not {len(x)}; export it with "
                                    f"batch={len(x)}")
+        return self.prepare_file(path, x, threads)
+
+    def prepare_file(self, path, x, threads):
         set_executorch_threads(threads)
         method, inputs = load_method(path), [x.contiguous()]
         return lambda: method.execute(inputs)
@@ -275,33 +273,45 @@ def latency(models: nn.Module | dict[str, nn.Module], config: LatencyConfig | No
     cfg = replace(config or LatencyConfig(), **overrides)
     single = isinstance(models, nn.Module)
     named = {"model": models} if single else dict(models)
-    runtime = get_runtime(cfg.runtime)
-    for model in named.values():
-        if not runtime.runs(model):
+    results = latency_across({name: (model, cfg.runtime) for name, model in named.items()}, cfg)
+    return results["model"] if single else results
+
+
+def latency_across(models: dict[str, tuple[nn.Module, str]], config: LatencyConfig | None = None,
+                   **overrides) -> dict[str, Latency]:
+    """Several models, each on its own runtime (name -> (model, runtime)), timed together in interleaved rounds,
+    so that a burst of load hits every runtime alike; `config.runtime` is not used."""
+    cfg = replace(config or LatencyConfig(), **overrides)
+    runtimes = {name: get_runtime(runtime) for name, (_, runtime) in models.items()}
+    for name, (model, runtime) in models.items():
+        if not runtimes[name].runs(model):
             raise NetcompressError(f"{graph_file(model)} runs on the {' or '.join(runtimes_for(model))} runtime, "
-                                   f"not {cfg.runtime}")
+                                   f"not {runtime}")
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)  # eager PyTorch's threads; the other runtimes set their own
     try:
         with tempfile.TemporaryDirectory() as tmp:
             calls = {}
-            for i, (name, model) in enumerate(named.items()):
+            for i, (name, (model, _)) in enumerate(models.items()):
                 workdir = Path(tmp) / str(i)
                 workdir.mkdir()
-                calls[name] = runtime.prepare(model, torch.rand(spec_of(model).input_shape(cfg.batch)), cfg.threads,
-                                              workdir)
-            results = time_calls(calls, cfg, cpu_clock=cfg.threads == 1 and runtime.computes_on_caller)
+                calls[name] = runtimes[name].prepare(model, torch.rand(spec_of(model).input_shape(cfg.batch)),
+                                                     cfg.threads, workdir)
+            on_caller = {name for name, runtime in runtimes.items() if cfg.threads == 1 and runtime.computes_on_caller}
+            results = time_calls(calls, cfg, cpu_clock=on_caller)
     finally:
         torch.set_num_threads(previous)
-    return results["model"] if single else results
+    return {name: replace(result, runtime=runtimes[name].name) for name, result in results.items()}
 
 
 def time_calls(calls: dict[str, Callable[[], object]], cfg: LatencyConfig,
-               cpu_clock: bool = False) -> dict[str, Latency]:
+               cpu_clock: bool | Collection[str] = False) -> dict[str, Latency]:
     """Time prepared calls (see `Runtime.prepare`) in interleaved rounds: after `cfg.warmup` calls each, every
     round runs each one for `cfg.seconds`, in blocks of at least MIN_BLOCK_SECONDS; a block's time per call
-    is one value. cpu_clock: the calls compute on this thread alone, so its CPU time is timed too and stands in
-    for wall time when other work kept the wall clock from being honest (see `_summarize`)."""
+    is one value. cpu_clock (True, or the names of such calls): the calls compute on this thread alone, so its
+    CPU time is timed too and stands in for wall time when other work kept the wall clock from being honest
+    (see `_summarize`)."""
+    on_caller = set(calls) if cpu_clock is True else set(cpu_clock or ())
     wall: dict[str, list[float]] = {name: [] for name in calls}
     cpu: dict[str, list[float]] = {name: [] for name in calls}
     block = {name: _block_size(run, cfg.warmup) for name, run in calls.items()}
@@ -316,7 +326,8 @@ def time_calls(calls: dict[str, Callable[[], object]], cfg: LatencyConfig,
                 cpu[name].append((time.thread_time() - c0) / block[name])
                 if t0 - start >= cfg.seconds:
                     break
-    return {name: _summarize(wall[name], cpu[name] if cpu_clock else None, block[name], cfg) for name in calls}
+    return {name: _summarize(wall[name], cpu[name] if name in on_caller else None, block[name], cfg)
+            for name in calls}
 
 
 MIN_BLOCK_SECONDS = 1e-3
