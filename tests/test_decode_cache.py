@@ -179,7 +179,7 @@ def test_an_epoch_reads_batches_from_the_map_and_lets_its_pages_go(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data = ImageFolderData(tmp_path / "d", 32, cache_dir=tmp_path / "cache", progress=False)
-        train, val = data.split("training"), data.split("validation")
+        train = data.split("training")
     path = mapped_file(train.images)  # carved splits are ranges of rows of one mapped file, not copies
     assert path is not None and path.parent.parent == tmp_path / "cache"
     assert all(mapped_file(data.split(s).images) == path for s in ("validation", "testing"))
@@ -195,7 +195,7 @@ def test_an_epoch_reads_batches_from_the_map_and_lets_its_pages_go(tmp_path):
 
 def test_carved_splits_hold_the_carved_images_in_file_order(tmp_path):
     """Decoding in carve order changes where the images lie in the cache, not which images a split holds."""
-    files = make_images(tmp_path / "d", 45, seed=3)
+    make_images(tmp_path / "d", 45, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data = ImageFolderData(tmp_path / "d", 16, cache_dir=tmp_path / "cache", progress=False, seed=7)
