@@ -2,7 +2,8 @@
 the fastest whose accuracy holds.
 
 Each artifact is measured itself, not the fp32 model it came from: validation accuracy of the exported file run
-by its runtime (int8 agreement with fp32 ranged 0.77-0.98 across models, so it cannot be assumed), bytes on disk
+by its runtime, and its top-1 agreement with the fp32 model (int8 agreement ranged 0.77-0.98 across models, so
+it cannot be assumed), bytes on disk
 of every file that ships with it, the memory a fresh process adds by loading and running it once, and latency at
 batch 1 and batch N on every installed runtime that reads it, all artifacts timed together in interleaved rounds.
 No runtime wins on every model, so the choice is measured: the fastest at batch 1 whose validation accuracy lies
@@ -24,7 +25,7 @@ from ..formats.load import exported_bytes, get_exporter, list_exporters
 from ..formats.load import export as export_model
 from ..formats.load import graph_file, load
 from ..measure.cost import count_macs, count_parameters
-from ..measure.evaluate import evaluate
+from ..measure.evaluate import evaluate, predict
 from ..measure.latency import LatencyConfig, consistent, get_runtime, latency_across, list_runtimes
 from ..measure.memory import peak_memory_mb
 from ..process import log
@@ -104,6 +105,7 @@ def deploy(model: nn.Module, data, out: str | Path, config: DeployConfig | None 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fp32_accuracy = evaluate(model, data, "validation", device="cpu")["accuracy"]
+    fp32_top1 = predict(model, data, "validation", device="cpu").argmax(1)
     params, macs = count_parameters(model), count_macs(model)
     built, failed = {}, {}
     for target in cfg.chosen_targets():
@@ -119,12 +121,14 @@ def deploy(model: nn.Module, data, out: str | Path, config: DeployConfig | None 
     for (target, precision), path in built.items():
         loaded = load(path)
         accuracy = evaluate(loaded, data, "validation", device="cpu")["accuracy"]
+        agreement = (predict(loaded, data, "validation", device="cpu").argmax(1) == fp32_top1).float().mean()
         for runtime in runtimes_reading(target):
             artifacts.append(Artifact(
                 name=f"{target} {precision} on {runtime}", stage="deploy", file=path.name, format=target,
                 precision=precision, runtime=runtime, file_bytes=exported_bytes(target, path), params=params,
                 macs=macs, val_accuracy=accuracy,
-                details={"drop_points": round(100 * (fp32_accuracy - accuracy), 2)}))
+                details={"drop_points": round(100 * (fp32_accuracy - accuracy), 2),
+                         "agreement": round(float(agreement), 4)}))
     artifacts = _timed(artifacts, out, model, data, cfg)
     if cfg.memory:
         artifacts = [_with_memory(a, out, spec_of(model).input_shape(1)) for a in artifacts]
