@@ -52,6 +52,10 @@ class ModelFormat:
         """Every file an export to `path` wrote, which must ship together: what its size on disk counts."""
         return [path]
 
+    # the int8 kinds it writes, by name, with the export options of each (`export(..., int8=True, **options)`);
+    # `deploy` builds and measures every one
+    int8_variants: dict[str, dict] = {"int8": {}}
+
 
 _READERS: dict[str, ModelFormat] = {}
 _EXPORTERS: dict[str, ModelFormat] = {}
@@ -197,9 +201,10 @@ class Quantized(ModelFormat):
 
 @register_format
 class Onnx(ModelFormat):
-    """fp32, or static int8 (QDQ) for ONNX Runtime with int8=True and `data` to calibrate on."""
+    """fp32, or static int8 (QDQ or QOperator) for ONNX Runtime with int8=True and `data` to calibrate on."""
 
     name, suffixes = "onnx", (".onnx",)
+    int8_variants = {"int8 qdq": {"quant_format": "qdq"}, "int8 qoperator": {"quant_format": "qoperator"}}
 
     def load(self, path, model, verify):
         return load_onnx(path, verify=verify)

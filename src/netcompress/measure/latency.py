@@ -162,9 +162,14 @@ class OpenVino(OnnxBased):
         import openvino as ov
 
         core = ov.Core()
-        compiled = core.compile_model(core.read_model(str(path)), "CPU",
-                                      {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                       "NUM_STREAMS": 1})
+        try:
+            compiled = core.compile_model(core.read_model(str(path)), "CPU",
+                                          {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                           "NUM_STREAMS": 1})
+        except RuntimeError as exc:  # OpenVINO's own errors: an operator it lacks (ONNX Runtime's QLinear kinds)
+            reason = next((line for line in str(exc).splitlines() if line.strip() and "Exception from" not in line),
+                          "no reason given")
+            raise NetcompressError(f"{path}: OpenVINO cannot run it ({reason.strip()[:300]})") from None
         request = compiled.create_infer_request()
         array = x.numpy()
         return lambda: request.infer([array])

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from ..errors import NetcompressError
@@ -38,7 +39,8 @@ PRECISIONS = ("fp32", "int8")
 @dataclass(frozen=True)
 class DeployConfig:
     """What to build and how to choose. targets: export targets (`list_exporters()`); empty: every one that an
-    installed runtime reads. max_drop: validation accuracy points an artifact may lose against the fp32 model.
+    installed runtime reads. precisions: fp32 and/or int8 (every int8 kind a format writes, e.g. ONNX's QDQ and
+    QOperator). max_drop: validation accuracy points an artifact may lose against the fp32 model.
     batch: the second latency batch (the first is 1). threads: the runtimes' threads when timing."""
 
     targets: tuple[str, ...] = ()
@@ -78,7 +80,7 @@ class Deployment:
     chosen: Artifact | None
     config: DeployConfig
     why_none: str = ""
-    failed: dict = field(default_factory=dict)  # target precision -> why it could not be built
+    failed: dict = field(default_factory=dict)  # "target precision [on runtime]" -> why it was not built or run
 
     def to_dict(self) -> dict:
         return {"fp32_val_accuracy": self.fp32_accuracy, "chosen": self.chosen.name if self.chosen else None,
@@ -109,11 +111,11 @@ def deploy(model: nn.Module, data, out: str | Path, config: DeployConfig | None 
     params, macs = count_parameters(model), count_macs(model)
     built, failed = {}, {}
     for target in cfg.chosen_targets():
-        for precision in cfg.precisions:
-            path = out / f"{target}-{precision}{get_exporter(target).suffixes[0]}"
+        for precision, options in _variants(target, cfg).items():
+            path = out / f"{target}-{precision.replace(' ', '-')}{get_exporter(target).suffixes[0]}"
             log(f"deploy: {target} {precision} -> {path}")
             try:
-                built[(target, precision)] = _export(model, target, precision, path, data, cfg)
+                built[(target, precision)] = export_model(model, target, path, data, **options)
             except NetcompressError as exc:
                 failed[f"{target} {precision}"] = str(exc)
                 log(f"deploy: {target} {precision} not built: {exc}")
@@ -123,6 +125,10 @@ def deploy(model: nn.Module, data, out: str | Path, config: DeployConfig | None 
         accuracy = evaluate(loaded, data, "validation", device="cpu")["accuracy"]
         agreement = (predict(loaded, data, "validation", device="cpu").argmax(1) == fp32_top1).float().mean()
         for runtime in runtimes_reading(target):
+            why = _cannot_run(path, runtime, spec_of(model).input_shape(1))
+            if why:
+                failed[f"{target} {precision} on {runtime}"] = why
+                continue
             artifacts.append(Artifact(
                 name=f"{target} {precision} on {runtime}", stage="deploy", file=path.name, format=target,
                 precision=precision, runtime=runtime, file_bytes=exported_bytes(target, path), params=params,
@@ -137,10 +143,22 @@ def deploy(model: nn.Module, data, out: str | Path, config: DeployConfig | None 
     return deployment
 
 
-def _export(model, target: str, precision: str, path: Path, data, cfg: DeployConfig, **options) -> Path:
-    if precision == "int8":
-        options.update(int8=True, calibration_images=cfg.calibration_images)
-    return export_model(model, target, path, data, **options)
+def _variants(target: str, cfg: DeployConfig) -> dict[str, dict]:
+    """The export options of each precision to build: fp32, and each int8 kind the format writes."""
+    variants = {"fp32": {}} if "fp32" in cfg.precisions else {}
+    if "int8" in cfg.precisions:
+        variants.update({name: {"int8": True, "calibration_images": cfg.calibration_images, **options}
+                         for name, options in get_exporter(target).int8_variants.items()})
+    return variants
+
+
+def _cannot_run(path: Path, runtime: str, shape: tuple[int, ...]) -> str:
+    """Why `runtime` cannot run the file, or "": a runtime that reads a suffix may still lack one of its operators."""
+    try:
+        get_runtime(runtime).prepare_file(path, torch.rand(shape), 1)()
+    except NetcompressError as exc:
+        return str(exc)
+    return ""
 
 
 def _with_memory(artifact: Artifact, out: Path, shape: tuple[int, ...]) -> Artifact:
@@ -162,8 +180,9 @@ def _timed(artifacts: list[Artifact], out: Path, model, data, cfg: DeployConfig)
         for a in artifacts:
             fixed = getattr(loaded[a.file], "batch", None)
             if fixed is not None and fixed != cfg.batch and a.file not in at_batch:
-                again = _export(model, a.format, a.precision, Path(tmp) / f"b{cfg.batch}-{a.file}", data, cfg,
-                                batch=cfg.batch)
+                options = _variants(a.format, cfg)[a.precision]
+                again = export_model(model, a.format, Path(tmp) / f"b{cfg.batch}-{a.file}", data, **options,
+                                     batch=cfg.batch)
                 at_batch[a.file] = load(again)
         one = latency_across({a.name: (loaded[a.file], a.runtime) for a in artifacts}, timing, batch=1)
         many = latency_across({a.name: (at_batch.get(a.file, loaded[a.file]), a.runtime) for a in artifacts}, timing,
