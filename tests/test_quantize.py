@@ -310,6 +310,23 @@ def test_onnx_fp32_matches_pytorch_and_int8_runs(course_student_32, food_images,
     assert int8_path.stat().st_size < path.stat().st_size / 2.5
 
 
+def test_onnx_int8_in_qoperator_form_writes_int8_operators_and_agrees(course_student_32, food_images, food_32,
+                                                                      tmp_path):
+    import onnx
+
+    from netcompress.formats.onnx import load_onnx
+
+    path = nc.export_onnx(course_student_32, tmp_path / "q.onnx", int8=True, calibration=food_32,
+                          calibration_images=64, quant_format="qoperator")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "QLinearConv" in ops and "DequantizeLinear" in ops and "Conv" not in ops
+    int8_net = load_onnx(path, threads=1)
+    assert nc.spec_of(int8_net).info.exported["onnx_int8"]["quant_format"] == "qoperator"
+    assert (int8_net(food_images).argmax(1) == course_student_32(food_images).argmax(1)).float().mean() >= 0.7
+    with pytest.raises(nc.NetcompressError, match="quant_format 'qop': choose one of qdq, qoperator"):
+        nc.export_onnx(course_student_32, tmp_path / "x.onnx", int8=True, calibration=food_32, quant_format="qop")
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 def test_cli_verbs_have_examples_and_open_every_format(course_ckpt, tmp_path):

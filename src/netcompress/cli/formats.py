@@ -55,6 +55,8 @@ def export(
     calibration: int = typer.Option(256, "--calibration", help="Training images used to calibrate int8 ranges."),
     method: Optional[str] = typer.Option(None, "--calibration-method", help="ONNX: minmax (default), entropy or "
                                          "percentile."),
+    quant_format: Optional[str] = typer.Option(None, "--quant-format", help="ONNX int8: qdq (default) or qoperator; "
+                                               "`netcompress deploy` measures which is faster."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: calibration images (training split) "
                                                              "and, when given, fp32 vs exported validation accuracy."),
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="Height and width dynamic too (the batch always "
@@ -79,6 +81,8 @@ def export(
     options = {"int8": True, "calibration_images": calibration} if int8 else {}
     if int8 and method is not None:
         options["calibration_method"] = method
+    if int8 and quant_format is not None:
+        options["quant_format"] = quant_format
     if dynamic_size:
         options["dynamic_size"] = True
     set_threads(threads)
