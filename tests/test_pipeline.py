@@ -13,6 +13,7 @@ from netcompress.errors import NetcompressError
 from netcompress.pipeline.artifact import DECODED, Artifact
 from netcompress.pipeline.recipe import load_recipe
 from netcompress.pipeline.budgets import choose
+from netcompress.pipeline.report import write_report
 from netcompress.pipeline.stages import run_recipe
 
 TINY = """
@@ -391,3 +392,32 @@ def test_a_latency_budget_measures_every_candidate_and_reports_the_choice(jpeg_d
     assert all(timed[t["name"]]["median_ms"] == t["median_ms"] for t in budget["tried"])
     html = (out / "report.html").read_text()
     assert ">Latency budget<" in html and ">Latency against accuracy<" in html and "ms @1 ORT" in html
+
+
+@pytest.mark.slow
+def test_deployed_files_are_candidates_with_the_bytes_and_latency_of_the_file_that_runs(jpeg_dataset, tmp_path):
+    recipe = load_recipe(one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset,
+                                          "[deploy]\nrun = true\ntargets = ['onnx']\ncalibration_images = 8\n"
+                                          "batch = 4\n"))
+    out = tmp_path / "run"
+    summary = run_recipe(recipe, out, torch.device("cpu"), target_bytes=10**9, progress=False)
+    deployed = [Artifact.from_dict(a) for a in summary["artifacts"] if a["stage"] == "deploy"]
+    student = next(Artifact.from_dict(a) for a in summary["artifacts"] if a["stage"] == "student")
+    assert {a.precision for a in deployed} == {"fp32", "int8 qdq", "int8 qoperator"}
+    for a in deployed:
+        assert a.name.startswith(student.name + ", onnx ") and a.details["source"] == student.name
+        assert a.file_bytes == (out / a.file).stat().st_size and a.file.startswith("deploy/00-student/")
+        assert f"{a.runtime}@1" in a.latency_ms and f"{a.runtime}@4" in a.latency_ms
+    verdicts = [a.details["deploy"] for a in deployed]
+    assert verdicts.count("fastest within the drop") <= 1 and all(
+        v in ("fastest within the drop", "", "no latency figure") or "points (limit 1)" in v for v in verdicts)
+    timed = json.loads((out / "latency" / "ort-b1-t1.json").read_text())  # with the fp32 models, at the end
+    assert {a.name for a in deployed if a.runtime == "ort"} <= timed.keys() and student.name in timed
+    int8 = min((a for a in deployed if a.precision != "fp32"), key=lambda a: a.file_bytes)
+    assert int8.file_bytes < student.file_bytes / 2  # int8 files are the small ones: a byte budget can pick them
+    small = run_recipe(recipe, out, torch.device("cpu"), target_bytes=student.file_bytes // 2, progress=False)
+    chosen = next(a for a in small["artifacts"] if a["name"] == small["budget"]["chosen"])
+    assert chosen["stage"] == "deploy" and chosen["precision"] != "fp32"
+    _, html_path = write_report(out)
+    html = html_path.read_text()
+    assert ">Deployment<" in html and "int8 qoperator" in html and (out / "deploy_latency_vs_accuracy.png").exists()

@@ -111,7 +111,7 @@ def deploy(model: nn.Module, data, out: str | Path, config: DeployConfig | None 
     params, macs = count_parameters(model), count_macs(model)
     built, failed = {}, {}
     for target in cfg.chosen_targets():
-        for precision, options in _variants(target, cfg).items():
+        for precision, options in export_variants(target, cfg).items():
             path = out / f"{target}-{precision.replace(' ', '-')}{get_exporter(target).suffixes[0]}"
             log(f"deploy: {target} {precision} -> {path}")
             try:
@@ -143,7 +143,7 @@ def deploy(model: nn.Module, data, out: str | Path, config: DeployConfig | None 
     return deployment
 
 
-def _variants(target: str, cfg: DeployConfig) -> dict[str, dict]:
+def export_variants(target: str, cfg: DeployConfig) -> dict[str, dict]:
     """The export options of each precision to build: fp32, and each int8 kind the format writes."""
     variants = {"fp32": {}} if "fp32" in cfg.precisions else {}
     if "int8" in cfg.precisions:
@@ -180,7 +180,7 @@ def _timed(artifacts: list[Artifact], out: Path, model, data, cfg: DeployConfig)
         for a in artifacts:
             fixed = getattr(loaded[a.file], "batch", None)
             if fixed is not None and fixed != cfg.batch and a.file not in at_batch:
-                options = _variants(a.format, cfg)[a.precision]
+                options = export_variants(a.format, cfg)[a.precision]
                 again = export_model(model, a.format, Path(tmp) / f"b{cfg.batch}-{a.file}", data, **options,
                                      batch=cfg.batch)
                 at_batch[a.file] = load(again)

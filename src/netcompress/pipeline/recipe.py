@@ -13,6 +13,8 @@
     [[quantize]]  one table per storage codec (QuantConfig's fields), applied to the student and every
                   pruned or factorized model
     [compare_arch] run = true: plain vs depthwise-pointwise vs group convolution at budget_params
+    [deploy]      run = true: the deployment files (targets x precisions) of the students (models = "all": of
+                  every fp32 candidate), each measured as it ships and a candidate for the budgets
     [evaluate]    test: report the test split once, for the chosen models; budgets: byte budgets to choose for
 
 Each section maps onto the library's configs (TrainConfig, DistillConfig, PruneConfig,
@@ -47,6 +49,7 @@ from ..formats.integrity import MAX_MODEL_BYTES
 from ..models.registry import create_model, model_kwargs
 from ..train.distill import DistillConfig
 from ..train.fit import TrainConfig
+from .deploy import PRECISIONS, DeployConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -256,6 +259,25 @@ class CompareArchSection:
 
 
 @dataclass(frozen=True)
+class DeploySection:
+    """Deployment files (`deploy`) of the students, or of every fp32 candidate: each file a candidate for the
+    budgets, with the bytes and latency of the file that runs."""
+
+    run: bool = False  # the section alone does nothing: set run = true
+    models: str = "students"  # or "all": the pruned and factorized models too
+    targets: list[str] = field(default_factory=list)  # empty: every export target an installed runtime reads
+    precisions: list[str] = field(default_factory=lambda: list(PRECISIONS))
+    calibration_images: int = 256
+    batch: int = 64
+
+    def configs(self, seed: int) -> tuple[DeployConfig]:
+        if self.models not in ("students", "all"):
+            raise NetcompressError(f"models = {self.models!r}: choose students or all")
+        return (DeployConfig(targets=tuple(self.targets), precisions=tuple(self.precisions), batch=self.batch,
+                             calibration_images=self.calibration_images),)
+
+
+@dataclass(frozen=True)
 class EvaluateSection:
     test: bool = True
     budgets: list[int] = field(default_factory=list)  # file sizes in bytes: the best model within each is chosen
@@ -276,6 +298,7 @@ class Recipe:
     lowrank: tuple[LowRankSection, ...] = ()
     quantize: tuple[QuantizeSection, ...] = ()
     compare_arch: CompareArchSection = field(default_factory=CompareArchSection)
+    deploy: DeploySection = field(default_factory=DeploySection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     seed: int = 0
 
@@ -283,7 +306,7 @@ class Recipe:
 SECTIONS = {"data": DataSection, "teacher": TeacherSection, "student": StudentSection,
             "student_variant": StudentVariantSection, "prune": PruneSection,
             "lowrank": LowRankSection, "quantize": QuantizeSection, "compare_arch": CompareArchSection,
-            "evaluate": EvaluateSection}
+            "deploy": DeploySection, "evaluate": EvaluateSection}
 LISTS = ("student_variant", "prune", "lowrank", "quantize")  # [[prune]] etc.: any number of tables
 
 

@@ -276,6 +276,7 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
                    ("img", plot_latency_vs_accuracy(points, run_dir / "latency_vs_accuracy.png", runtime,
                                                     target["ms"] if target else None,
                                                     latency_budget["chosen"] if latency_budget else None, images))]
+    blocks += _deploy_blocks([a for a in records if a.stage == "deploy"], run_dir, images)
     if latency_budget:
         blocks += [("h2", "Latency budget"),
                    ("p", f"At most {latency_budget['target']['ms']} ms per call on {runtime}: chose "
@@ -309,6 +310,34 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     md = atomic_write_text(run_dir / "report.md", _markdown(blocks))
     html = atomic_write_text(run_dir / "report.html", _html(blocks, run_dir.name))
     return md, html
+
+
+def _deploy_blocks(deployed: list[Artifact], run_dir: Path, images: int) -> list[tuple]:
+    """The deployment files: each one's own runtime, bytes, accuracy and latency, and latency against accuracy."""
+    if not deployed:
+        return []
+    second = sorted({int(key.split("@")[1]) for a in deployed for key in a.latency_ms} - {1})  # the larger batch
+    rows = [[a.details.get("source"), f"{a.format} {a.precision}", a.runtime, a.file_bytes, a.val_accuracy,
+             a.details.get("drop_points"), a.details.get("agreement"), ms(a.latency_ms.get(f"{a.runtime}@1")),
+             *(ms(a.latency_ms.get(f"{a.runtime}@{batch}")) for batch in second),
+             a.details.get("memory_mb"), a.details.get("deploy", "")] for a in deployed]
+    points = [{"name": a.name, "stage": f"{a.runtime} {a.precision}", "ms": a.latency_ms[f"{a.runtime}@1"],
+               "val_accuracy": a.val_accuracy} for a in deployed if a.latency_ms.get(f"{a.runtime}@1")]
+    blocks = [("h2", "Deployment"),
+              ("p", "Each model written as every deployment file and measured as it ships: validation accuracy of "
+                    "the file run by its runtime, its drop in points and top-1 agreement against the fp32 model, the "
+                    "bytes of every file that ships, the memory a fresh process adds by loading it and running once, "
+                    "and milliseconds per call on its own runtime on one thread (batch 1 timed with every model at "
+                    "the end of the run; the larger batch timed beside the same model's other files). The last "
+                    "column is `deploy`'s verdict: the fastest file within the accuracy drop, or why not. Budgets "
+                    "choose among these files as among the other models."),
+              ("table", ["model", "file", "runtime", "bytes", "val acc", "drop (points)", "agrees",
+                         "ms @1", *(f"ms @{batch}" for batch in second), "memory MB", "deploy"], rows)]
+    if points:
+        blocks.append(("img", plot_latency_vs_accuracy(points, run_dir / "deploy_latency_vs_accuracy.png",
+                                                       "each file's own runtime, batch 1, 1 thread",
+                                                       val_images=images)))
+    return blocks
 
 
 def _data_blocks(splits: dict | None) -> list[tuple]:

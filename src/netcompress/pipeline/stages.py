@@ -26,6 +26,7 @@ from ..files import RunLock, atomic_write_text, json_text
 from ..formats.load import read_spec
 from ..measure.cost import LATENCIES, measure_model
 from ..measure.latency import LatencyConfig, LatencyTarget, get_runtime, latency
+from .deploy import deploy
 from ..process import log, machine_state, seed_everything
 from ..train.views import TeacherViews, ViewConfig
 from .artifact import DECODED, Artifact
@@ -267,6 +268,37 @@ def _compare_arch_stage(run: Run):
     return run.stage("compare-arch", work, run.settings("compare_arch"))
 
 
+def _deploy_stage(run: Run, sources: list[Artifact]):
+    """The deployment files of each source model, measured as they ship (`deploy`): each one an artifact with the
+    bytes of the files that ship and the runtime that runs it, so budgets choose among what really runs."""
+    d = run.recipe.deploy
+    (cfg,) = d.configs(run.recipe.seed)
+
+    def work(out: Path) -> dict:
+        artifacts, chosen = [], {}
+        for i, src in enumerate(sources):
+            folder = out / f"{i:02d}-{Path(src.file).parent.name or 'model'}"
+            deployment = deploy(load(run.dir / src.file), run.data, folder, cfg)
+            chosen[src.name] = deployment.chosen.name if deployment.chosen else deployment.why_none
+            artifacts += [src.replace(name=f"{src.name}, {a.name}", stage="deploy",
+                                      file=str((folder / a.file).relative_to(run.dir)), format=a.format,
+                                      precision=a.precision, runtime=a.runtime, file_bytes=a.file_bytes,
+                                      val_accuracy=round(a.val_accuracy, 5), latency_ms=a.latency_ms,
+                                      details={**src.details, **a.details, "source": src.name,
+                                               "deploy": _verdict(a, deployment)}).to_dict()
+                          for a in deployment.artifacts]
+        return {"artifacts": artifacts, "fastest_within_drop": chosen}
+
+    return run.stage("deploy", work, run.settings("deploy", sources=[src.file for src in sources]),
+                     redo_when_changed=True)
+
+
+def _verdict(artifact: Artifact, deployment) -> str:
+    """What `deploy` made of one file: the fastest within the accuracy drop, or why not."""
+    chosen = deployment.chosen is not None and artifact.name == deployment.chosen.name
+    return "fastest within the drop" if chosen else artifact.why_not
+
+
 def measure_together(run: Run, artifacts: list[Artifact], config: LatencyConfig, tries: int = 3,
                      load_model: Callable[[str], torch.nn.Module] | None = None) -> dict[str, dict]:
     """The latency of every model of `artifacts` that `config`'s runtime runs as it is, all measured together in
@@ -300,13 +332,30 @@ def measure_together(run: Run, artifacts: list[Artifact], config: LatencyConfig,
 def with_latencies_measured_together(run: Run, artifacts: list[Artifact]) -> list[Artifact]:
     """The models with the report's latencies (LATENCIES) measured together at the end of the run, in place of
     the figures each stage took when it made a model: those were taken at different times, and a pruned model
-    timed while the machine was busy could read slower than its larger source timed while it was idle."""
+    timed while the machine was busy could read slower than its larger source timed while it was idle.
+
+    A deployed file is timed at batch 1 on its own runtime only (beside the fp32 models where that runtime is
+    one of the report's); its batch-N figure stays the one its deploy stage measured beside its siblings."""
     load_once = functools.cache(lambda file: load(run.dir / file))
-    measured = {key: measure_together(run, artifacts, LatencyConfig(
-        runtime=m.runtime, batch=m.batch, threads=m.threads or torch.get_num_threads(), rounds=5, seconds=0.1),
-        tries=2, load_model=load_once) for key, m in LATENCIES.items() if get_runtime(m.runtime).available()}
-    return [a if a.runtime == DECODED else a.replace(latency_ms={
-        key: found[a.name]["median_ms"] for key, found in measured.items() if a.name in found}) for a in artifacts]
+    configs = {key: LatencyConfig(runtime=m.runtime, batch=m.batch, threads=m.threads or torch.get_num_threads(),
+                                  rounds=5, seconds=0.1)
+               for key, m in LATENCIES.items() if get_runtime(m.runtime).available()}
+    configs.update({f"{a.runtime}@1": LatencyConfig(runtime=a.runtime, batch=1, threads=1, rounds=5, seconds=0.1)
+                    for a in artifacts if a.stage == "deploy" and f"{a.runtime}@1" not in configs})
+    measured = {key: measure_together(run, runs_on(artifacts, cfg.runtime, fp32=key in LATENCIES), cfg, tries=2,
+                                      load_model=load_once) for key, cfg in configs.items()}
+
+    def figures(a: Artifact) -> dict:
+        found = {key: result[a.name]["median_ms"] for key, result in measured.items() if a.name in result}
+        return {**a.latency_ms, **found} if a.stage == "deploy" else found
+
+    return [a if a.runtime == DECODED else a.replace(latency_ms=figures(a)) for a in artifacts]
+
+
+def runs_on(artifacts: list[Artifact], runtime: str, fp32: bool = True) -> list[Artifact]:
+    """The models to time on `runtime`: the deployed files made for it, and (fp32) the torch models, which every
+    runtime runs through an export."""
+    return [a for a in artifacts if a.runtime == runtime or (fp32 and a.runtime == "torch")]
 
 
 def _evaluate(run: Run, artifacts: list[Artifact], chosen: list[str]) -> dict:
@@ -370,6 +419,9 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
     sources = [a for a in artifacts if a.stage not in ("teacher", "compare-arch") and a.candidate]
     for q in recipe.quantize:
         artifacts += artifacts_of(_quantize_stage(run, q, sources))
+    if recipe.deploy.run:
+        students = [a for a in sources if recipe.deploy.models == "all" or a.stage.startswith("student")]
+        artifacts += artifacts_of(_deploy_stage(run, students))
     artifacts = with_latencies_measured_together(run, artifacts)
     candidates = [a for a in artifacts if a.stage != "teacher"]
     budget = None
@@ -380,7 +432,7 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
     latency_budget = None
     if target_latency is not None:
         latency_budget = choose_by_latency(candidates, target_latency, measure_together(
-            run, [a for a in candidates if a.candidate], target_latency.config))
+            run, runs_on([a for a in candidates if a.candidate], target_latency.runtime), target_latency.config))
     chosen = [c["chosen"] for c in ([budget] if budget else []) + budgets + ([latency_budget] if latency_budget
                                                                                else [])]
     test = _evaluate(run, artifacts, chosen) if recipe.evaluate.test else {}
