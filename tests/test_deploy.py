@@ -59,7 +59,7 @@ def test_onnx_artifacts_are_measured_as_they_ship(trained, food_32, tmp_path):
     fp32 = nc.evaluate(model, food_32, "validation")["accuracy"]
     assert result.fp32_accuracy == pytest.approx(fp32)
     names = {a.name for a in result.artifacts}  # each pair measured, or said why not (OpenVINO lacks QLinear ops)
-    assert {f"onnx {p} on {r}" for p in ("fp32", "int8 qdq", "int8 qoperator")
+    assert {f"onnx {p} on {r}" for p in ("fp32", *get_exporter("onnx").int8_variants)
             for r in runtimes_reading("onnx")} == names | set(result.failed)
     assert {"onnx fp32 on ort", "onnx int8 qdq on ort", "onnx int8 qoperator on ort"} <= names
     assert all("cannot run it" in why for why in result.failed.values())

@@ -403,7 +403,7 @@ def test_deployed_files_are_candidates_with_the_bytes_and_latency_of_the_file_th
     summary = run_recipe(recipe, out, torch.device("cpu"), target_bytes=10**9, progress=False)
     deployed = [Artifact.from_dict(a) for a in summary["artifacts"] if a["stage"] == "deploy"]
     student = next(Artifact.from_dict(a) for a in summary["artifacts"] if a["stage"] == "student")
-    assert {a.precision for a in deployed} == {"fp32", "int8 qdq", "int8 qoperator"}
+    assert {a.precision for a in deployed} == {"fp32", "int8 qdq", "int8 qoperator", "int8 qdq 7-bit weights"}
     for a in deployed:
         assert a.name.startswith(student.name + ", onnx ") and a.details["source"] == student.name
         assert a.file_bytes == (out / a.file).stat().st_size and a.file.startswith("deploy/00-student/")

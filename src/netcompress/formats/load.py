@@ -204,7 +204,8 @@ class Onnx(ModelFormat):
     """fp32, or static int8 (QDQ or QOperator) for ONNX Runtime with int8=True and `data` to calibrate on."""
 
     name, suffixes = "onnx", (".onnx",)
-    int8_variants = {"int8 qdq": {"quant_format": "qdq"}, "int8 qoperator": {"quant_format": "qoperator"}}
+    int8_variants = {"int8 qdq": {"quant_format": "qdq"}, "int8 qoperator": {"quant_format": "qoperator"},
+                     "int8 qdq 7-bit weights": {"quant_format": "qdq", "reduce_range": True}}
 
     def load(self, path, model, verify):
         return load_onnx(path, verify=verify)
@@ -219,6 +220,7 @@ class OpenVinoIR(ModelFormat):
     to calibrate on (the `openvino` extra)."""
 
     name, suffixes = "openvino", (".xml",)
+    int8_variants = {"int8": {}, "int8 7-bit weights": {"overflow_fix": "enable"}}
 
     def load(self, path, model, verify):
         return load_openvino(path, verify=verify)

@@ -46,12 +46,15 @@ def weights_file(path: Path) -> Path:
 
 
 def export_openvino(model: nn.Module, path: str | Path, *, int8: bool = False, calibration=None,
-                    calibration_images: int = 300, dynamic_size: bool = False) -> Path:
+                    calibration_images: int = 300, overflow_fix: str = "first_layer_only",
+                    dynamic_size: bool = False) -> Path:
     """Write `model` as an OpenVINO IR: `path` (.xml) and its weights beside it (.bin); input [N, C, S, S] in 0..1
     with a dynamic batch, output the logits.
 
     int8=True: NNCF post-training quantization (int8 weights and activations, OpenVINO's CPU preset), activation
-    ranges from `calibration_images` training images of `calibration` (a dataset folder, Split or torch Dataset).
+    ranges from `calibration_images` training images of `calibration` (a dataset folder, Split or torch Dataset);
+    overflow_fix (NNCF's): "enable" gives every layer 7-bit weights, which CPUs without VNNI need to multiply
+    without saturating (see `export_onnx`'s reduce_range), "first_layer_only" (NNCF's default) or "disable".
     dynamic_size: height and width dynamic too, as for ONNX.
     """
     path = Path(path)
@@ -65,9 +68,10 @@ def export_openvino(model: nn.Module, path: str | Path, *, int8: bool = False, c
         onnx_path = export_onnx(model, Path(tmp) / "fp32.onnx", dynamic_size=dynamic_size)
         ov_model = ov.convert_model(str(_without_metadata(onnx_path)))
         if int8:
-            ov_model = quantize_openvino_int8(ov_model, split_of(calibration, "training"), calibration_images)
+            ov_model = quantize_openvino_int8(ov_model, split_of(calibration, "training"), calibration_images,
+                                              overflow_fix)
             spec = spec.with_export("openvino_int8", {"calibration_images": calibration_images,
-                                                      "quantizer": "nncf"})
+                                                      "quantizer": "nncf", "overflow_fix": overflow_fix})
         else:
             spec = spec.with_export("openvino", {"input_size": spec.input_size, "dynamic_size": dynamic_size})
         ov_model.set_rt_info(json.dumps(spec.to_dict()), SPEC_KEY)
@@ -93,17 +97,23 @@ def _without_metadata(onnx_path: Path) -> Path:
     return onnx_path
 
 
-def quantize_openvino_int8(ov_model, calibration, n: int = 300):
+def quantize_openvino_int8(ov_model, calibration, n: int = 300, overflow_fix: str = "first_layer_only"):
     """An int8 copy of an OpenVINO model by NNCF post-training quantization: activation ranges (and NNCF's bias
     correction) from `n` images of a Split, spread evenly over its classes."""
     try:
         import nncf
     except ImportError:
         raise NetcompressError(f"int8 OpenVINO export needs NNCF: {INSTALL}") from None
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    fixes = {fix.value: fix for fix in OverflowFix}
+    if overflow_fix not in fixes:
+        raise NetcompressError(f"overflow_fix {overflow_fix!r}: choose one of {', '.join(fixes)}")
     images = calibration_images(calibration, n).numpy()
     dataset = nncf.Dataset([images[i:i + 1] for i in range(len(images))])
     try:
-        return nncf.quantize(ov_model, dataset, subset_size=len(images), preset=nncf.QuantizationPreset.PERFORMANCE)
+        return nncf.quantize(ov_model, dataset, subset_size=len(images), preset=nncf.QuantizationPreset.PERFORMANCE,
+                             advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fixes[overflow_fix]))
     except Exception as exc:  # NNCF raises its own types for graphs it cannot quantize
         raise NetcompressError(f"NNCF could not quantize the model ({type(exc).__name__}: {exc})") from exc
 
