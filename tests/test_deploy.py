@@ -101,3 +101,14 @@ def test_the_cli_writes_the_table_and_json(trained, food_root, cache_dir, tmp_pa
     assert all("memory_mb" not in a["details"] for a in result["artifacts"])
     code, _, err = run_cli("deploy", path, "--data", food_root, "--out", tmp_path / "e", "--precision", "int4")
     assert code == 2 and "--precision 'int4': choose from fp32, int8, all, comma-separated" in err
+
+
+def test_export_reduce_range_writes_7_bit_weights_where_the_format_has_them(trained, food_root, cache_dir, tmp_path):
+    _, path = trained
+    code, out, err = run_cli("export", path, "--int8", "--reduce-range", "--calibration", 16, "--data", food_root,
+                             "--out", tmp_path / "m.onnx", "--json", cache=cache_dir)
+    assert code == 0, err
+    assert nc.spec_of(nc.load(tmp_path / "m.onnx")).info.exported["onnx_int8"]["reduce_range"] is True
+    code, _, err = run_cli("export", path, "--int8", "--reduce-range", "--data", food_root, "--out",
+                           tmp_path / "m.pte", cache=cache_dir)
+    assert code == 2 and "7-bit weights are for onnx and openvino, not executorch" in err

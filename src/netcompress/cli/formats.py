@@ -57,6 +57,9 @@ def export(
                                          "percentile."),
     quant_format: Optional[str] = typer.Option(None, "--quant-format", help="ONNX int8: qdq (default) or qoperator; "
                                                "`netcompress deploy` measures which is faster."),
+    reduce_range: bool = typer.Option(False, "--reduce-range", help="Int8 with 7-bit weights (ONNX, OpenVINO): "
+                                      "what x86 CPUs without VNNI need to keep their 16-bit sums from overflowing; "
+                                      "`netcompress deploy` measures both."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: calibration images (training split) "
                                                              "and, when given, fp32 vs exported validation accuracy."),
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="Height and width dynamic too (the batch always "
@@ -83,6 +86,10 @@ def export(
         options["calibration_method"] = method
     if int8 and quant_format is not None:
         options["quant_format"] = quant_format
+    if int8 and reduce_range:
+        if target not in ("onnx", "openvino"):
+            raise NetcompressError(f"--reduce-range: 7-bit weights are for onnx and openvino, not {target}")
+        options.update({"reduce_range": True} if target == "onnx" else {"overflow_fix": "enable"})
     if dynamic_size:
         options["dynamic_size"] = True
     set_threads(threads)

@@ -26,12 +26,12 @@ from ..files import RunLock, atomic_write_text, json_text
 from ..formats.load import read_spec
 from ..measure.cost import LATENCIES, measure_model
 from ..measure.latency import LatencyConfig, LatencyTarget, get_runtime, latency
-from .deploy import deploy
 from ..process import log, machine_state, seed_everything
 from ..train.views import TeacherViews, ViewConfig
 from .artifact import DECODED, Artifact
 from .budgets import choose, choose_by_latency
 from .compare_arch import compare
+from .deploy import deploy
 from .plan import check_recipe
 from .recipe import SECTIONS, PruneSection, Recipe, StudentVariantSection
 from .records import read_done, read_json_object
