@@ -98,8 +98,8 @@ def runtimes_reading(target: str) -> list[str]:
 
 def deploy(model: nn.Module, data, out: str | Path, config: DeployConfig | None = None) -> Deployment:
     """Build every target x precision of `model` in folder `out`, measure each file, choose the fastest within the
-    accuracy drop, and write `out/deploy.json`. `data`: a dataset folder, Split or Dataset with training images
-    (int8 calibration) and validation images (accuracy). The model is not changed."""
+    accuracy drop, and write `out/deploy.json`. `data`: an ImageFolderData (anything with `.split(name)`) whose
+    training images calibrate int8 and whose validation images measure accuracy. The model is not changed."""
     cfg = config or DeployConfig()
     if graph_file(model) is not None:
         raise NetcompressError(f"{graph_file(model)} is already a deployment file; deploy a .safetensors or .ncq "
