@@ -111,4 +111,4 @@ def test_export_reduce_range_writes_7_bit_weights_where_the_format_has_them(trai
     assert nc.spec_of(nc.load(tmp_path / "m.onnx")).info.exported["onnx_int8"]["reduce_range"] is True
     code, _, err = run_cli("export", path, "--int8", "--reduce-range", "--data", food_root, "--out",
                            tmp_path / "m.pte", cache=cache_dir)
-    assert code == 2 and "7-bit weights are for onnx and openvino, not executorch" in err
+    assert code == 2 and "7-bit weights are for onnx, openvino, not executorch" in err

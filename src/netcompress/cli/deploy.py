@@ -12,7 +12,8 @@ from rich.table import Table
 from ..formats.load import list_exporters
 from ..pipeline.deploy import PRECISIONS, DeployConfig, deploy
 from ..spec import spec_of
-from .common import CacheOpt, JsonOpt, Registered, app, console, data_for, emit, input_size_of, load_file, set_threads
+from .common import (CacheOpt, JsonOpt, Registered, app, console, data_for, emit, input_size_of, load_file,
+                     set_threads)
 from .options import model_size_option
 
 
@@ -72,13 +73,15 @@ def _table(result) -> Table:
     batch = result.config.batch
     table = Table(title=f"deploy: fp32 model {100 * result.fp32_accuracy:.2f}% on validation; latency at "
                         f"{result.config.threads} thread(s)")
-    for column in ("artifact", "file", "bytes", "val acc %", "drop", "agrees", "b1 ms", f"b{batch} ms", "memory MB", "chosen"):
+    for column in ("artifact", "file", "bytes", "val acc %", "drop", "agrees", "b1 ms", f"b{batch} ms", "memory MB",
+                   "chosen"):
         table.add_column(column, justify="right")
     for a in result.artifacts:
         b1, bn = a.latency_ms.get(f"{a.runtime}@1"), a.latency_ms.get(f"{a.runtime}@{batch}")
         memory = a.details.get("memory_mb")
         mark = "yes" if result.chosen is not None and a.name == result.chosen.name else a.why_not
         table.add_row(a.name, a.file, f"{a.file_bytes:,}", f"{100 * a.val_accuracy:.2f}",
-                      f"{a.details['drop_points']:+.2f}", f"{a.details['agreement']:.3f}", f"{b1:.3f}" if b1 else a.details.get("note", "busy"),
+                      f"{a.details['drop_points']:+.2f}", f"{a.details['agreement']:.3f}",
+                      f"{b1:.3f}" if b1 else a.details.get("note", "busy"),
                       f"{bn:.3f}" if bn else "busy", "" if memory is None else f"{memory:.0f}", mark)
     return table

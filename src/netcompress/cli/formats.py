@@ -18,7 +18,7 @@ from ..formats.course import (
     layout_text,
     save_course_pkl,
 )
-from ..formats.load import exported_bytes, exporter_for, list_exporters, readable_suffixes
+from ..formats.load import exported_bytes, exporter_for, list_exporters, readable_suffixes, seven_bit_options
 from ..formats.state_dict import assumed_layout, load_into_registered
 from ..measure.chance import above_chance
 from ..models import model_kwargs
@@ -87,9 +87,7 @@ def export(
     if int8 and quant_format is not None:
         options["quant_format"] = quant_format
     if int8 and reduce_range:
-        if target not in ("onnx", "openvino"):
-            raise NetcompressError(f"--reduce-range: 7-bit weights are for onnx and openvino, not {target}")
-        options.update({"reduce_range": True} if target == "onnx" else {"overflow_fix": "enable"})
+        options.update(seven_bit_options(target))
     if dynamic_size:
         options["dynamic_size"] = True
     set_threads(threads)

@@ -95,6 +95,18 @@ def exporter_for(path: str | Path) -> ModelFormat | None:
     return next((fmt for fmt in _EXPORTERS.values() if suffix in fmt.suffixes), None)
 
 
+SEVEN_BIT = "7-bit weights"  # the int8 variant for x86 CPUs without VNNI (see export_onnx's reduce_range)
+
+
+def seven_bit_options(target: str) -> dict:
+    """The export options of a format's int8 variant with 7-bit weights."""
+    options = [o for name, o in get_exporter(target).int8_variants.items() if name.endswith(SEVEN_BIT)]
+    if not options:
+        with_it = [n for n in list_exporters() if any(v.endswith(SEVEN_BIT) for v in _EXPORTERS[n].int8_variants)]
+        raise NetcompressError(f"--reduce-range: 7-bit weights are for {', '.join(with_it)}, not {target}")
+    return options[0]
+
+
 def exported_bytes(target: str, path: str | Path) -> int:
     """Bytes on disk of an export to `path`: all its files (an OpenVINO IR's .xml and .bin)."""
     return sum(f.stat().st_size for f in get_exporter(target).files(Path(path)))
@@ -205,7 +217,7 @@ class Onnx(ModelFormat):
 
     name, suffixes = "onnx", (".onnx",)
     int8_variants = {"int8 qdq": {"quant_format": "qdq"}, "int8 qoperator": {"quant_format": "qoperator"},
-                     "int8 qdq 7-bit weights": {"quant_format": "qdq", "reduce_range": True}}
+                     f"int8 qdq {SEVEN_BIT}": {"quant_format": "qdq", "reduce_range": True}}
 
     def load(self, path, model, verify):
         return load_onnx(path, verify=verify)
@@ -220,7 +232,7 @@ class OpenVinoIR(ModelFormat):
     to calibrate on (the `openvino` extra)."""
 
     name, suffixes = "openvino", (".xml",)
-    int8_variants = {"int8": {}, "int8 7-bit weights": {"overflow_fix": "enable"}}
+    int8_variants = {"int8": {}, f"int8 {SEVEN_BIT}": {"overflow_fix": "enable"}}
 
     def load(self, path, model, verify):
         return load_openvino(path, verify=verify)

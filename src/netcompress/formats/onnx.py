@@ -109,7 +109,8 @@ def quantize_onnx_int8(fp32_path: str | Path, out_path: str | Path, calibration:
     with tempfile.TemporaryDirectory() as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(pre))
-        quantize_static(str(pre), str(out), reader, quant_format=formats[quant_format], per_channel=per_channel, reduce_range=reduce_range,
+        quantize_static(str(pre), str(out), reader, quant_format=formats[quant_format], per_channel=per_channel,
+                        reduce_range=reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method])
         proto = onnx.load(str(out))
