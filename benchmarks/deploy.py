@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 import netcompress as nc
+from netcompress.process import machine_state, usable_cores
 
 MODELS = {  # name -> (registered model, its arguments)
     "studentnet": ("studentnet", {}),
@@ -37,7 +36,7 @@ def trained(name: str, data, epochs: int, seed: int):
     arch, kwargs = MODELS[name]
     torch.manual_seed(seed)
     model = nc.new_model(arch, data.class_names, data.image_size, **kwargs)
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(usable_cores())
     try:
         return nc.fit(model, data, epochs=epochs, seed=seed) if epochs else model
     finally:
@@ -80,7 +79,7 @@ def main() -> None:
     args.json.write_text(json.dumps({
         "benchmark": "deploy", "data": str(args.data), "image_size": args.image_size, "epochs": args.epochs,
         "seed": args.seed, "threads": 1, "batch": args.batch, "rounds": args.rounds, "max_drop": args.max_drop,
-        "machine": platform.machine(), "processor": platform.processor(),
+        "machine": machine_state(),
         "wall_s": round(time.perf_counter() - started, 1), "rows": rows, "models": results}, indent=2))
     print(f"\nwrote {args.json}")
 

@@ -156,15 +156,19 @@ def _cpu_times(allowed: set[int]) -> list[tuple[int, int]]:
 def machine_state() -> dict:
     """The CPU and how busy it is now, for a run's record: latencies and times mean little without the load
     they were measured under."""
-    name = platform.processor() or platform.machine()
+    name, flags = platform.processor() or platform.machine(), None
     try:
         with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+            lines = f.read().splitlines()
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), name)
+        flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), None)
     except OSError:
         pass
     try:
         load = round(os.getloadavg()[0], 2)
     except OSError:
         load = None
+    # VNNI: x86 int8 dot products without 16-bit overflow (see export_onnx's reduce_range); None where unknown
+    vnni = None if flags is None else bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
     return {"cpu": name, "cores": usable_cores(), "busy_cores": round(busy_cores(), 2), "load_average": load,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "vnni": vnni}

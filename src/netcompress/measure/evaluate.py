@@ -45,6 +45,15 @@ def predict(model: nn.Module, data, split: str = "testing", *, device: str | tor
 def evaluate(model: nn.Module, data, split: str = "validation", *, device: str | torch.device | None = None,
              batch_size: int = 256) -> dict:
     """Accuracy, mean cross-entropy, per-class accuracy and confusion matrix of `model` on a labeled split."""
+    images, logits = scored_logits(model, data, split, device=device, batch_size=batch_size)
+    return {"split": images.name, "images": len(images),
+            **classification_metrics(logits, images.labels, images.num_classes)}
+
+
+def scored_logits(model: nn.Module, data, split: str = "validation", *, device: str | torch.device | None = None,
+                  batch_size: int = 256) -> tuple[Split, torch.Tensor]:
+    """A labeled split and `model`'s logits on it with the columns in the data's class order: what `evaluate`
+    scores, for a caller that needs both the metrics and the predictions."""
     images = split_of(data, split)
     if not images.labeled:
         raise NetcompressError(f"split {images.name} has unlabeled files; evaluation needs labels "
@@ -54,10 +63,7 @@ def evaluate(model: nn.Module, data, split: str = "validation", *, device: str |
         raise NetcompressError(f"the model predicts {num_classes} classes but the data has {images.num_classes}")
     order = data_order(spec_of(model).class_names, images.class_names)
     logits = predict(model, images, split, device=device, batch_size=batch_size)
-    if order is not None:
-        logits = logits[:, order]
-    return {"split": images.name, "images": len(images),
-            **classification_metrics(logits, images.labels, images.num_classes)}
+    return images, logits if order is None else logits[:, order]
 
 
 def data_order(model_classes: list[str], data_classes: list[str]) -> list[int] | None:

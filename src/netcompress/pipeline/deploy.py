@@ -26,7 +26,7 @@ from ..formats.load import exported_bytes, get_exporter, list_exporters
 from ..formats.load import export as export_model
 from ..formats.load import graph_file, load
 from ..measure.cost import count_macs, count_parameters
-from ..measure.evaluate import evaluate, predict
+from ..measure.evaluate import classification_metrics, scored_logits
 from ..measure.latency import LatencyConfig, consistent, get_runtime, latency_across, list_runtimes
 from ..measure.memory import peak_memory_mb
 from ..process import log
@@ -106,8 +106,8 @@ def deploy(model: nn.Module, data, out: str | Path, config: DeployConfig | None 
                                "model")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fp32_accuracy = evaluate(model, data, "validation", device="cpu")["accuracy"]
-    fp32_top1 = predict(model, data, "validation", device="cpu").argmax(1)
+    val, fp32_logits = scored_logits(model, data, "validation", device="cpu")
+    fp32_accuracy, fp32_top1 = _accuracy(fp32_logits, val), fp32_logits.argmax(1)
     params, macs = count_parameters(model), count_macs(model)
     built, failed = {}, {}
     for target in cfg.chosen_targets():
@@ -119,11 +119,11 @@ def deploy(model: nn.Module, data, out: str | Path, config: DeployConfig | None 
             except NetcompressError as exc:
                 failed[f"{target} {precision}"] = str(exc)
                 log(f"deploy: {target} {precision} not built: {exc}")
-    artifacts = []
+    artifacts, loaded = [], {}
     for (target, precision), path in built.items():
-        loaded = load(path)
-        accuracy = evaluate(loaded, data, "validation", device="cpu")["accuracy"]
-        agreement = (predict(loaded, data, "validation", device="cpu").argmax(1) == fp32_top1).float().mean()
+        loaded[path.name] = load(path)
+        logits = scored_logits(loaded[path.name], val, "validation", device="cpu")[1]
+        accuracy, agreement = _accuracy(logits, val), (logits.argmax(1) == fp32_top1).float().mean()
         for runtime in runtimes_reading(target):
             why = _cannot_run(path, runtime, spec_of(model).input_shape(1))
             if why:
@@ -135,12 +135,16 @@ def deploy(model: nn.Module, data, out: str | Path, config: DeployConfig | None 
                 macs=macs, val_accuracy=accuracy,
                 details={"drop_points": round(100 * (fp32_accuracy - accuracy), 2),
                          "agreement": round(float(agreement), 4)}))
-    artifacts = _timed(artifacts, out, model, data, cfg)
+    artifacts = _timed(artifacts, loaded, model, data, cfg)
     if cfg.memory:
         artifacts = [_with_memory(a, out, spec_of(model).input_shape(1)) for a in artifacts]
     deployment = _choose(artifacts, fp32_accuracy, cfg, failed)
     atomic_write_text(out / "deploy.json", json_text(deployment.to_dict()))
     return deployment
+
+
+def _accuracy(logits: torch.Tensor, split) -> float:
+    return classification_metrics(logits, split.labels, split.num_classes)["accuracy"]
 
 
 def export_variants(target: str, cfg: DeployConfig) -> dict[str, dict]:
@@ -169,13 +173,14 @@ def _with_memory(artifact: Artifact, out: Path, shape: tuple[int, ...]) -> Artif
     return artifact.replace(details={**artifact.details, **memory})
 
 
-def _timed(artifacts: list[Artifact], out: Path, model, data, cfg: DeployConfig) -> list[Artifact]:
-    """Latency at batch 1 and cfg.batch of every artifact, all timed together; a file whose batch is fixed at 1
-    (an ExecuTorch program) is exported again at cfg.batch for its second figure."""
+def _timed(artifacts: list[Artifact], loaded: dict[str, nn.Module], model, data,
+           cfg: DeployConfig) -> list[Artifact]:
+    """Latency at batch 1 and cfg.batch of every artifact (`loaded`: its file as a module, by file name), all timed
+    together; a file whose batch is fixed at 1 (an ExecuTorch program) is exported again at cfg.batch for its
+    second figure."""
     log(f"deploy: timing {len(artifacts)} artifact(s) together at batch 1 and {cfg.batch}")
     timing = LatencyConfig(threads=cfg.threads, rounds=cfg.rounds)
     with tempfile.TemporaryDirectory() as tmp:
-        loaded = {a.file: load(out / a.file) for a in artifacts}
         at_batch = {}
         for a in artifacts:
             fixed = getattr(loaded[a.file], "batch", None)

@@ -334,22 +334,28 @@ def with_latencies_measured_together(run: Run, artifacts: list[Artifact]) -> lis
     the figures each stage took when it made a model: those were taken at different times, and a pruned model
     timed while the machine was busy could read slower than its larger source timed while it was idle.
 
-    A deployed file is timed at batch 1 on its own runtime only (beside the fp32 models where that runtime is
-    one of the report's); its batch-N figure stays the one its deploy stage measured beside its siblings."""
+    A file that runs as it is on one runtime (a deployed file) is timed at batch 1 on that runtime only (beside
+    the fp32 models where it is one of the report's); its batch-N figure stays the one its stage measured."""
     load_once = functools.cache(lambda file: load(run.dir / file))
     configs = {key: LatencyConfig(runtime=m.runtime, batch=m.batch, threads=m.threads or torch.get_num_threads(),
                                   rounds=5, seconds=0.1)
                for key, m in LATENCIES.items() if get_runtime(m.runtime).available()}
     configs.update({f"{a.runtime}@1": LatencyConfig(runtime=a.runtime, batch=1, threads=1, rounds=5, seconds=0.1)
-                    for a in artifacts if a.stage == "deploy" and f"{a.runtime}@1" not in configs})
+                    for a in artifacts if _runs_as_file(a) and f"{a.runtime}@1" not in configs})
     measured = {key: measure_together(run, runs_on(artifacts, cfg.runtime, fp32=key in LATENCIES), cfg, tries=2,
                                       load_model=load_once) for key, cfg in configs.items()}
 
     def figures(a: Artifact) -> dict:
         found = {key: result[a.name]["median_ms"] for key, result in measured.items() if a.name in result}
-        return {**a.latency_ms, **found} if a.stage == "deploy" else found
+        return {**a.latency_ms, **found} if _runs_as_file(a) else found
 
     return [a if a.runtime == DECODED else a.replace(latency_ms=figures(a)) for a in artifacts]
+
+
+def _runs_as_file(artifact: Artifact) -> bool:
+    """A file that runs as it is on one runtime, not a torch model (which every runtime runs through an export) nor
+    a storage file (which decodes to its fp32 model)."""
+    return artifact.runtime not in ("torch", DECODED)
 
 
 def runs_on(artifacts: list[Artifact], runtime: str, fp32: bool = True) -> list[Artifact]:
