@@ -94,7 +94,8 @@ class ModelInfo:
         return dataclasses.replace(self, **changes)
 
 
-EXPORT_KEYS = ("onnx", "onnx_int8", "openvino", "openvino_int8", "executorch", "executorch_int8")  # exports' settings: at the top level of info
+EXPORT_KEYS = ("onnx", "onnx_int8", "openvino", "openvino_int8", "executorch", "executorch_int8", "litert",
+               "litert_int8")  # exports' settings: at the top level of info
 
 
 @dataclass(frozen=True)

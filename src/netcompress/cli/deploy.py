@@ -45,9 +45,10 @@ def deploy_cmd(
     cache_dir: Optional[Path] = CacheOpt,
     as_json: bool = JsonOpt,
 ):
-    """Build every deployment file of a model (ONNX, OpenVINO IR, ExecuTorch; fp32 and int8), measure each one as
-    it ships (its own validation accuracy, bytes, memory, latency at batch 1 and --batch on every runtime that
-    reads it, all timed together), and choose the fastest at batch 1 within --max-drop points of the fp32 model.
+    """Build every deployment file of a model (ONNX, OpenVINO IR, ExecuTorch, LiteRT; fp32 and int8), measure each
+    one as it ships (its own validation accuracy, bytes, memory, latency at batch 1 and --batch on every runtime
+    that reads it, all timed together), and choose the fastest at batch 1 within --max-drop points of the fp32
+    model.
 
     Example: netcompress deploy runs/demo/student/best.safetensors --data ../shared/data/food101_10 --out deployed
 

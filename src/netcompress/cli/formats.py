@@ -47,11 +47,12 @@ def export(
                                       ".npz; give those --image-size)."),
     out: Path = typer.Option(..., "--out", help="File to write; its suffix picks the format unless --format is given "
                              "(.onnx: ONNX; .xml: OpenVINO IR, its weights in the .bin beside it; .pte: ExecuTorch "
-                             "with XNNPACK, its spec in the .json beside it)."),
+                             "with XNNPACK; .tflite: LiteRT; those two with their spec in the .json beside them)."),
     target: Optional[str] = Registered(None, "--format", names=list_exporters, help="Export format: one of {names} "
                                        "[default: the one that writes --out's suffix]."),
     int8: bool = typer.Option(False, "--int8", help="Static int8 quantization (ONNX: QDQ for ONNX Runtime; OpenVINO: "
-                              "NNCF; ExecuTorch: PT2E), calibrated on training images; needs --data."),
+                              "NNCF; ExecuTorch and LiteRT: PT2E, LiteRT's integer end to end), calibrated on training "
+                              "images; needs --data."),
     calibration: int = typer.Option(256, "--calibration", help="Training images used to calibrate int8 ranges."),
     method: Optional[str] = typer.Option(None, "--calibration-method", help="ONNX: minmax (default), entropy or "
                                          "percentile."),
@@ -69,7 +70,7 @@ def export(
     cache_dir: Optional[Path] = CacheOpt,
     as_json: bool = JsonOpt,
 ):
-    """Export a model to a deployment format: ONNX, OpenVINO IR or ExecuTorch (fp32), optionally int8.
+    """Export a model to a deployment format: ONNX, OpenVINO IR, ExecuTorch or LiteRT (fp32), optionally int8.
 
     Example: netcompress export runs/kd/best.safetensors --int8 --calibration 256 --data ../shared/data/food101_10 --out kd-int8.onnx
     """

@@ -178,7 +178,8 @@ def latency_cmd(
     runtime: str = Registered("ort", "--runtime", names=list_runtimes, also=("all",),
                               help="One of {names}, or all (every installed one, and which is fastest for each "
                               "model). ort is ONNX Runtime: an fp32 export, or the .onnx file as it is (int8 "
-                              "included); openvino and executorch run their own files (.xml, .pte) likewise."),
+                              "included); openvino, executorch and litert run their own files (.xml, .pte, .tflite) "
+                              "likewise."),
     batch: int = typer.Option(1, "--batch", help="Images per call."),
     threads: int = typer.Option(1, "--threads", help="Threads of the runtime."),
     rounds: int = typer.Option(7, "--rounds", help="Interleaved rounds: every model once per round."),
@@ -192,8 +193,8 @@ def latency_cmd(
 ):
     """Latency per call: median, p90 and spread over interleaved rounds.
 
-    On a busy machine a one-thread run on torch, ort or executorch reports its thread's CPU time per call (clock
-    "thread CPU"), which other work barely moves; a run on more threads gets no figure then.
+    On a busy machine a one-thread run on torch, ort, executorch or litert reports its thread's CPU time per call
+    (clock "thread CPU"), which other work barely moves; a run on more threads gets no figure then.
 
     Example: netcompress latency runs/kd/best.safetensors runs/prune/step1.safetensors --runtime ort --batch 1 --threads 1
 

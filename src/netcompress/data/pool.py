@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import warnings
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -138,7 +139,9 @@ def decode_parts(name: str, files: list[Path], size: int, channels: int, skip_ba
             # fork where it is safe (Linux): workers run only Pillow and numpy, and a script without a
             # `__main__` guard is not run again in each of them as spawn and forkserver would
             context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            with warnings.catch_warnings(), ProcessPoolExecutor(workers, mp_context=context) as pool:
+                # JAX (which LiteRT's converter imports) warns at every fork; these workers never touch it
+                warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
                 pending = {pool.submit(decode_into, *job): len(job[0]) for job in jobs}
                 try:
                     while pending:

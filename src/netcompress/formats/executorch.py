@@ -2,15 +2,12 @@
 calibrated on training images) and loading.
 
 A .pte is what ExecuTorch runs on phones and boards (`executorch.runtime.Runtime.get().load_program("m.pte")`),
-with no netcompress installed. XNNPACK is its fast CPU backend for convolutions, on x86 and Arm alike. A .pte
-has no free-form metadata, so the model's spec (classes, input size, preprocessing) and a SHA-256 of the
-program sit beside it in a JSON file of the same stem (`m.json`), which ships with it.
+with no netcompress installed. XNNPACK is its fast CPU backend for convolutions, on x86 and Arm alike. The
+model's spec sits beside it in `m.json` (see program.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -18,9 +15,8 @@ import torch.nn as nn
 
 from ..data.split import calibration_images, split_of
 from ..errors import NetcompressError
-from ..files import atomic_write, atomic_write_text
-from ..spec import ModelSpec, attach, copy_model, spec_of
-from .model_file import spec_from_dict
+from ..spec import attach, copy_model, spec_of
+from .program import FixedBatchProgram, guessed_spec, read_program_spec, write_program
 
 INSTALL = "pip install 'netcompress[executorch]'"
 
@@ -31,11 +27,6 @@ def _runtime():
     except ImportError:
         raise NetcompressError(f"ExecuTorch programs need the executorch package: {INSTALL}") from None
     return Runtime.get()
-
-
-def spec_file(path: str | Path) -> Path:
-    """The JSON beside a .pte that holds its spec and checksum."""
-    return Path(path).with_suffix(".json")
 
 
 def export_executorch(model: nn.Module, path: str | Path, *, int8: bool = False, calibration=None,
@@ -74,12 +65,7 @@ def export_executorch(model: nn.Module, path: str | Path, *, int8: bool = False,
     settings = {"calibration_images": calibration_images, "quantizer": "xnnpack-pt2e"} if int8 else {}
     spec = spec.with_export("executorch_int8" if int8 else "executorch",
                             {"input_size": spec.input_size, "batch": batch, "delegate": "xnnpack", **settings})
-    buffer = program.buffer
-    spec_json = json.dumps(spec.to_dict())
-    atomic_write(path, lambda tmp: tmp.write_bytes(buffer))
-    atomic_write_text(spec_file(path), json.dumps({"netcompress": spec.to_dict(), "program": path.name,
-                                                   "checksum": _checksum(spec_json, buffer)}, indent=1))
-    return path
+    return write_program(path, program.buffer, spec)
 
 
 def _quantized(net: nn.Module, shape: tuple, calibration, n: int) -> nn.Module:
@@ -109,11 +95,6 @@ def _lowered(net: nn.Module, example: torch.Tensor):
     return to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
 
 
-def _checksum(spec_json: str, program: bytes) -> str:
-    """SHA-256 of the spec and the program: what a netcompress export vouches for."""
-    return hashlib.sha256(spec_json.encode() + b"\0" + program).hexdigest()
-
-
 def set_threads(threads: int) -> None:
     """XNNPACK's thread pool size, which ExecuTorch shares between every program in the process (0: leave it)."""
     if threads > 0:
@@ -133,23 +114,15 @@ def load_method(path: str | Path):
                                "`netcompress export MODEL --out FILE.pte`") from None
 
 
-class ExecuTorchModel(nn.Module):
-    """An ExecuTorch program behind the nn.Module call interface, so `predict` and `evaluate` run the .pte like any
-    model (tensors in, tensors out, on the CPU, in chunks of its fixed `batch`, the last one padded); `graph_file`
-    marks it as a file only the runtimes that read it run."""
+class ExecuTorchModel(FixedBatchProgram):
+    """An ExecuTorch program as a module (see FixedBatchProgram)."""
 
     def __init__(self, path: Path, batch: int):
-        super().__init__()
+        super().__init__(path, batch)
         self.method = load_method(path)
-        self.graph_file = Path(path)
-        self.batch = batch
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = []
-        for chunk in x.detach().cpu().float().split(self.batch):
-            padded = torch.cat([chunk, chunk.new_zeros((self.batch - len(chunk), *chunk.shape[1:]))])
-            outputs.append(self.method.execute([padded.contiguous()])[0][:len(chunk)].clone())
-        return torch.cat(outputs)
+    def run_batch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.execute([x])[0]
 
 
 def load_executorch(path: str | Path, *, verify: bool = True) -> ExecuTorchModel:
@@ -158,28 +131,11 @@ def load_executorch(path: str | Path, *, verify: bool = True) -> ExecuTorchModel
     path = Path(path)
     if not path.is_file():
         raise NetcompressError(f"ExecuTorch program {path} does not exist")
-    if not spec_file(path).is_file():
-        return _guessed(path)
-    try:
-        sidecar = json.loads(spec_file(path).read_text(encoding="utf-8"))
-        meta, stored = sidecar["netcompress"], sidecar.get("checksum")
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise NetcompressError(f"{spec_file(path)}: not readable ({type(exc).__name__}); it is damaged, re-export "
-                               f"{path.name}") from None
-    spec = spec_from_dict(meta, str(spec_file(path)))
-    if verify and stored is not None and _checksum(json.dumps(meta), path.read_bytes()) != stored:
-        raise NetcompressError(f"{path}: checksum mismatch: the program or {spec_file(path).name} is damaged or was "
-                               "edited; re-export it, or load it anyway with --no-verify (verify=False)")
+    spec = read_program_spec(path, verify)
+    if spec is None:
+        meta = load_method(path).metadata
+        shape_in = list(meta.input_tensor_meta(0).sizes())
+        spec = guessed_spec(path, shape_in, list(meta.output_tensor_meta(0).sizes()), "executorch")
+        return attach(ExecuTorchModel(path, shape_in[0]), spec)
     settings = spec.info.exported.get("executorch_int8", spec.info.exported.get("executorch", {}))
     return attach(ExecuTorchModel(path, int(settings.get("batch", 1))), spec)
-
-
-def _guessed(path: Path) -> ExecuTorchModel:
-    meta = load_method(path).metadata
-    shape_in, shape_out = list(meta.input_tensor_meta(0).sizes()), list(meta.output_tensor_meta(0).sizes())
-    if len(shape_in) != 4 or shape_in[2] != shape_in[3] or len(shape_out) != 2:
-        raise NetcompressError(f"{path}: not a netcompress export (no {spec_file(path).name} beside it) and its "
-                               f"input {shape_in} / output {shape_out} are not an image classifier's")
-    spec = ModelSpec(None, {}, [str(i) for i in range(shape_out[1])], shape_in[2],
-                     info={"imported_from": path.name, "module": "executorch"}, channels=shape_in[1])
-    return attach(ExecuTorchModel(path, shape_in[0]), spec)

@@ -4,7 +4,7 @@ written by the format's name.
 A format is a `ModelFormat` subclass registered with `@register_format`: `suffixes` and `load` make
 `load` read its files, `name` and `export` make it an export target (`export(model, name, path)`,
 `netcompress export --format NAME`). Built in: .safetensors (netcompress model files), .ncq
-(quantized), .onnx, OpenVINO's .xml and ExecuTorch's .pte (read and written), checkpoints
+(quantized), .onnx, OpenVINO's .xml, ExecuTorch's .pte and LiteRT's .tflite (read and written), checkpoints
 (.bin/.pt/.pth/.pkl/.npz, told by their bytes).
 """
 
@@ -26,7 +26,9 @@ from .state_dict import load_state_dict
 from .model_file import read_spec as read_file_spec
 from .ncq import load_ncq
 from .onnx import export_onnx, load_onnx
-from .executorch import export_executorch, load_executorch, spec_file
+from .executorch import export_executorch, load_executorch
+from .litert import export_litert, load_litert
+from .program import spec_file
 from .openvino import export_openvino, load_openvino, weights_file
 
 
@@ -256,6 +258,23 @@ class ExecuTorchProgram(ModelFormat):
 
     def export(self, model, path, data=None, **options):
         return export_executorch(model, path, calibration=data, **options)
+
+    def files(self, path):
+        return [path, spec_file(path)]
+
+
+@register_format
+class LiteRTFile(ModelFormat):
+    """LiteRT flatbuffer (.tflite, run by LiteRT's interpreter with XNNPACK; its spec in the .json beside it): fp32,
+    or full-integer int8 (PT2E) with int8=True and `data` to calibrate on (the `litert` extra)."""
+
+    name, suffixes = "litert", (".tflite",)
+
+    def load(self, path, model, verify):
+        return load_litert(path, verify=verify)
+
+    def export(self, model, path, data=None, **options):
+        return export_litert(model, path, calibration=data, **options)
 
     def files(self, path):
         return [path, spec_file(path)]

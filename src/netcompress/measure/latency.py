@@ -4,7 +4,8 @@ p90, and no figure at all when the machine is too busy to measure.
 Runtimes are a registry: `torch` (eager PyTorch, channels_last), `ort` (ONNX Runtime with the settings
 that serve one image fastest on a CPU: a fixed number of intra-op threads, no spinning, sequential
 execution, every graph optimization), `openvino` (the optional `openvino` extra; it also runs OpenVINO IR
-files) and `executorch` (the optional `executorch` extra: XNNPACK-delegated .pte programs). Several models
+files), `executorch` (the optional `executorch` extra: XNNPACK-delegated .pte programs) and `litert` (the
+optional `litert` extra: LiteRT's interpreter on .tflite files, fp32 or full-integer int8). Several models
 measured together take turns round by round, so a burst of load hits them all alike. Calls shorter than
 a millisecond are timed in blocks of at least 1 ms (as timeit does), so the timer's own jitter of a few
 microseconds does not pass for load; a measurement whose 90th percentile lies more than `max_spread`
@@ -28,6 +29,8 @@ import torch.nn as nn
 from ..errors import NetcompressError
 from ..formats.executorch import export_executorch, load_method
 from ..formats.executorch import set_threads as set_executorch_threads
+from ..formats.litert import Interpreter as LiteRTInterpreter
+from ..formats.litert import export_litert
 from ..formats.load import graph_file
 from ..formats.onnx import export_onnx, layer_graph, ort_session
 from ..spec import copy_model, spec_of
@@ -175,8 +178,25 @@ class OpenVino(OnnxBased):
         return lambda: request.infer([array])
 
 
+class ProgramRuntime(Runtime):
+    """A runtime of fixed-batch programs (see formats/program.py): a torch module runs through its fp32 export at
+    the batch measured, a file as it is, at its own batch."""
+
+    def export(self, model: nn.Module, path: Path, batch: int) -> Path:
+        raise NotImplementedError
+
+    def prepare(self, model, x, threads, workdir):
+        path = graph_file(model)
+        if path is None:
+            path = self.export(model, workdir / f"model{self.reads[0]}", len(x))
+        elif len(x) != getattr(model, "batch", len(x)):
+            raise NetcompressError(f"{path} runs batches of {model.batch} images, not {len(x)}; export it with "
+                                   f"batch={len(x)}")
+        return self.prepare_file(path, x, threads)
+
+
 @register_runtime
-class ExecuTorch(Runtime):
+class ExecuTorch(ProgramRuntime):
     """ExecuTorch with the XNNPACK delegate: a torch module through its fp32 .pte export, or the .pte file (fp32 or
     PT2E int8) the model was loaded from, as it is."""
 
@@ -186,19 +206,34 @@ class ExecuTorch(Runtime):
     reads = (".pte",)
     computes_on_caller = True  # XNNPACK's pool of one thread runs the work on the calling thread
 
-    def prepare(self, model, x, threads, workdir):
-        path = graph_file(model)
-        if path is None:
-            path = export_executorch(model, workdir / "model.pte", batch=len(x))
-        elif len(x) != getattr(model, "batch", len(x)):
-            raise NetcompressError(f"{path} runs batches of {model.batch} images, not {len(x)}; export it with "
-                                   f"batch={len(x)}")
-        return self.prepare_file(path, x, threads)
+    def export(self, model, path, batch):
+        return export_executorch(model, path, batch=batch)
 
     def prepare_file(self, path, x, threads):
         set_executorch_threads(threads)
         method, inputs = load_method(path), [x.contiguous()]
         return lambda: method.execute(inputs)
+
+
+@register_runtime
+class LiteRT(ProgramRuntime):
+    """LiteRT's interpreter (XNNPACK on the CPU): a torch module through its fp32 .tflite export, or the .tflite
+    file (fp32 or full-integer int8) the model was loaded from, as it is. An int8 file's input is quantized once,
+    outside the timed call, as a camera pipeline hands it integers."""
+
+    name = "litert"
+    package = "ai_edge_litert"
+    install = "pip install 'netcompress[litert]' (the ai-edge-litert and litert-torch packages)"
+    reads = (".tflite",)
+    computes_on_caller = True  # one thread: the interpreter runs on the calling thread
+
+    def export(self, model, path, batch):
+        return export_litert(model, path, batch=batch)
+
+    def prepare_file(self, path, x, threads):
+        interpreter = LiteRTInterpreter(path, threads)
+        fed = interpreter.feed(x.numpy())
+        return lambda: interpreter.invoke(fed)
 
 
 @dataclass(frozen=True)
