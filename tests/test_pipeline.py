@@ -170,15 +170,24 @@ def test_the_student_takes_model_arguments(jpeg_dataset, tmp_path):
 @pytest.mark.slow
 def test_student_variants_share_the_teaching_and_the_codecs(jpeg_dataset, tmp_path):
     recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "views = 2\n[[student_variant]]\n"
-                              "model_args = {width_mult = 0.5}\n[[quantize]]\ncodec = 'fp16'\n"
-                              "[evaluate]\ntest = false\n")
+                              "model_args = {width_mult = 0.5}\n[[student_variant]]\nimage_size = 24\n"
+                              "[[quantize]]\ncodec = 'fp16'\n[evaluate]\ntest = false\n")
     run = tmp_path / "run"
     summary = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)
     half = nc.load(run / "student-width_mult0.5" / "best.safetensors")
     assert nc.count_parameters(half) < nc.count_parameters(nc.load(run / "student" / "best.safetensors")) / 2
     assert not (run / "student-width_mult0.5" / "teacher_views.safetensors").exists()  # the student's are reused
     assert [a["name"] for a in summary["artifacts"] if a["stage"] == "quantize-fp16"] == [
-        "student (studentnet, distilled), fp16", "student (studentnet width_mult=0.5, distilled), fp16"]
+        "student (studentnet, distilled), fp16", "student (studentnet width_mult=0.5, distilled), fp16",
+        "student (studentnet, 24 px, distilled), fp16"]
+    # a student at its own input size: trained, validated and stored at 24 px, the same teaching
+    small = nc.load(run / "student-24px" / "best.safetensors")
+    assert nc.spec_of(small).input_size == 24
+    at_24 = nc.evaluate(small, nc.ImageFolderData(jpeg_dataset, 24), "validation", device="cpu")["accuracy"]
+    by_name = {a["name"]: a for a in summary["artifacts"]}
+    assert by_name["student (studentnet, 24 px, distilled)"]["val_accuracy"] == pytest.approx(at_24, abs=1e-4)
+    stored = nc.load(run / by_name["student (studentnet, 24 px, distilled), fp16"]["file"])
+    assert nc.spec_of(stored).input_size == 24
     with pytest.raises(NetcompressError, match=r"\[\[student_variant\]\] model_args depth: studentnet takes"):
         load_recipe(recipe, ["student_variant.model_args={depth = 3}"])
     with pytest.raises(NetcompressError, match="model_args is empty"):

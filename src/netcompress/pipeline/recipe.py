@@ -4,7 +4,8 @@
     [teacher]     model + epochs (train or fine-tune), or file (an existing model file); image_size, mixup, cutmix
     [student]     distillation: model, model_args, epochs, lr, batch_size, temperature, alpha, method, mixup,
                   cutmix, views
-    [[student_variant]] one table per further student: [student] again with some model_args changed
+    [[student_variant]] one table per further student: [student] again with some model_args or its image_size
+                  changed
                   (model_args = {blocks = 6}: a smaller one for a smaller budget); codecs apply to it too
     [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, lr, distill, precise_bn;
                   source = "teacher" prunes the teacher instead of the student; target_latency_ms with
@@ -136,15 +137,20 @@ class StudentSection:
 @dataclass(frozen=True)
 class StudentVariantSection:
     model_args: dict = field(default_factory=dict)  # changed from [student]'s, e.g. {blocks = 6}
+    image_size: int = 0  # this student's input size where it differs from [data]'s, e.g. 64 (a faster student)
 
     def configs(self, seed: int) -> tuple:
-        if not self.model_args:
-            raise NetcompressError("model_args is empty: name what differs from [student], e.g. {blocks = 6}")
+        if not self.model_args and not self.image_size:
+            raise NetcompressError("model_args is empty and image_size is 0: name what differs from [student], "
+                                   "e.g. model_args = {blocks = 6} or image_size = 64")
+        if self.image_size:
+            check_image_size(self.image_size, "image_size", "0: the data's")
         return ()
 
     @property
     def stage(self) -> str:
-        return "student-" + "-".join(f"{key}{value}" for key, value in self.model_args.items())
+        return "student-" + "-".join([f"{key}{value}" for key, value in self.model_args.items()]
+                                     + ([f"{self.image_size}px"] if self.image_size else []))
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,10 @@ class Run:
                                                cache_dir=self.cache_dir, skip_bad=d.skip_bad, progress=self.progress)
         return self._data[size]
 
+    def data_for(self, model: torch.nn.Module) -> ImageFolderData:
+        """The dataset at the model's own input size (a student variant's may differ from the data's)."""
+        return self.data_at(spec_of(model).input_size)
+
     def teacher_data(self, teacher_file: str) -> ImageFolderData:
         """Training images at the teacher's size where it is larger: it sees them as they are, the student shrunk."""
         return self.data_at(max(read_spec(teacher_file).input_size, self.recipe.data.image_size))
@@ -96,7 +100,7 @@ class Run:
         """The record of the model file at `path` (as done.json keeps it): what it costs, its validation accuracy."""
         path = Path(path).resolve()
         model = load(path)
-        val = self.data_at(spec_of(model).input_size).split("validation")
+        val = self.data_for(model).split("validation")
         row = measure_model(model, val, self.device, path.stat().st_size)
         inside = path.is_relative_to(self.dir.resolve())
         file = str(path.relative_to(self.dir.resolve()) if inside else path)
@@ -149,19 +153,21 @@ def _student_stage(run: Run, teacher_file: str, variant: StudentVariantSection |
     """The distilled student, or a [[student_variant]] of it (distilled from the same cached teacher views)."""
     s = run.recipe.student if variant is None else run.recipe.student.with_model_args(variant.model_args)
     name = "student" if variant is None else variant.stage
+    size = (variant and variant.image_size) or run.recipe.data.image_size
 
     def work(out: Path) -> dict:
         seed_everything(run.recipe.seed)
-        size = run.recipe.data.image_size
         net = new_model(s.model, run.data.class_names, size, run.recipe.data.channels, **s.model_args)
         train_cfg, kd = s.configs(run.recipe.seed)
         train = run.teacher_data(teacher_file)
         teacher = teacher_file if not s.views else _teacher_views(run, teacher_file, train.split("training"))
-        fit(net, train, replace(train_cfg, input_size=size), val=run.data.split("validation"), teacher=teacher,
-            distill=kd, run_dir=out, device=run.device, progress=run.progress)
+        fit(net, train, replace(train_cfg, input_size=size), val=run.data_at(size).split("validation"),
+            teacher=teacher, distill=kd, run_dir=out, device=run.device, progress=run.progress)
         args = "".join(f" {key}={value}" for key, value in s.model_args.items())
+        at = f", {size} px" if size != run.recipe.data.image_size else ""
         return {"model_file": str(out / "best.safetensors"),
-                "artifacts": [run.artifact(f"student ({s.model}{args}, distilled)", out / "best.safetensors", name)]}
+                "artifacts": [run.artifact(f"student ({s.model}{args}{at}, distilled)", out / "best.safetensors",
+                                           name)]}
 
     more = {} if variant is None else {"student_variant": asdict(variant)}
     return run.stage(name, work, run.settings("teacher", "student", **more))
@@ -235,15 +241,17 @@ def _quantize_stage(run: Run, q, sources: list[dict]):
         artifacts, skipped = [], []
         for i, src in enumerate(sources):
             try:
-                stored = quantize(load(run.dir / src.file), cfg, run.data if cfg.needs_data else None,
-                                  device=run.device, progress=run.progress)
+                model = load(run.dir / src.file)
+                data = run.data_for(model)
+                stored = quantize(model, cfg, data if cfg.needs_data else None, device=run.device,
+                                  progress=run.progress)
             except NetcompressError as exc:
                 if cfg.budget is None:
                     raise
                 skipped.append({"source": src.name, "why": str(exc)})  # this model cannot get that small
                 continue
             path = stored.save(out / codec_file_name(i, src))
-            acc = evaluate(stored.decode(), run.data, "validation", device=run.device)["accuracy"]
+            acc = evaluate(stored.decode(), data, "validation", device=run.device)["accuracy"]
             artifacts.append(src.replace(name=f"{src.name}, {label}", stage=name, file=str(path.relative_to(run.dir)),
                                          format="ncq", precision=label, runtime=DECODED, latency_ms={},
                                          file_bytes=stored.nbytes, val_accuracy=round(acc, 5),
@@ -278,7 +286,8 @@ def _deploy_stage(run: Run, sources: list[Artifact]):
         artifacts, chosen = [], {}
         for i, src in enumerate(sources):
             folder = out / f"{i:02d}-{Path(src.file).parent.name or 'model'}"
-            deployment = deploy(load(run.dir / src.file), run.data, folder, cfg)
+            model = load(run.dir / src.file)
+            deployment = deploy(model, run.data_for(model), folder, cfg)
             chosen[src.name] = deployment.chosen.name if deployment.chosen else deployment.why_none
             artifacts += [src.replace(name=f"{src.name}, {a.name}", stage="deploy",
                                       file=str((folder / a.file).relative_to(run.dir)), format=a.format,
@@ -381,7 +390,7 @@ def _evaluate(run: Run, artifacts: list[Artifact], chosen: list[str]) -> dict:
             return {}
         for a in wanted:
             model = load(run.dir / a.file)
-            metrics = evaluate(model, run.data_at(spec_of(model).input_size), "testing", device=run.device)
+            metrics = evaluate(model, run.data_for(model), "testing", device=run.device)
             results[a.name] = round(metrics["accuracy"], 5)
         atomic_write_text(path, json_text(results))
     return results
