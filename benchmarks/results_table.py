@@ -2,9 +2,13 @@
 
 Every model of the run (bytes on disk, validation accuracy, test accuracy where the run measured it:
 the teacher, the student and each budget's choice), then the most accurate model within each byte
-budget of the recipe's [evaluate] table. Prints markdown tables and the wall time; writes JSON. A
-run folder made earlier is reused stage by stage (its wall time is then not the from-scratch one,
-and the JSON says so).
+budget of the recipe's [evaluate] table. Then the run's deployment files (the [deploy] stage) timed again
+all together at batch 1 on one thread, each on its own runtime, beside the course's StudentNet exported
+to ONNX (fp32, random weights: latency does not depend on them) as the reference: every file's latency
+and its ratio to that reference, the accuracy-latency frontier, and for each latency target of
+docs/targets.md the most accurate file within it (on validation), its test accuracy measured once.
+Prints markdown tables and the wall time; writes JSON. A run folder made earlier is reused stage by
+stage (its wall time is then not the from-scratch one, and the JSON says so).
 
     python benchmarks/results_table.py --out runs/food101_10
 """
@@ -19,10 +23,16 @@ from pathlib import Path
 
 import torch
 
+import netcompress as nc
+from netcompress.measure.latency import LatencyConfig, latency_across
 from netcompress.pipeline.artifact import Artifact
 from netcompress.pipeline.recipe import load_recipe
 from netcompress.pipeline.stages import run_recipe
-from netcompress.process import resolve_device, tune_allocator
+from netcompress.process import machine_state, resolve_device, tune_allocator
+
+# docs/targets.md: a deployable model at >= 0.70 test within 0.20 ms, and at >= 0.60 within 0.12 ms (batch 1, 1 thread)
+LATENCY_TARGETS = ((0.70, 0.20), (0.60, 0.12))
+REFERENCE = "studentnet (course), onnx fp32 on ort"
 
 
 def main() -> None:
@@ -56,12 +66,67 @@ def main() -> None:
         print(f"| ≤ {b['budget_bytes']:,} B | {b['chosen']} | {b['bytes']:,} | {b['val']:.3f} | {_acc(b['test'])} |")
     print(f"\nwall time {wall / 60:.1f} min ({'from scratch' if from_scratch else 'reusing finished stages'}, "
           f"{torch.get_num_threads()} threads)")
+    deployed = [a for a in records if a.stage == "deploy"]
+    deployment = _deployable(deployed, args.out, recipe.data.root) if deployed else None
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "benchmark": "results table", "recipe": str(args.recipe), "overrides": args.overrides, "run_dir": str(args.out),
         "from_scratch": from_scratch, "wall_seconds": round(wall, 1), "threads": torch.get_num_threads(),
-        "models": models, "budgets": budgets, "torch": torch.__version__, "machine": platform.machine(),
-        "processor": platform.processor()}, indent=2))
+        "models": models, "budgets": budgets, "deployable": deployment, "torch": torch.__version__,
+        "machine": platform.machine(), "processor": platform.processor(), "machine_state": machine_state()},
+        indent=2))
+
+
+def _deployable(deployed: list[Artifact], run_dir: Path, root: str) -> dict:
+    """Every deployment file timed together with the reference at batch 1 on one thread; the frontier; the most
+    accurate file within each latency target, with its test accuracy."""
+    files = {a.name: (nc.load(run_dir / a.file), a.runtime) for a in deployed}
+    example = nc.spec_of(next(iter(files.values()))[0])
+    reference = nc.new_model("studentnet", example.class_names, 96, example.channels)
+    timed = latency_across({REFERENCE: (reference, "ort"), **files}, LatencyConfig(threads=1, rounds=7), batch=1)
+    ref_ms = timed[REFERENCE].median_ms
+    rows = sorted(({"file": a.name, "path": a.file, "runtime": a.runtime, "bytes": a.file_bytes,
+                    "input_size": nc.spec_of(files[a.name][0]).input_size, "val": a.val_accuracy,
+                    "ms": timed[a.name].median_ms, "clock": timed[a.name].clock} for a in deployed),
+                  key=lambda r: (r["ms"] is None, r["ms"] or 0))
+    best = -1.0
+    for r in rows:
+        r["ratio_to_reference"] = round(r["ms"] / ref_ms, 3) if r["ms"] is not None and ref_ms else None
+        r["frontier"] = r["ms"] is not None and r["val"] > best
+        best = max(best, r["val"]) if r["ms"] is not None else best
+    print(f"\nreference: {REFERENCE} (random weights, 96 px): "
+          f"{'busy' if ref_ms is None else f'{ref_ms:.3f} ms'} at batch 1, 1 thread")
+    print("\n| deployment file | px | bytes | val | ms @1 | x reference | frontier |\n|---|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        ms = "busy" if r["ms"] is None else f"{r['ms']:.3f}"
+        ratio = "" if r["ratio_to_reference"] is None else f"{r['ratio_to_reference']:.2f}"
+        print(f"| {r['file']} | {r['input_size']} | {r['bytes']:,} | {r['val']:.3f} | {ms} | {ratio} | "
+              f"{'yes' if r['frontier'] else ''} |")
+    targets = []
+    for accuracy, ms in LATENCY_TARGETS:
+        within = [r for r in rows if r["ms"] is not None and r["ms"] <= ms]
+        chosen = max(within, key=lambda r: r["val"]) if within else None
+        test = None
+        if chosen is not None:
+            model = files[chosen["file"]][0]
+            data = nc.ImageFolderData(root, nc.spec_of(model).input_size)
+            test = nc.evaluate(model, data, "testing", device="cpu")["accuracy"]
+        fastest = rows[0] if rows and rows[0]["ms"] is not None else None
+        targets.append({"target_test": accuracy, "target_ms": ms, "chosen": chosen and chosen["file"],
+                        "ms": chosen and chosen["ms"], "val": chosen and chosen["val"], "test": test,
+                        "met": test is not None and test >= accuracy,
+                        "fastest": fastest and {"file": fastest["file"], "ms": fastest["ms"], "val": fastest["val"]}})
+    print("\n| target | most accurate file within it (on validation) | ms @1 | val | test | met |\n"
+          "|---|---|---:|---:|---:|---|")
+    for t in targets:
+        if t["chosen"] is None:
+            f = t["fastest"]
+            print(f"| >= {t['target_test']:.2f} test at <= {t['target_ms']} ms | none runs within it (fastest: "
+                  f"{f['file']}, {f['ms']:.3f} ms, val {f['val']:.3f}) | | | | no |")
+        else:
+            print(f"| >= {t['target_test']:.2f} test at <= {t['target_ms']} ms | {t['chosen']} | {t['ms']:.3f} | "
+                  f"{t['val']:.3f} | {t['test']:.3f} | {'yes' if t['met'] else 'no'} |")
+    return {"reference": {"name": REFERENCE, "ms": ref_ms}, "files": rows, "targets": targets}
 
 
 def _acc(value: float | None) -> str:
