@@ -12,7 +12,7 @@ import netcompress as nc
 from netcompress.errors import NetcompressError
 from netcompress.pipeline.artifact import DECODED, Artifact
 from netcompress.pipeline.recipe import load_recipe
-from netcompress.pipeline.budgets import choose
+from netcompress.pipeline.budgets import choose, weigh_teacher
 from netcompress.pipeline.report import write_report
 from netcompress.pipeline.stages import run_recipe
 
@@ -192,6 +192,51 @@ def test_student_variants_share_the_teaching_and_the_codecs(jpeg_dataset, tmp_pa
         load_recipe(recipe, ["student_variant.model_args={depth = 3}"])
     with pytest.raises(NetcompressError, match="model_args is empty"):
         load_recipe(recipe, ["student_variant.model_args={}"])
+
+
+def test_a_teacher_teaches_only_where_it_beats_the_students_trained_without_it():
+    def model(name, val):
+        return Artifact.measured({"file_bytes": 1, "params": 1, "macs": 0, "val_accuracy": val}, name=name, stage="s",
+                                 file=name)
+
+    teacher, plains = model("teacher", 0.44), [model("plain a", 0.515), model("plain b", 0.40)]
+    weak = weigh_teacher("if-better", teacher, plains)
+    assert not weak["used"] and weak["best_plain"] == "plain a"
+    assert weak["why"] == ("the teacher's validation accuracy 0.440 does not beat 0.515 of plain a, the best student "
+                           "trained without it: every student learns from the labels alone")
+    assert weigh_teacher("if-better", model("teacher", 0.6), plains)["used"]
+    assert not weigh_teacher("if-better", model("teacher", 0.515), plains)["used"]  # a tie teaches nothing new
+    assert weigh_teacher("always", teacher, plains) == {"used": True, "why": "teach = always"}
+
+
+@pytest.mark.slow
+def test_a_plain_student_is_the_baseline_the_teacher_must_beat(jpeg_dataset, tmp_path):
+    recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "teach = 'if-better'\n[[student_variant]]\n"
+                              "teacher = false\n[[prune]]\nmethod = 'l2'\nrate = 0.5\nsteps = 1\n"
+                              "finetune_epochs = 1\n[evaluate]\ntest = false\n")
+    run = tmp_path / "run"
+    summary = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)
+    teaching, by_stage = summary["teaching"], {a["stage"]: a for a in summary["artifacts"]}
+    assert by_stage["student-plain"]["name"] == "student (studentnet, no teacher)"
+    assert teaching["best_plain"] == "student (studentnet, no teacher)"
+    assert teaching["used"] == (by_stage["teacher"]["val_accuracy"] > by_stage["student-plain"]["val_accuracy"])
+    taught = "distilled" if teaching["used"] else "no teacher"
+    assert by_stage["student"]["name"] == f"student (studentnet, {taught})"
+    assert (json.loads((run / "prune-l2-0.5-1step-ft1" / "done.json").read_text())["settings"].get("taught", True)
+            == teaching["used"])
+    write_report(run)
+    assert "<h2>Teaching</h2>" in (run / "report.html").read_text()
+    # a teacher no better than the plain student (the same training, so the same accuracy) teaches no one
+    again = run_recipe(load_recipe(recipe, [f"teacher.file={run / 'student-plain' / 'best.safetensors'}"]),
+                       tmp_path / "run2", torch.device("cpu"), progress=False)
+    assert not again["teaching"]["used"] and "does not beat" in again["teaching"]["why"]
+    assert [a["name"] for a in again["artifacts"] if a["stage"] == "student"] == ["student (studentnet, no teacher)"]
+    assert not (tmp_path / "run2" / "student" / "teacher_views.safetensors").exists()
+    with pytest.raises(NetcompressError, match="teach = 'if-better' compares the teacher with a student trained "
+                                               "without one: add a"):
+        load_recipe(recipe, ["student_variant.teacher=true", "student_variant.model_args={width_mult = 0.5}"])
+    with pytest.raises(NetcompressError, match="teach = 'sometimes': choose always or if-better"):
+        load_recipe(recipe, ["student.teach=sometimes"])
 
 
 @pytest.mark.slow

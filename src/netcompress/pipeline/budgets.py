@@ -1,5 +1,5 @@
 """Budgets: the most accurate candidate within a size, a parameter count or a measured latency, and what was
-tried."""
+tried; and whether a teacher is worth learning from."""
 
 from __future__ import annotations
 
@@ -49,3 +49,18 @@ def choose_by_latency(artifacts: list[Artifact], target: LatencyTarget, measured
     best = max(fits, key=lambda t: t["val_accuracy"])
     file = next(a.file for a in artifacts if a.name == best["name"])
     return {"chosen": best["name"], "file": file, "target": asdict(target), "tried": tried}
+
+
+def weigh_teacher(teach: str, teacher: Artifact, plains: list[Artifact]) -> dict:
+    """Whether the students learn from the teacher: always (teach = "always"), or only when it is more accurate on
+    validation than every student trained without it (teach = "if-better"): a weaker teacher teaches its mistakes,
+    and distilling from one cost 8 test points on a dataset the recipes were not tuned on."""
+    if teach == "always" or not plains:
+        return {"used": True, "why": "teach = always" if teach == "always" else "no student trained without it"}
+    best = max(plains, key=lambda a: a.val_accuracy)
+    used = teacher.val_accuracy > best.val_accuracy
+    why = (f"the teacher's validation accuracy {teacher.val_accuracy:.3f} {'beats' if used else 'does not beat'} "
+           f"{best.val_accuracy:.3f} of {best.name}, the best student trained without it"
+           + ("" if used else ": every student learns from the labels alone"))
+    return {"used": used, "why": why, "teacher_val": teacher.val_accuracy, "best_plain": best.name,
+            "best_plain_val": best.val_accuracy}

@@ -5,7 +5,7 @@
     [student]     distillation: model, model_args, epochs, lr, batch_size, temperature, alpha, method, mixup,
                   cutmix, views
     [[student_variant]] one table per further student: [student] again with some model_args or its image_size
-                  changed
+                  changed, or taught by the labels alone (teacher = false: a plain baseline)
                   (model_args = {blocks = 6}: a smaller one for a smaller budget); codecs apply to it too
     [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, lr, distill, precise_bn;
                   source = "teacher" prunes the teacher instead of the student; target_latency_ms with
@@ -95,6 +95,9 @@ class TeacherSection:
                             augment=AugmentConfig(mixup=self.mixup, cutmix=self.cutmix)),)
 
 
+TEACH = ("always", "if-better")
+
+
 @dataclass(frozen=True)
 class StudentSection:
     model: str = "studentnet"
@@ -108,6 +111,9 @@ class StudentSection:
     cutmix: float = 0.0
     views: int = 0  # > 0: the teacher's outputs cached for this many fixed views of every image (TeacherViews)
     model_args: dict = field(default_factory=dict)  # the model's keyword arguments, e.g. {blocks = 8}
+    # "if-better": distil only from a teacher more accurate on validation than every student trained without one
+    # ([[student_variant]] teacher = false); else every student learns from the labels alone, and the run says why
+    teach: str = "always"
 
     def configs(self, seed: int) -> tuple[TrainConfig, DistillConfig]:
         settable = set(model_kwargs(self.model)) - {"num_classes", "in_channels"}  # those two come from the data
@@ -117,6 +123,8 @@ class StudentSection:
                                    f"{', '.join(sorted(settable)) or 'none'}")
         if not 0 <= self.views <= 1024:
             raise NetcompressError(f"views = {self.views} must lie in 0..1024 (0: the teacher runs live)")
+        if self.teach not in TEACH:
+            raise NetcompressError(f"teach = {self.teach!r}: choose {' or '.join(TEACH)}")
         return (TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed,
                             augment=AugmentConfig(mixup=self.mixup, cutmix=self.cutmix)),
                 DistillConfig(temperature=self.temperature, alpha=self.alpha, method=self.method))
@@ -138,11 +146,12 @@ class StudentSection:
 class StudentVariantSection:
     model_args: dict = field(default_factory=dict)  # changed from [student]'s, e.g. {blocks = 6}
     image_size: int = 0  # this student's input size where it differs from [data]'s, e.g. 64 (a faster student)
+    teacher: bool = True  # false: trained on the labels alone, the plain baseline a teacher has to beat
 
     def configs(self, seed: int) -> tuple:
-        if not self.model_args and not self.image_size:
-            raise NetcompressError("model_args is empty and image_size is 0: name what differs from [student], "
-                                   "e.g. model_args = {blocks = 6} or image_size = 64")
+        if not self.model_args and not self.image_size and self.teacher:
+            raise NetcompressError("model_args is empty, image_size is 0 and teacher is true: name what differs "
+                                   "from [student], e.g. model_args = {blocks = 6}, image_size = 64 or teacher = false")
         if self.image_size:
             check_image_size(self.image_size, "image_size", "0: the data's")
         return ()
@@ -150,7 +159,8 @@ class StudentVariantSection:
     @property
     def stage(self) -> str:
         return "student-" + "-".join([f"{key}{value}" for key, value in self.model_args.items()]
-                                     + ([f"{self.image_size}px"] if self.image_size else []))
+                                     + ([f"{self.image_size}px"] if self.image_size else [])
+                                     + ([] if self.teacher else ["plain"]))
 
 
 @dataclass(frozen=True)
@@ -449,4 +459,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
                           f"{path}: [[student_variant]]")
     if recipe.student.model_args:
         _check_model_size(recipe.student.model, recipe.student.model_args, f"{path}: [student]")
+    if recipe.student.teach == "if-better" and all(v.teacher for v in recipe.student_variant):
+        raise NetcompressError(f"{path}: [student] teach = 'if-better' compares the teacher with a student trained "
+                               "without one: add a [[student_variant]] with teacher = false")
     return recipe

@@ -223,6 +223,12 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
                      "codecs (their file decodes to the fp32 model, which runs as fast as its source). Test accuracy "
                      "is measured once, for the teacher, the student and the budgets' choices."),
                ("table", header, rows)]
+    teaching = summary.get("teaching") or {}
+    if "best_plain" in teaching:  # teach = "if-better": the teacher was weighed against the plain students
+        blocks += [("h2", "Teaching"),
+                   ("p", f"{teaching['why'][0].upper()}{teaching['why'][1:]} (validation, ±1 standard error = "
+                         f"±{100 * standard_error(teaching['best_plain_val'], images):.1f} points on {images:,} "
+                         "images).")]
     timed = {a.file: {"latency_ms": a.latency_ms} for a in records if a.runtime != DECODED}
 
     def latency_cells(file: str, row: dict) -> list[str]:

@@ -29,7 +29,7 @@ from ..measure.latency import LatencyConfig, LatencyTarget, get_runtime, latency
 from ..process import log, machine_state, seed_everything
 from ..train.views import TeacherViews, ViewConfig
 from .artifact import DECODED, Artifact
-from .budgets import choose, choose_by_latency
+from .budgets import choose, choose_by_latency, weigh_teacher
 from .compare_arch import compare
 from .deploy import deploy
 from .plan import check_recipe
@@ -149,8 +149,9 @@ def _teacher_stage(run: Run):
     return run.stage("teacher", work, run.settings("teacher"))
 
 
-def _student_stage(run: Run, teacher_file: str, variant: StudentVariantSection | None = None):
-    """The distilled student, or a [[student_variant]] of it (distilled from the same cached teacher views)."""
+def _student_stage(run: Run, teacher_file: str | None, variant: StudentVariantSection | None = None):
+    """The distilled student, or a [[student_variant]] of it (distilled from the same cached teacher views); with
+    no teacher_file (a plain variant, or a teacher that lost to the plain students) trained on the labels alone."""
     s = run.recipe.student if variant is None else run.recipe.student.with_model_args(variant.model_args)
     name = "student" if variant is None else variant.stage
     size = (variant and variant.image_size) or run.recipe.data.image_size
@@ -159,18 +160,33 @@ def _student_stage(run: Run, teacher_file: str, variant: StudentVariantSection |
         seed_everything(run.recipe.seed)
         net = new_model(s.model, run.data.class_names, size, run.recipe.data.channels, **s.model_args)
         train_cfg, kd = s.configs(run.recipe.seed)
-        train = run.teacher_data(teacher_file)
-        teacher = teacher_file if not s.views else _teacher_views(run, teacher_file, train.split("training"))
+        if teacher_file is None:
+            train, teacher = run.data, None
+        else:
+            train = run.teacher_data(teacher_file)
+            teacher = teacher_file if not s.views else _teacher_views(run, teacher_file, train.split("training"))
         fit(net, train, replace(train_cfg, input_size=size), val=run.data_at(size).split("validation"),
             teacher=teacher, distill=kd, run_dir=out, device=run.device, progress=run.progress)
         args = "".join(f" {key}={value}" for key, value in s.model_args.items())
         at = f", {size} px" if size != run.recipe.data.image_size else ""
+        how = "distilled" if teacher_file else "no teacher"
         return {"model_file": str(out / "best.safetensors"),
-                "artifacts": [run.artifact(f"student ({s.model}{args}{at}, distilled)", out / "best.safetensors",
+                "artifacts": [run.artifact(f"student ({s.model}{args}{at}, {how})", out / "best.safetensors",
                                            name)]}
 
     more = {} if variant is None else {"student_variant": asdict(variant)}
+    if teacher_file is None and (variant is None or variant.teacher):
+        more["taught"] = False  # the teacher lost to the plain students: this one learned from the labels
     return run.stage(name, work, run.settings("teacher", "student", **more))
+
+
+def _teaching(run: Run, teacher: dict, plain: list[dict]) -> dict:
+    """Whether the students learn from the teacher (see `weigh_teacher`), said on the console."""
+    teaching = weigh_teacher(run.recipe.student.teach, artifacts_of(teacher)[0],
+                             [a for stage in plain for a in artifacts_of(stage)])
+    if run.progress and "best_plain" in teaching:
+        log(f"[teaching] {teaching['why']}")
+    return teaching
 
 
 def _teacher_views(run: Run, teacher_file: str, train) -> TeacherViews:
@@ -192,13 +208,13 @@ def _finetune_setup(run: Run, teacher_file: str, distill: bool, finetune):
     return train, finetune, TeacherViews.load(run.views_file) if cached else teacher_file
 
 
-def _prune_stage(run: Run, p, student_file: str, teacher_file: str):
+def _prune_stage(run: Run, p, student_file: str, teacher_file: str, taught: bool = True):
     name = p.stage
 
     def work(out: Path) -> dict:
         cfg, _ = p.configs(run.recipe.seed)
         finetune, kd = run.recipe.student.finetune(p.finetune_epochs, run.recipe.seed, p.lr, p.precise_bn)
-        train, finetune, teacher = _finetune_setup(run, teacher_file, p.distill, finetune)
+        train, finetune, teacher = _finetune_setup(run, teacher_file, p.distill and taught, finetune)
         source = teacher_file if p.source == "teacher" else student_file
         result = prune_iteratively(load(source), cfg, train, finetune, val=run.data.split("validation"),
                                    teacher=teacher, distill=kd, run_dir=out, device=run.device, progress=run.progress)
@@ -206,16 +222,17 @@ def _prune_stage(run: Run, p, student_file: str, teacher_file: str):
                                        file=f"{name}/{r['model_file']}").to_dict() for r in result.rows[1:]]
         return {"rows": result.rows, "artifacts": artifacts}
 
-    return run.stage(name, work, run.settings("teacher", "student", prune=asdict(p)))
+    return run.stage(name, work, run.settings("teacher", "student", prune=asdict(p),
+                                              **({} if taught else {"taught": False})))
 
 
-def _lowrank_stage(run: Run, lr, student_file: str, teacher_file: str):
+def _lowrank_stage(run: Run, lr, student_file: str, teacher_file: str, taught: bool = True):
     name = lr.stage
 
     def work(out: Path) -> dict:
         cfg, _ = lr.configs(run.recipe.seed)
         finetune, kd = run.recipe.student.finetune(lr.finetune_epochs, run.recipe.seed, lr.lr)
-        train, finetune, teacher = _finetune_setup(run, teacher_file, lr.distill, finetune)
+        train, finetune, teacher = _finetune_setup(run, teacher_file, lr.distill and taught, finetune)
         result = factorize_and_finetune(load(student_file), cfg, train, finetune, val=run.data.split("validation"),
                                         teacher=teacher, distill=kd, run_dir=out, device=run.device,
                                         progress=run.progress)
@@ -228,7 +245,8 @@ def _lowrank_stage(run: Run, lr, student_file: str, teacher_file: str):
                      for r in result.rows if r["stage"] != "original"]
         return {"artifacts": artifacts}
 
-    return run.stage(name, work, run.settings("teacher", "student", lowrank=asdict(lr)))
+    return run.stage(name, work, run.settings("teacher", "student", lowrank=asdict(lr),
+                                              **({} if taught else {"taught": False})))
 
 
 def _quantize_stage(run: Run, q, sources: list[dict]):
@@ -421,14 +439,19 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
     atomic_write_text(run.dir / "recipe.json", json.dumps(asdict(recipe), indent=2))
     machine = {"at_start": machine_state()}
     teacher = _teacher_stage(run)
-    student = _student_stage(run, teacher["model_file"])
+    plain = [_student_stage(run, None, v) for v in recipe.student_variant if not v.teacher]
+    teaching = _teaching(run, teacher, plain)
+    taught = teaching["used"]
+    student = _student_stage(run, teacher["model_file"] if taught else None)
     artifacts = artifacts_of(teacher) + artifacts_of(student)
     for variant in recipe.student_variant:
-        artifacts += artifacts_of(_student_stage(run, teacher["model_file"], variant))
+        stage = plain.pop(0) if not variant.teacher else \
+            _student_stage(run, teacher["model_file"] if taught else None, variant)
+        artifacts += artifacts_of(stage)
     for p in recipe.prune:
-        artifacts += artifacts_of(_prune_stage(run, p, student["model_file"], teacher["model_file"]))
+        artifacts += artifacts_of(_prune_stage(run, p, student["model_file"], teacher["model_file"], taught))
     for lr in recipe.lowrank:
-        artifacts += artifacts_of(_lowrank_stage(run, lr, student["model_file"], teacher["model_file"]))
+        artifacts += artifacts_of(_lowrank_stage(run, lr, student["model_file"], teacher["model_file"], taught))
     if recipe.compare_arch.run:
         artifacts += artifacts_of(_compare_arch_stage(run))
     sources = [a for a in artifacts if a.stage not in ("teacher", "compare-arch") and a.candidate]
@@ -453,6 +476,7 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
     test = _evaluate(run, artifacts, chosen) if recipe.evaluate.test else {}
     summary = {"artifacts": [a.replace(test_accuracy=test.get(a.name)).to_dict() for a in artifacts],
                "budget": budget, "budgets": budgets, "latency_budget": latency_budget, "test": test,
+               "teaching": teaching,
                "val_images": len(run.data.split("validation")), "splits": run.data.describe(),
                "machine": {**machine, "at_end": machine_state()}}
     atomic_write_text(run.dir / "summary.json", json_text(summary))
