@@ -202,18 +202,18 @@ def _stages(recipe: Recipe, nets: _Networks, clock: _Clock, n_train: int, n_val:
         disk += training_bytes(count_parameters(teacher)) if teacher is not None else 0
     teacher_forward = teacher_rates[1] if teacher_rates else 0.0
     live = 0.0 if s.views else teacher_forward  # the teacher runs at every step unless its views are cached
-    students = [("student", s.model_args, size, True)] + [
-        (v.stage, s.with_model_args(v.model_args).model_args, v.image_size or size, v.teacher)
-        for v in recipe.student_variant]
+    students = [("student", s, size, True)] + [(v.stage, s.for_variant(v), v.image_size or size, v.teacher)
+                                               for v in recipe.student_variant]
     student_rates = None
-    for name, args, at, taught in students:
-        net = nets.get(name, s.model, at, **args)
+    for name, student, at, taught in students:
+        model, args = student.model, student.model_args
+        net = nets.get(name, model, at, **args)
         rates = clock.rates(net, at)
         student_rates = student_rates or rates
         # the teacher's views are computed once, for the first student taught, and shared
         views = (s.views * n_train * teacher_forward) if s.views and rates and name == "student" else 0.0
         cost = epochs_cost(rates, s.epochs, live if taught else 0.0)
-        what = ((f"distill {s.model}" if taught else f"train {s.model}") + _args(args)
+        what = ((f"distill {model}" if taught else f"train {model}") + _args(args)
                 + (f" at {at} px" if at != size else "") + f" for {s.epochs} epochs"
                 + ((f" from {s.views} cached teacher views" if s.views else "") if taught else " on the labels alone"))
         stages.append(StagePlan(name, what, None if cost is None else cost + views))

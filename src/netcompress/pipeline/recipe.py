@@ -5,7 +5,8 @@
     [student]     distillation: model, model_args, epochs, lr, batch_size, temperature, alpha, method, mixup,
                   cutmix, views
     [[student_variant]] one table per further student: [student] again with some model_args or its image_size
-                  changed, or taught by the labels alone (teacher = false: a plain baseline)
+                  changed, another model (model, with its own model_args), or taught by the labels alone
+                  (teacher = false: a plain baseline)
                   (model_args = {blocks = 6}: a smaller one for a smaller budget); codecs apply to it too
     [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, lr, distill, precise_bn;
                   source = "teacher" prunes the teacher instead of the student; target_latency_ms with
@@ -137,9 +138,12 @@ class StudentSection:
                             precise_bn=precise_bn) if epochs else None
         return train, DistillConfig(self.temperature, self.alpha, self.method)
 
-    def with_model_args(self, changes: dict) -> StudentSection:
-        """This student with some of its model's keyword arguments changed (a [[student_variant]])."""
-        return dataclasses.replace(self, model_args={**self.model_args, **changes})
+    def for_variant(self, variant: StudentVariantSection) -> StudentSection:
+        """This student as a [[student_variant]] makes it: another model with its own arguments, or this one with
+        some of its arguments changed."""
+        if variant.model:
+            return dataclasses.replace(self, model=variant.model, model_args=dict(variant.model_args))
+        return dataclasses.replace(self, model_args={**self.model_args, **variant.model_args})
 
 
 @dataclass(frozen=True)
@@ -147,9 +151,10 @@ class StudentVariantSection:
     model_args: dict = field(default_factory=dict)  # changed from [student]'s, e.g. {blocks = 6}
     image_size: int = 0  # this student's input size where it differs from [data]'s, e.g. 64 (a faster student)
     teacher: bool = True  # false: trained on the labels alone, the plain baseline a teacher has to beat
+    model: str = ""  # another architecture, with model_args its own (not [student]'s changed)
 
     def configs(self, seed: int) -> tuple:
-        if not self.model_args and not self.image_size and self.teacher:
+        if not self.model_args and not self.image_size and self.teacher and not self.model:
             raise NetcompressError("model_args is empty, image_size is 0 and teacher is true: name what differs "
                                    "from [student], e.g. model_args = {blocks = 6}, image_size = 64 or teacher = false")
         if self.image_size:
@@ -158,7 +163,8 @@ class StudentVariantSection:
 
     @property
     def stage(self) -> str:
-        return "student-" + "-".join([f"{key}{value}" for key, value in self.model_args.items()]
+        return "student-" + "-".join(([self.model] if self.model else [])
+                                     + [f"{key}{value}" for key, value in self.model_args.items()]
                                      + ([f"{self.image_size}px"] if self.image_size else [])
                                      + ([] if self.teacher else ["plain"]))
 
@@ -451,12 +457,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             sections[name] = _section(name, cls, raw[name], str(path), seed)
     recipe = Recipe(**sections)
     for variant in recipe.student_variant:
+        student = recipe.student.for_variant(variant)
         try:
-            recipe.student.with_model_args(variant.model_args).configs(seed)
+            student.configs(seed)
         except NetcompressError as exc:
             raise NetcompressError(f"{path}: [[student_variant]] {exc}") from exc
-        _check_model_size(recipe.student.model, {**recipe.student.model_args, **variant.model_args},
-                          f"{path}: [[student_variant]]")
+        _check_model_size(student.model, student.model_args, f"{path}: [[student_variant]]")
     if recipe.student.model_args:
         _check_model_size(recipe.student.model, recipe.student.model_args, f"{path}: [student]")
     if recipe.student.teach == "if-better" and all(v.teacher for v in recipe.student_variant):

@@ -152,7 +152,7 @@ def _teacher_stage(run: Run):
 def _student_stage(run: Run, teacher_file: str | None, variant: StudentVariantSection | None = None):
     """The distilled student, or a [[student_variant]] of it (distilled from the same cached teacher views); with
     no teacher_file (a plain variant, or a teacher that lost to the plain students) trained on the labels alone."""
-    s = run.recipe.student if variant is None else run.recipe.student.with_model_args(variant.model_args)
+    s = run.recipe.student if variant is None else run.recipe.student.for_variant(variant)
     name = "student" if variant is None else variant.stage
     size = (variant and variant.image_size) or run.recipe.data.image_size
 
