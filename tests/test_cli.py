@@ -72,7 +72,7 @@ def test_every_verb_has_help_with_an_example():
     from netcompress.cli import app
 
     verbs = sorted(get_command(app).commands)
-    assert len(verbs) == 20
+    assert len(verbs) == 21
     runner = CliRunner()
     for verb in verbs:
         result = runner.invoke(app, [verb, "--help"])

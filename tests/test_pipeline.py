@@ -234,8 +234,12 @@ def test_a_plain_student_is_the_baseline_the_teacher_must_beat(jpeg_dataset, tmp
     again = run_recipe(load_recipe(recipe, [f"teacher.file={run / 'student-plain' / 'best.safetensors'}"]),
                        tmp_path / "run2", torch.device("cpu"), progress=False)
     assert not again["teaching"]["used"] and "does not beat" in again["teaching"]["why"]
-    assert [a["name"] for a in again["artifacts"] if a["stage"] == "student"] == ["student (studentnet, no teacher)"]
-    assert not (tmp_path / "run2" / "student" / "teacher_views.safetensors").exists()
+    # untaught, the student is its plain twin: not trained twice, and pruned from the twin's file
+    assert not (tmp_path / "run2" / "student").exists()
+    assert not [a for a in again["artifacts"] if a["stage"] == "student"]
+    assert [a["name"] for a in again["artifacts"] if a["stage"] == "student-plain"] == [
+        "student (studentnet, no teacher)"]
+    assert any(a["stage"] == "prune-l2-0.5-1step-ft1" for a in again["artifacts"])
     with pytest.raises(NetcompressError, match="teach = 'if-better' compares the teacher with a student trained "
                                                "without one: add a"):
         load_recipe(recipe, ["student_variant.teacher=true", "student_variant.image_size=24"])

@@ -15,6 +15,7 @@ from ..files import why_not_written
 
 # importing the verb families registers their commands, listed in this order by --help
 from . import (  # noqa: F401
+    auto,
     compress,
     deploy,
     formats,

@@ -79,9 +79,10 @@ def check_recipe(recipe: Recipe, run_dir, **targets) -> RunPlan:
 
 def plan_recipe(recipe: Recipe, run_dir, *, target_bytes: int | None = None, target_params: int | None = None,
                 target_latency: LatencyTarget | None = None, cache_dir=None, device: torch.device | None = None,
-                measure: bool = False, progress: bool = False) -> RunPlan:
+                measure: bool = False, progress: bool = False, rates: dict | None = None) -> RunPlan:
     """What running `recipe` into `run_dir` will do and need. measure: time a few training batches of every
-    network on `device` for the time estimate (a few seconds per network)."""
+    network on `device` for the time estimate (a few seconds per network); rates: those timings, kept across calls
+    that plan variants of one recipe (each network is timed once)."""
     check, notes = Preflight("recipe"), []
     d = recipe.data
     splits = ("training", "validation", "testing") if recipe.evaluate.test else ("training", "validation")
@@ -106,7 +107,8 @@ def plan_recipe(recipe: Recipe, run_dir, *, target_bytes: int | None = None, tar
         nets = _Networks(recipe, data, check)
         n_train = described.get("training", {}).get("images", 0)
         n_val = described.get("validation", {}).get("images", 0)
-        clock = _Clock(device or torch.device("cpu"), recipe.data.channels, measure, progress)
+        clock = _Clock(device or torch.device("cpu"), recipe.data.channels, measure, progress,
+                       {} if rates is None else rates)
         stages, disk = _stages(recipe, nets, clock, n_train, n_val, teacher_size)
         if measure:
             images = sum(s["images"] for s in described.values())
@@ -126,22 +128,23 @@ def plan_recipe(recipe: Recipe, run_dir, *, target_bytes: int | None = None, tar
 class _Clock:
     """Seconds per image of a network's training step and forward pass, measured on random batches."""
 
-    def __init__(self, device: torch.device, channels: int, measure: bool, progress: bool):
+    def __init__(self, device: torch.device, channels: int, measure: bool, progress: bool, found: dict):
         self.device, self.channels, self.measure, self.progress = device, channels, measure, progress
-        self.found: dict[int, tuple[float, float, float]] = {}
+        self.found: dict[tuple, tuple[float, float, float]] = found  # by network kind, size and input size
 
     def rates(self, net: nn.Module | None, size: int) -> tuple[float, float, float] | None:
         """(training, forward) seconds per image and the seconds of measuring one model of it (the latencies every
         stage records for each model it makes), or None when not measuring."""
         if not self.measure or net is None:
             return None
-        if id(net) not in self.found:
+        key = (type(net).__name__, count_parameters(net), size, str(self.device))
+        if key not in self.found:
             if self.progress:
                 log(f"[plan] timing {type(net).__name__} at {size} px")
             t0 = time.perf_counter()
             measure_latencies(net)
-            self.found[id(net)] = (*_time_network(net, size, self.channels, self.device), time.perf_counter() - t0)
-        return self.found[id(net)]
+            self.found[key] = (*_time_network(net, size, self.channels, self.device), time.perf_counter() - t0)
+        return self.found[key]
 
     def decode(self, data: ImageFolderData, size: int, images: int) -> float | None:
         """Seconds to decode `images` images, timed on a few of the folder's files."""

@@ -180,6 +180,13 @@ def _student_stage(run: Run, teacher_file: str | None, variant: StudentVariantSe
     return run.stage(name, work, run.settings("teacher", "student", **more))
 
 
+def _student_key(run: Run, variant: StudentVariantSection | None) -> str:
+    """What makes a student, teaching aside: its model, arguments and input size."""
+    s = run.recipe.student if variant is None else run.recipe.student.for_variant(variant)
+    size = (variant and variant.image_size) or run.recipe.data.image_size
+    return json.dumps([s.model, s.model_args, size], sort_keys=True)
+
+
 def _teaching(run: Run, teacher: dict, plain: list[dict]) -> dict:
     """Whether the students learn from the teacher (see `weigh_teacher`), said on the console."""
     teaching = weigh_teacher(run.recipe.student.teach, artifacts_of(teacher)[0],
@@ -439,15 +446,18 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
     atomic_write_text(run.dir / "recipe.json", json.dumps(asdict(recipe), indent=2))
     machine = {"at_start": machine_state()}
     teacher = _teacher_stage(run)
-    plain = [_student_stage(run, None, v) for v in recipe.student_variant if not v.teacher]
-    teaching = _teaching(run, teacher, plain)
+    plain = {i: _student_stage(run, None, v) for i, v in enumerate(recipe.student_variant) if not v.teacher}
+    teaching = _teaching(run, teacher, list(plain.values()))
     taught = teaching["used"]
-    student = _student_stage(run, teacher["model_file"] if taught else None)
-    artifacts = artifacts_of(teacher) + artifacts_of(student)
-    for variant in recipe.student_variant:
-        stage = plain.pop(0) if not variant.teacher else \
-            _student_stage(run, teacher["model_file"] if taught else None, variant)
-        artifacts += artifacts_of(stage)
+    # untaught, a student is its plain twin (the same model, arguments and size), which is not trained again
+    twins = {} if taught else {_student_key(run, recipe.student_variant[i]): stage for i, stage in plain.items()}
+    student = twins.get(_student_key(run, None)) or _student_stage(run, teacher["model_file"] if taught else None)
+    artifacts = artifacts_of(teacher) + ([] if _student_key(run, None) in twins else artifacts_of(student))
+    for i, variant in enumerate(recipe.student_variant):
+        if not variant.teacher:
+            artifacts += artifacts_of(plain[i])
+        elif _student_key(run, variant) not in twins:
+            artifacts += artifacts_of(_student_stage(run, teacher["model_file"] if taught else None, variant))
     for p in recipe.prune:
         artifacts += artifacts_of(_prune_stage(run, p, student["model_file"], teacher["model_file"], taught))
     for lr in recipe.lowrank:

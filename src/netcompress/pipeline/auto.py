@@ -1,0 +1,259 @@
+"""`auto`: the most accurate model for the user's own data within a byte budget and a time budget, by measured search.
+
+It writes a recipe for the data, the budget and the time, RUN/auto.toml, and runs it like any recipe (a rerun
+resumes it, with the same plan). Its candidates, all compared on validation:
+
+- the plain baseline: the course's StudentNet trained on the labels alone, at the data's own size;
+- pretrained truncated EfficientNet-Lite0 students (as many blocks as the budget can hold at 4 bits, and fewer)
+  trained on the labels alone, at the size their ImageNet features need (at least 64 px);
+- the same students, and the StudentNet, distilled from an EfficientNet-Lite0 teacher, but only where the teacher
+  beats every plain student on validation (`teach = "if-better"`): a weaker teacher teaches its mistakes;
+- every one of them stored with 4- and 3-bit codes after quantization-aware fine-tuning, and with the mixed-precision
+  codec that fits the budget (what a user of the plain baseline would do).
+
+Time: a few training batches of every network are timed (plan.py); the epochs of every stage are then scaled by one
+factor, the largest whose estimate fits the time given. Where even one epoch each does not fit, the teacher and the
+distilled students go first, then quantization-aware fine-tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..data.folder import ImageFolderData
+from ..errors import NetcompressError
+from ..files import atomic_write_text, json_text
+from ..models import model_kwargs
+from ..models.registry import create_model
+from ..process import log, machine_state
+from .plan import RunPlan, plan_recipe
+from .recipe import load_recipe
+from .report import standard_error, write_report
+from .stages import run_recipe
+
+FULL = {"teacher": 20, "student": 30, "qat": 3}  # epochs at factor 1: the results recipe's, which took 82 min here
+PRETRAINED_SIZE = 64  # ImageNet features fade below this input size (the Lite0 students lost to StudentNet at 32 px)
+MAX_SIZE = 96
+VIEWS = 8
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    """target_bytes: the largest model file to choose; time_s: the time the whole run may take (seconds);
+    image_size: the students' input size (0: the data's own, at most 96 px)."""
+
+    target_bytes: int
+    time_s: float = 1800.0
+    image_size: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 1_000 <= self.target_bytes <= 10**10:
+            raise NetcompressError(f"target_bytes = {self.target_bytes}: a model file of 1,000 bytes to 10 GB")
+        if not 60 <= self.time_s <= 7 * 86400:
+            raise NetcompressError(f"time = {self.time_s:g} s: give at least a minute and at most a week")
+        if self.image_size and not 8 <= self.image_size <= 1024:
+            raise NetcompressError(f"image_size = {self.image_size}: use 8..1024, or 0 for the data's own")
+
+
+def native_size(data: ImageFolderData, sample: int = 200) -> int:
+    """The median shorter side of the training images (their headers only), capped at MAX_SIZE, a multiple of 8."""
+    listed = data.listed_files(data.source)
+    files = listed[:: max(1, len(listed) // sample)][:sample]
+    sides = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                sides.append(min(im.size))
+        except OSError:
+            continue
+    if not sides:
+        raise NetcompressError(f"{data.root}: none of its training images could be opened")
+    return max(16, min(MAX_SIZE, int(statistics.median(sides)) // 8 * 8))
+
+
+def lite0_blocks(target_bytes: int, num_classes: int) -> list[int]:
+    """The truncated Lite0 students worth training: the deepest whose 4-bit file fits the budget, and two shallower
+    ones (parameters counted on the meta device)."""
+    fits = []
+    for blocks in range(16, 1, -1):
+        with torch.device("meta"):
+            net = create_model("efficientnet_lite0", **model_kwargs("efficientnet_lite0", blocks=blocks,
+                                                                   num_classes=num_classes, pretrained=False))
+        if sum(p.numel() for p in net.parameters()) * 0.5 * 1.1 <= target_bytes:  # 4 bits, 10% for scales
+            fits.append(blocks)
+    return fits[:3] or [2]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    size: int  # the data's own size: the plain StudentNet's
+    pretrained_size: int  # the Lite0 students'
+    blocks: tuple[int, ...]
+    teacher: bool = True
+    qat: bool = True
+
+
+def recipe_text(root: str, cfg: AutoConfig, c: Candidates, factor: float) -> str:
+    """The recipe auto runs, with every stage's epochs scaled by `factor` (at least one each)."""
+    epochs = {k: max(1, round(v * factor)) for k, v in FULL.items()}
+    px = "" if c.pretrained_size == c.size else f"\nimage_size = {c.pretrained_size}"
+    lines = [f"# written by netcompress auto: --target-bytes {cfg.target_bytes} --time {cfg.time_s:g}s "
+             f"(epochs scaled by {factor:.3f})", f"seed = {cfg.seed}", "", "[data]", f"root = {json.dumps(root)}",
+             f"image_size = {c.size}", "", "[teacher]", 'model = "efficientnet_lite0"',
+             f"image_size = {c.pretrained_size}", f"epochs = {epochs['teacher'] if c.teacher else 1}",
+             "lr = 5e-4", "", "[student]", 'model = "studentnet"', f"epochs = {epochs['student']}",
+             "temperature = 4.0", "alpha = 0.9", f"views = {VIEWS if c.teacher else 0}",
+             f'teach = "{"if-better" if c.teacher else "always"}"', "",
+             "[[student_variant]]", "teacher = false", ""]
+    for i, blocks in enumerate(c.blocks):
+        lines += ["[[student_variant]]", 'model = "efficientnet_lite0"', f"model_args = {{blocks = {blocks}}}" + px,
+                  "teacher = false", ""]
+        if c.teacher:
+            lines += ["[[student_variant]]", 'model = "efficientnet_lite0"',
+                      f"model_args = {{blocks = {blocks}}}" + px, ""]
+    for bits in (4, 3):
+        lines += ["[[quantize]]", 'codec = "kbit"', f"bits = {bits}", "entropy = true"]
+        lines += [f"finetune_epochs = {epochs['qat']}", ""] if c.qat else [""]
+    lines += ["[[quantize]]", 'codec = "kbit"', "bits = 8", "entropy = true", f"budget = {cfg.target_bytes}", "",
+              "[evaluate]", f"budgets = [{cfg.target_bytes}]", ""]
+    return "\n".join(lines)
+
+
+def stage_costs(plan_low: RunPlan, plan_high: RunPlan, low: float, high: float) -> list[tuple[float, float]]:
+    """Each stage's estimated seconds as fixed + per_factor x factor, from its estimates at two factors (a stage's
+    work is linear in its epochs), stage by stage in the plans' order."""
+    costs = []
+    for a, b in zip(plan_low.stages, plan_high.stages):
+        sa, sb = a.seconds or 0.0, b.seconds or 0.0
+        slope = max(0.0, (sb - sa) / (high - low))
+        costs.append((sa - slope * low, slope))
+    return costs
+
+
+def largest_factor(costs: list[tuple[float, float]], seconds: float, floor: float) -> float | None:
+    """The largest factor in [floor, 1] whose total estimate fits `seconds`, or None when even `floor` does not."""
+    def total(f: float) -> float:
+        return sum(fixed + slope * f for fixed, slope in costs)
+
+    if total(floor) > seconds:
+        return None
+    if total(1.0) <= seconds:
+        return 1.0
+    lo, hi = floor, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if total(mid) <= seconds else (lo, mid)
+    return lo
+
+
+@dataclass(frozen=True)
+class AutoPlan:
+    recipe: str  # the recipe's TOML text
+    factor: float
+    seconds: float  # estimated
+    stages: tuple  # (name, what, estimated seconds)
+    candidates: Candidates
+    notes: tuple[str, ...]
+
+
+def plan_auto(root: str, out, cfg: AutoConfig, device: torch.device, progress: bool = True) -> AutoPlan:
+    """The recipe that fits the time: candidates for the data and budget, epochs scaled to the time measured."""
+    data = ImageFolderData(root, 32, seed=cfg.seed, progress=False)
+    size = cfg.image_size or native_size(data)
+    c = Candidates(size, max(size, PRETRAINED_SIZE), tuple(lite0_blocks(cfg.target_bytes, len(data.class_names))))
+    notes = [f"students at {c.size} px (the training images' median shorter side, at most {MAX_SIZE})"
+             + (f"; the pretrained Lite0 students and the teacher at {c.pretrained_size} px, which their ImageNet "
+                "features need" if c.pretrained_size != c.size else "")]
+    scratch = Path(out) / "auto-plan"
+    scratch.mkdir(parents=True, exist_ok=True)
+    path, rates, started = scratch / "plan.toml", {}, time.perf_counter()
+
+    def planned(candidates: Candidates, factor: float, measure: bool = True) -> RunPlan:
+        path.write_text(recipe_text(str(root), cfg, candidates, factor), encoding="utf-8")
+        return plan_recipe(load_recipe(path), out, target_bytes=cfg.target_bytes, device=device, measure=measure,
+                           progress=progress, rates=rates)
+
+    floor = 1 / max(FULL.values())  # one epoch of every stage
+    for attempt in (c, replace(c, qat=False)):
+        low, high = planned(attempt, floor), planned(attempt, 1.0)
+        if low.problems:
+            raise NetcompressError("; ".join(low.problems))
+        costs = stage_costs(low, high, floor, 1.0)
+        left = cfg.time_s - (time.perf_counter() - started)  # the planning's own time counts
+        factor = largest_factor(costs, left, floor)
+        if factor is not None:
+            final = planned(attempt, factor)  # the stages' names at this factor; every network already timed
+            text = path.read_text(encoding="utf-8")
+            stages = tuple((s.name, s.work, round(fixed + slope * factor, 1))
+                           for s, (fixed, slope) in zip(final.stages, costs))
+            if attempt is not c:
+                notes.append("no quantization-aware fine-tuning: it did not fit the time")
+            return AutoPlan(text, factor, sum(s[2] for s in stages), stages, attempt, tuple(notes))
+        shortest = sum(fixed + slope * floor for fixed, slope in costs)
+    raise NetcompressError(f"even one epoch of every stage needs about {shortest / 60:.0f} min here, more than the "
+                           f"{cfg.time_s / 60:.0f} min given: give more --time, or a smaller --image-size")
+
+
+def auto(root: str | Path, out: str | Path, config: AutoConfig, device: str | torch.device = "auto",
+         progress: bool = True) -> dict:
+    """Plan (or reload the plan of an earlier, interrupted call), run, choose and report; returns RUN/auto.json's
+    record: the plan, the choice within the budget with its validation and test accuracy, the plain baseline's best
+    within the budget, the teaching verdict, how validation was made and its noise, and the time taken."""
+    from ..process import resolve_device
+
+    out, device = Path(out), resolve_device(device)
+    recipe_file, record_file = out / "auto.toml", out / "auto.json"
+    started = time.perf_counter()
+    if recipe_file.exists() and record_file.exists():
+        planned = json.loads(record_file.read_text(encoding="utf-8"))["plan"]
+        if planned["config"] != json.loads(json.dumps(asdict(config))):
+            raise NetcompressError(f"{out} holds an auto run planned with {planned['config']}: give the same settings "
+                                   "to resume it, or another --out")
+        if progress:
+            log(f"[auto] resuming the plan in {recipe_file}")
+    else:
+        plan = plan_auto(str(root), out, config, device, progress)
+        planned = {"config": asdict(config), "factor": plan.factor, "estimated_seconds": plan.seconds,
+                   "stages": [{"stage": n, "work": w, "estimated_seconds": s} for n, w, s in plan.stages],
+                   "notes": list(plan.notes)}
+        atomic_write_text(recipe_file, plan.recipe)
+        atomic_write_text(record_file, json_text({"plan": planned}))
+        if progress:
+            for stage in planned["stages"]:
+                log(f"[auto] plan: {stage['stage']}: {stage['work']} (about {stage['estimated_seconds'] / 60:.1f} min)")
+            log(f"[auto] about {plan.seconds / 60:.1f} of {config.time_s / 60:.1f} min; recipe in {recipe_file}")
+    summary = run_recipe(load_recipe(recipe_file), out, device, target_bytes=config.target_bytes, progress=progress)
+    write_report(out)
+    wall = time.perf_counter() - started
+    record = {"plan": planned, **evidence(summary, config.target_bytes), "wall_seconds": round(wall, 1),
+              "time_given_seconds": config.time_s, "late": wall > 1.15 * config.time_s,
+              "machine": summary.get("machine", machine_state())}
+    atomic_write_text(record_file, json_text(record))
+    return record
+
+
+def evidence(summary: dict, target_bytes: int) -> dict:
+    """Why the winner won: it, the plain baseline's best within the budget, the teaching verdict, every candidate's
+    validation accuracy, and how noisy validation is."""
+    artifacts = {a["name"]: a for a in summary["artifacts"]}
+    chosen = artifacts[summary["budget"]["chosen"]]
+    fits = [a for a in summary["artifacts"] if a.get("candidate", True) and a["file_bytes"] <= target_bytes]
+    baseline = [a for a in fits if a["name"].startswith("student (studentnet, no teacher)")]
+    best_baseline = max(baseline, key=lambda a: a["val_accuracy"]) if baseline else None
+    images = summary.get("val_images", 0)
+    validation = summary.get("splits", {}).get("validation", {})
+    return {"chosen": {k: chosen.get(k) for k in ("name", "file", "file_bytes", "val_accuracy", "test_accuracy")},
+            "baseline": best_baseline and {k: best_baseline.get(k) for k in ("name", "file_bytes", "val_accuracy")},
+            "teaching": summary.get("teaching"),
+            "validation": {"from": validation.get("from"), "images": images,
+                           "standard_error": round(standard_error(chosen["val_accuracy"], images), 4)},
+            "candidates": sorted(({"name": a["name"], "file_bytes": a["file_bytes"], "val_accuracy": a["val_accuracy"]}
+                                  for a in fits), key=lambda a: -a["val_accuracy"])}

@@ -1,0 +1,75 @@
+"""`auto`: a recipe planned to the time from measured batches, its candidates (a plain baseline, pretrained
+students, a teacher used only where it beats them), and the choice with its evidence."""
+
+import json
+
+import pytest
+import torch
+
+import netcompress as nc
+from netcompress.cli.auto import seconds_of
+from netcompress.pipeline.auto import AutoConfig, Candidates, auto, largest_factor, lite0_blocks, recipe_text
+from netcompress.pipeline.recipe import load_recipe
+from test_cli import run_cli
+
+
+def test_durations_are_read_as_people_write_them():
+    assert [seconds_of(t) for t in ("30m", "1.5h", "90s", "600", "2 min")] == [1800, 5400, 90, 600, 120]
+    with pytest.raises(nc.NetcompressError, match="--time 'soon': give a duration such as 30m"):
+        seconds_of("soon")
+
+
+def test_a_config_outside_what_can_run_is_refused():
+    for bad, match in ((dict(target_bytes=10), "target_bytes = 10"), (dict(target_bytes=10**5, time_s=5),
+                                                                     "at least a minute"),
+                       (dict(target_bytes=10**5, image_size=3), "image_size = 3")):
+        with pytest.raises(nc.NetcompressError, match=match):
+            AutoConfig(**bad)
+
+
+def test_the_epochs_are_scaled_to_the_largest_factor_that_fits():
+    costs = [(10.0, 100.0), (5.0, 50.0)]  # seconds = fixed + slope x factor, per stage
+    assert largest_factor(costs, 200.0, 0.05) == 1.0
+    assert largest_factor(costs, 90.0, 0.05) == pytest.approx(0.5, abs=1e-6)  # 15 + 150 f = 90
+    assert largest_factor(costs, 20.0, 0.05) is None  # even the floor needs 22.5 s
+
+
+def test_the_students_fit_the_budget_at_four_bits():
+    big, small = lite0_blocks(150_000, 10), lite0_blocks(20_000, 10)
+    assert big[0] > small[0] and len(big) == 3 and big == sorted(big, reverse=True)
+    with torch.device("meta"):
+        deepest = nc.create_model("efficientnet_lite0", blocks=big[0], num_classes=10, pretrained=False)
+    assert sum(p.numel() for p in deepest.parameters()) * 0.55 <= 150_000
+
+
+def test_the_recipe_it_writes_is_a_recipe(tmp_path, jpeg_dataset):
+    cfg = AutoConfig(target_bytes=60_000, time_s=600)
+    path = tmp_path / "auto.toml"
+    path.write_text(recipe_text(str(jpeg_dataset), cfg, Candidates(40, 64, (6, 5)), 0.1))
+    recipe = load_recipe(path)
+    assert recipe.student.teach == "if-better" and recipe.teacher.epochs == 2 and recipe.student.epochs == 3
+    plain = [v for v in recipe.student_variant if not v.teacher]
+    assert [(v.model or "studentnet", v.model_args.get("blocks"), v.image_size) for v in plain] == [
+        ("studentnet", None, 0), ("efficientnet_lite0", 6, 64), ("efficientnet_lite0", 5, 64)]
+    assert recipe.evaluate.budgets == [60_000] and [q.finetune_epochs for q in recipe.quantize] == [1, 1, 0]
+
+
+@pytest.mark.slow
+def test_auto_runs_within_the_time_and_says_why_the_winner_won(jpeg_dataset, tmp_path):
+    out = tmp_path / "auto"
+    record = auto(jpeg_dataset, out, AutoConfig(target_bytes=60_000, time_s=240), device="cpu", progress=False)
+    assert (out / "auto.toml").exists() and (out / "report.html").exists()
+    assert record["plan"]["estimated_seconds"] <= 240 and record["wall_seconds"] > 0
+    chosen = record["chosen"]
+    assert chosen["file_bytes"] <= 60_000 and chosen["test_accuracy"] is not None
+    assert chosen["val_accuracy"] == max(c["val_accuracy"] for c in record["candidates"])
+    assert record["baseline"] is None or record["baseline"]["val_accuracy"] <= chosen["val_accuracy"]
+    assert record["validation"]["images"] == 6 and record["validation"]["standard_error"] > 0
+    assert "beat" in record["teaching"]["why"]
+    assert json.loads((out / "auto.json").read_text())["chosen"] == chosen
+    # the same command again resumes the plan (nothing is trained again); other settings are refused
+    code, _, err = run_cli("auto", jpeg_dataset, "--target-bytes", 60_000, "--time", "4m", "--out", out,
+                           "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    code, _, err = run_cli("auto", jpeg_dataset, "--target-bytes", 50_000, "--out", out)
+    assert code == 2 and "holds an auto run planned with" in err
