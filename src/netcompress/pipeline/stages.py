@@ -33,7 +33,7 @@ from .budgets import choose, choose_by_latency, weigh_teacher
 from .compare_arch import compare
 from .deploy import deploy
 from .plan import check_recipe
-from .recipe import SECTIONS, PruneSection, Recipe, StudentVariantSection
+from .recipe import SECTIONS, PruneSection, Recipe, StudentSection, StudentVariantSection
 from .records import read_done, read_json_object
 
 
@@ -152,16 +152,15 @@ def _teacher_stage(run: Run):
 def _student_stage(run: Run, teacher_file: str | None, variant: StudentVariantSection | None = None):
     """The distilled student, or a [[student_variant]] of it (distilled from the same cached teacher views); with
     no teacher_file (a plain variant, or a teacher that lost to the plain students) trained on the labels alone."""
-    s = run.recipe.student if variant is None else run.recipe.student.for_variant(variant)
+    s, size = _student_of(run, variant)
     name = "student" if variant is None else variant.stage
-    size = (variant and variant.image_size) or run.recipe.data.image_size
 
     def work(out: Path) -> dict:
         seed_everything(run.recipe.seed)
         net = new_model(s.model, run.data.class_names, size, run.recipe.data.channels, **s.model_args)
         train_cfg, kd = s.configs(run.recipe.seed)
         if teacher_file is None:
-            train, teacher = run.data, None
+            train, teacher = run.data_at(size), None
         else:
             train = run.teacher_data(teacher_file)
             teacher = teacher_file if not s.views else _teacher_views(run, teacher_file, train.split("training"))
@@ -180,10 +179,15 @@ def _student_stage(run: Run, teacher_file: str | None, variant: StudentVariantSe
     return run.stage(name, work, run.settings("teacher", "student", **more))
 
 
+def _student_of(run: Run, variant: StudentVariantSection | None) -> tuple[StudentSection, int]:
+    """The [student] section a variant makes (the student itself for None), and its input size."""
+    s = run.recipe.student if variant is None else run.recipe.student.for_variant(variant)
+    return s, (variant and variant.image_size) or run.recipe.data.image_size
+
+
 def _student_key(run: Run, variant: StudentVariantSection | None) -> str:
     """What makes a student, teaching aside: its model, arguments and input size."""
-    s = run.recipe.student if variant is None else run.recipe.student.for_variant(variant)
-    size = (variant and variant.image_size) or run.recipe.data.image_size
+    s, size = _student_of(run, variant)
     return json.dumps([s.model, s.model_args, size], sort_keys=True)
 
 
