@@ -12,8 +12,8 @@ resumes it, with the same plan). Its candidates, all compared on validation:
   codec that fits the budget (what a user of the plain baseline would do).
 
 Time: a few training batches of every network are timed (plan.py); the epochs of every stage are then scaled by one
-factor, the largest whose estimate fits the time given. Where even one epoch each does not fit, the teacher and the
-distilled students go first, then quantization-aware fine-tuning.
+factor, the largest whose estimate fits the time left after planning. Where even one epoch each does not fit,
+quantization-aware fine-tuning goes; where it still does not, auto stops and says how much time it needs.
 """
 
 from __future__ import annotations
@@ -97,8 +97,7 @@ class Candidates:
     size: int  # the data's own size: the plain StudentNet's
     pretrained_size: int  # the Lite0 students'
     blocks: tuple[int, ...]
-    teacher: bool = True
-    qat: bool = True
+    qat: bool = True  # quantization-aware fine-tuning (the first to go when time is short)
 
 
 def recipe_text(root: str, cfg: AutoConfig, c: Candidates, factor: float) -> str:
@@ -108,17 +107,13 @@ def recipe_text(root: str, cfg: AutoConfig, c: Candidates, factor: float) -> str
     lines = [f"# written by netcompress auto: --target-bytes {cfg.target_bytes} --time {cfg.time_s:g}s "
              f"(epochs scaled by {factor:.3f})", f"seed = {cfg.seed}", "", "[data]", f"root = {json.dumps(root)}",
              f"image_size = {c.size}", "", "[teacher]", 'model = "efficientnet_lite0"',
-             f"image_size = {c.pretrained_size}", f"epochs = {epochs['teacher'] if c.teacher else 1}",
+             f"image_size = {c.pretrained_size}", f"epochs = {epochs['teacher']}",
              "lr = 5e-4", "", "[student]", 'model = "studentnet"', f"epochs = {epochs['student']}",
-             "temperature = 4.0", "alpha = 0.9", f"views = {VIEWS if c.teacher else 0}",
-             f'teach = "{"if-better" if c.teacher else "always"}"', "",
+             "temperature = 4.0", "alpha = 0.9", f"views = {VIEWS}", 'teach = "if-better"', "",
              "[[student_variant]]", "teacher = false", ""]
-    for i, blocks in enumerate(c.blocks):
-        lines += ["[[student_variant]]", 'model = "efficientnet_lite0"', f"model_args = {{blocks = {blocks}}}" + px,
-                  "teacher = false", ""]
-        if c.teacher:
-            lines += ["[[student_variant]]", 'model = "efficientnet_lite0"',
-                      f"model_args = {{blocks = {blocks}}}" + px, ""]
+    for blocks in c.blocks:
+        student = ["[[student_variant]]", 'model = "efficientnet_lite0"', f"model_args = {{blocks = {blocks}}}" + px]
+        lines += [*student, "teacher = false", "", *student, ""]
     for bits in (4, 3):
         lines += ["[[quantize]]", 'codec = "kbit"', f"bits = {bits}", "entropy = true"]
         lines += [f"finetune_epochs = {epochs['qat']}", ""] if c.qat else [""]
