@@ -1,6 +1,7 @@
 """LiteRT export: fp32 and full-integer int8 .tflite files that plain LiteRT runs, agreeing with eager PyTorch on
 real photos, with their spec beside them, refused when damaged, and run by the litert runtime."""
 
+import importlib.util
 import json
 import shutil
 import time
@@ -11,9 +12,10 @@ import torch
 
 import netcompress as nc
 
-pytest.importorskip("litert_torch", reason="the litert extra is not installed: pip install 'netcompress[litert]'")
 litert = pytest.importorskip("ai_edge_litert.interpreter",
                              reason="the litert extra is not installed: pip install 'netcompress[litert]'")
+if importlib.util.find_spec("litert_torch") is None:  # found, not imported: it brings JAX, seconds to import
+    pytest.skip("the litert extra is not installed: pip install 'netcompress[litert]'", allow_module_level=True)
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # exports once per module: tens of seconds
 
