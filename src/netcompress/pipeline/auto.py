@@ -217,6 +217,7 @@ def auto(root: str | Path, out: str | Path, config: AutoConfig, device: str | to
     else:
         plan = plan_auto(str(root), out, config, device, progress)
         planned = {"config": asdict(config), "factor": plan.factor, "estimated_seconds": plan.seconds,
+                   "planning_seconds": round(time.perf_counter() - started, 1),
                    "stages": [{"stage": n, "work": w, "estimated_seconds": s} for n, w, s in plan.stages],
                    "notes": list(plan.notes)}
         atomic_write_text(recipe_file, plan.recipe)
@@ -228,8 +229,11 @@ def auto(root: str | Path, out: str | Path, config: AutoConfig, device: str | to
     summary = run_recipe(load_recipe(recipe_file), out, device, target_bytes=config.target_bytes, progress=progress)
     write_report(out)
     wall = time.perf_counter() - started
-    record = {"plan": planned, **evidence(summary, config.target_bytes), "wall_seconds": round(wall, 1),
-              "time_given_seconds": config.time_s, "late": wall > 1.15 * config.time_s,
+    # a resumed run's time: the planning and every stage's own (done.json), not only this call's
+    spent = max(wall, planned["planning_seconds"] + sum(json.loads(f.read_text()).get("wall_seconds", 0)
+                                                        for f in out.glob("*/done.json")))
+    record = {"plan": planned, **evidence(summary, config.target_bytes), "wall_seconds": round(spent, 1),
+              "time_given_seconds": config.time_s, "late": spent > 1.15 * config.time_s,
               "machine": summary.get("machine", machine_state())}
     atomic_write_text(record_file, json_text(record))
     return record
