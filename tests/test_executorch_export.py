@@ -2,13 +2,12 @@
 PyTorch on real photos, with their spec beside them, refused when damaged, and run by the executorch runtime."""
 
 import json
-import shutil
-import time
 
 import pytest
 import torch
 
 import netcompress as nc
+from program_checks import assert_damage_is_refused, assert_runs_on_the_calling_thread
 
 et_runtime = pytest.importorskip("executorch.runtime",
                                  reason="the executorch extra is not installed: pip install 'netcompress[executorch]'")
@@ -70,38 +69,8 @@ def test_netcompress_loads_the_program_with_its_spec_and_checks_it(course_studen
         "executorch", {"input_size": 32, "batch": 1, "delegate": "xnnpack"})
     # 150 photos, one at a time
     assert torch.allclose(model(food_32_photos), course_student_32(food_32_photos), atol=1e-3)
-    shutil.copy(fp32.with_suffix(".json"), tmp_path / "d.json")
-    raw = bytearray(fp32.read_bytes())
-    raw[len(raw) // 2] ^= 0x10
-    (tmp_path / "d.pte").write_bytes(bytes(raw))
-    with pytest.raises(nc.NetcompressError, match="checksum mismatch"):
-        nc.load(tmp_path / "d.pte")
-    shutil.copy(fp32, tmp_path / "d.pte")
-    sidecar = json.loads((tmp_path / "d.json").read_text())
-    sidecar["netcompress"]["class_names"] = sidecar["netcompress"]["class_names"][::-1]
-    (tmp_path / "d.json").write_text(json.dumps(sidecar))
-    with pytest.raises(nc.NetcompressError, match="checksum mismatch"):
-        nc.load(tmp_path / "d.pte")
-    (tmp_path / "d.json").unlink()  # a program from elsewhere: its spec guessed from its shapes
-    guessed = nc.load(tmp_path / "d.pte")
-    assert nc.spec_of(guessed).num_classes == 11 and nc.spec_of(guessed).input_size == 32
+    assert_damage_is_refused(fp32, tmp_path, num_classes=11, input_size=32)
 
 
 def test_executorch_runtime_runs_the_program_on_the_calling_thread(exported, tmp_path):
-    from netcompress.measure.latency import get_runtime, runtimes_for
-
-    model = nc.load(exported[0])
-    assert runtimes_for(model) == ["executorch"]
-    run = get_runtime("executorch").prepare(model, torch.rand(nc.spec_of(model).input_shape(1)), 1, tmp_path)
-    run()
-    walls, cpus = [], []
-    for _ in range(30):
-        wall, cpu = time.perf_counter(), time.thread_time()
-        run()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.thread_time() - cpu)
-    # one thread: the work is this thread's CPU time (the busy-machine clock relies on it); a call's least
-    # disturbed wall time is its work, and work on another thread would leave this one's CPU clock near zero
-    assert sorted(cpus)[15] > 0.5 * min(walls)
-    with pytest.raises(nc.NetcompressError, match="runs batches of 1 images, not 8"):
-        get_runtime("executorch").prepare(model, torch.rand(nc.spec_of(model).input_shape(8)), 1, tmp_path)
+    assert_runs_on_the_calling_thread("executorch", nc.load(exported[0]), tmp_path)

@@ -3,14 +3,13 @@ real photos, with their spec beside them, refused when damaged, and run by the l
 
 import importlib.util
 import json
-import shutil
-import time
 
 import numpy as np
 import pytest
 import torch
 
 import netcompress as nc
+from program_checks import assert_damage_is_refused, assert_runs_on_the_calling_thread
 
 litert = pytest.importorskip("ai_edge_litert.interpreter",
                              reason="the litert extra is not installed: pip install 'netcompress[litert]'")
@@ -89,40 +88,11 @@ def test_netcompress_loads_the_file_with_its_spec_and_checks_it(course_student_3
     model = nc.load(fp32)
     assert nc.spec_of(model) == nc.spec_of(course_student_32).with_export("litert", {"input_size": 32, "batch": 1})
     assert torch.allclose(model(food_32_photos), course_student_32(food_32_photos), atol=1e-3)
-    shutil.copy(fp32.with_suffix(".json"), tmp_path / "d.json")
-    raw = bytearray(fp32.read_bytes())
-    raw[len(raw) // 2] ^= 0x10
-    (tmp_path / "d.tflite").write_bytes(bytes(raw))
-    with pytest.raises(nc.NetcompressError, match="checksum mismatch"):
-        nc.load(tmp_path / "d.tflite")
-    shutil.copy(fp32, tmp_path / "d.tflite")
-    sidecar = json.loads((tmp_path / "d.json").read_text())
-    sidecar["netcompress"]["class_names"] = sidecar["netcompress"]["class_names"][::-1]
-    (tmp_path / "d.json").write_text(json.dumps(sidecar))
-    with pytest.raises(nc.NetcompressError, match="checksum mismatch"):
-        nc.load(tmp_path / "d.tflite")
-    (tmp_path / "d.json").unlink()  # a file from elsewhere: its spec guessed from its shapes
-    guessed = nc.load(tmp_path / "d.tflite")
-    assert nc.spec_of(guessed).num_classes == 11 and nc.spec_of(guessed).input_size == 32
+    assert_damage_is_refused(fp32, tmp_path, num_classes=11, input_size=32)
     (tmp_path / "e.tflite").write_bytes(b"not a flatbuffer" * 10)
     with pytest.raises(nc.NetcompressError, match="e.tflite: LiteRT cannot load it"):
         nc.load(tmp_path / "e.tflite")
 
 
 def test_litert_runtime_runs_the_file_on_the_calling_thread(exported, tmp_path):
-    from netcompress.measure.latency import get_runtime, runtimes_for
-
-    model = nc.load(exported[0])
-    assert runtimes_for(model) == ["litert"]
-    run = get_runtime("litert").prepare(model, torch.rand(nc.spec_of(model).input_shape(1)), 1, tmp_path)
-    run()
-    walls, cpus = [], []
-    for _ in range(30):
-        wall, cpu = time.perf_counter(), time.thread_time()
-        run()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.thread_time() - cpu)
-    # one thread: the work is this thread's CPU time (the busy-machine clock relies on it)
-    assert sorted(cpus)[15] > 0.5 * min(walls)
-    with pytest.raises(nc.NetcompressError, match="runs batches of 1 images, not 8"):
-        get_runtime("litert").prepare(model, torch.rand(nc.spec_of(model).input_shape(8)), 1, tmp_path)
+    assert_runs_on_the_calling_thread("litert", nc.load(exported[0]), tmp_path)

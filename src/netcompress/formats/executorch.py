@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..data.split import calibration_images, split_of
+from ..data.split import split_of
 from ..errors import NetcompressError
-from ..spec import attach, copy_model, spec_of
-from .program import FixedBatchProgram, guessed_spec, read_program_spec, write_program
+from ..spec import attach, copy_model
+from .program import (FixedBatchProgram, calibrated, checked_export, guessed_spec, read_program_spec,
+                      write_program)
 
 INSTALL = "pip install 'netcompress[executorch]'"
 
@@ -41,17 +42,8 @@ def export_executorch(model: nn.Module, path: str | Path, *, int8: bool = False,
     activations), ranges calibrated on `calibration_images` training images of `calibration` (a dataset folder,
     Split or torch Dataset).
     """
-    path = Path(path)
-    if path.suffix != ".pte":
-        raise NetcompressError(f"{path}: ExecuTorch programs end in .pte")
-    if int8 and calibration is None:
-        raise NetcompressError("int8 export needs calibration data: its training images set the activation ranges")
-    if not 1 <= batch <= 4096:
-        raise NetcompressError(f"batch = {batch}: use 1..4096")
+    path, spec = checked_export(model, path, ".pte", "ExecuTorch programs", int8, calibration, batch)
     _runtime()  # a clear message when executorch is missing, before minutes of work
-    spec = spec_of(model)
-    if not spec.input_size:
-        raise NetcompressError("the model's input size is unknown: fit it on data first, or save it with input_size=")
     net = copy_model(model).eval().cpu()
     try:
         if int8:
@@ -69,22 +61,15 @@ def export_executorch(model: nn.Module, path: str | Path, *, int8: bool = False,
 
 
 def _quantized(net: nn.Module, shape: tuple, calibration, n: int) -> nn.Module:
-    """`net` with PT2E int8 quantize/dequantize pairs from XNNPACK's quantizer, ranges observed on `n` images (in
-    batches: this graph's batch is dynamic; the program's is fixed when it is lowered)."""
+    """`net` with PT2E int8 quantize/dequantize pairs from XNNPACK's quantizer, ranges observed on `n` images."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
-    prepared = prepare_pt2e(torch.export.export(net, (torch.rand(shape),), dynamic_shapes=shapes).module(), quantizer)
-    images = calibration_images(calibration, n)
-    with torch.no_grad():
-        for i in range(0, len(images), 32):
-            prepared(images[i:i + 32])
-    return convert_pt2e(prepared)
+    return convert_pt2e(calibrated(net, shape, quantizer, calibration, n))
 
 
 def _lowered(net: nn.Module, example: torch.Tensor):

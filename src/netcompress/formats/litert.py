@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..data.split import calibration_images, split_of
+from ..data.split import split_of
 from ..errors import NetcompressError
-from ..spec import attach, copy_model, spec_of
-from .program import FixedBatchProgram, guessed_spec, read_program_spec, write_program
+from ..spec import attach, copy_model
+from .program import (FixedBatchProgram, calibrated, checked_export, guessed_spec, read_program_spec,
+                      write_program)
 
 INSTALL = "pip install 'netcompress[litert]'"
 
@@ -33,17 +34,8 @@ def export_litert(model: nn.Module, path: str | Path, *, int8: bool = False, cal
     activations), ranges calibrated on `calibration_images` training images of `calibration` (a dataset folder,
     Split or torch Dataset), converted to integer kernels.
     """
-    path = Path(path)
-    if path.suffix != ".tflite":
-        raise NetcompressError(f"{path}: LiteRT files end in .tflite")
-    if int8 and calibration is None:
-        raise NetcompressError("int8 export needs calibration data: its training images set the activation ranges")
-    if not 1 <= batch <= 4096:
-        raise NetcompressError(f"batch = {batch}: use 1..4096")
+    path, spec = checked_export(model, path, ".tflite", "LiteRT files", int8, calibration, batch)
     litert_torch = _converter()  # a clear message when litert-torch is missing, before minutes of work
-    spec = spec_of(model)
-    if not spec.input_size:
-        raise NetcompressError("the model's input size is unknown: fit it on data first, or save it with input_size=")
     net, config = copy_model(model).eval().cpu(), None
     quiet, litert_torch.progress.console.quiet = litert_torch.progress.console.quiet, True
     try:
@@ -73,21 +65,15 @@ def _converter():
 
 
 def _quantized(net: nn.Module, shape: tuple, calibration, n: int):
-    """`net` with PT2E int8 quantize/dequantize pairs from LiteRT's quantizer, ranges observed on `n` images (in
-    batches: this graph's batch is dynamic; the file's is fixed when it is converted), and the converter's setting
-    that turns the pairs into integer kernels."""
+    """`net` with PT2E int8 quantize/dequantize pairs from LiteRT's quantizer, ranges observed on `n` images, and
+    the converter's setting that turns the pairs into integer kernels."""
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
-    prepared = prepare_pt2e(torch.export.export(net, (torch.rand(shape),), dynamic_shapes=shapes).module(), quantizer)
-    images = calibration_images(calibration, n)
-    with torch.no_grad():
-        for i in range(0, len(images), 32):
-            prepared(images[i:i + 32])
-    return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+    return (convert_pt2e(calibrated(net, shape, quantizer, calibration, n), fold_quantize=False),
+            QuantConfig(pt2e_quantizer=quantizer))
 
 
 class Interpreter:

@@ -16,10 +16,41 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..data.split import calibration_images
 from ..errors import NetcompressError
 from ..files import atomic_write, atomic_write_text
-from ..spec import ModelSpec
+from ..spec import ModelSpec, spec_of
 from .model_file import spec_from_dict
+
+
+def checked_export(model: nn.Module, path: str | Path, suffix: str, what: str, int8: bool, calibration,
+                   batch: int) -> tuple[Path, ModelSpec]:
+    """The path and spec of a program export, or a NetcompressError for what cannot be exported."""
+    path = Path(path)
+    if path.suffix != suffix:
+        raise NetcompressError(f"{path}: {what} end in {suffix}")
+    if int8 and calibration is None:
+        raise NetcompressError("int8 export needs calibration data: its training images set the activation ranges")
+    if not 1 <= batch <= 4096:
+        raise NetcompressError(f"batch = {batch}: use 1..4096")
+    spec = spec_of(model)
+    if not spec.input_size:
+        raise NetcompressError("the model's input size is unknown: fit it on data first, or save it with input_size=")
+    return path, spec
+
+
+def calibrated(net: nn.Module, shape: tuple, quantizer, calibration, n: int) -> nn.Module:
+    """`net` exported with a dynamic batch and PT2E observers from `quantizer`, run on `n` images of `calibration`
+    in batches (the program's batch is fixed later, when it is lowered): ready for `convert_pt2e`."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    prepared = prepare_pt2e(torch.export.export(net, (torch.rand(shape),), dynamic_shapes=shapes).module(), quantizer)
+    images = calibration_images(calibration, n)
+    with torch.no_grad():
+        for i in range(0, len(images), 32):
+            prepared(images[i:i + 32])
+    return prepared
 
 
 def spec_file(path: str | Path) -> Path:

@@ -32,7 +32,7 @@ from ..errors import NetcompressError
 from ..files import atomic_write_text, json_text
 from ..models import model_kwargs
 from ..models.registry import create_model
-from ..process import log, machine_state
+from ..process import log, machine_state, resolve_device
 from .plan import RunPlan, plan_recipe
 from .recipe import load_recipe
 from .report import standard_error, write_report
@@ -42,6 +42,7 @@ FULL = {"teacher": 20, "student": 30, "qat": 3}  # epochs at factor 1: the resul
 PRETRAINED_SIZE = 64  # ImageNet features fade below this input size (the Lite0 students lost to StudentNet at 32 px)
 MAX_SIZE = 96
 VIEWS = 8
+BASELINE_STAGE = "student-plain"  # the recipe's first [[student_variant]]: [student] on the labels alone
 
 
 @dataclass(frozen=True)
@@ -202,8 +203,6 @@ def auto(root: str | Path, out: str | Path, config: AutoConfig, device: str | to
     """Plan (or reload the plan of an earlier, interrupted call), run, choose and report; returns RUN/auto.json's
     record: the plan, the choice within the budget with its validation and test accuracy, the plain baseline's best
     within the budget, the teaching verdict, how validation was made and its noise, and the time taken."""
-    from ..process import resolve_device
-
     out, device = Path(out), resolve_device(device)
     recipe_file, record_file = out / "auto.toml", out / "auto.json"
     started = time.perf_counter()
@@ -245,7 +244,8 @@ def evidence(summary: dict, target_bytes: int) -> dict:
     artifacts = {a["name"]: a for a in summary["artifacts"]}
     chosen = artifacts[summary["budget"]["chosen"]]
     fits = [a for a in summary["artifacts"] if a.get("candidate", True) and a["file_bytes"] <= target_bytes]
-    baseline = [a for a in fits if a["name"].startswith("student (studentnet, no teacher)")]
+    plain = {a["name"] for a in summary["artifacts"] if a["stage"] == BASELINE_STAGE}  # and its stored forms:
+    baseline = [a for a in fits if a["name"] in plain or a.get("details", {}).get("source") in plain]
     best_baseline = max(baseline, key=lambda a: a["val_accuracy"]) if baseline else None
     images = summary.get("val_images", 0)
     validation = summary.get("splits", {}).get("validation", {})
