@@ -50,7 +50,8 @@ def test_the_recipe_it_writes_is_a_recipe(tmp_path, jpeg_dataset):
     assert recipe.student.teach == "if-better" and recipe.teacher.epochs == 2 and recipe.student.epochs == 3
     plain = [v for v in recipe.student_variant if not v.teacher]
     assert [(v.model or "studentnet", v.model_args.get("blocks"), v.image_size) for v in plain] == [
-        ("studentnet", None, 0), ("efficientnet_lite0", 6, 64), ("efficientnet_lite0", 5, 64)]
+        ("studentnet", None, 0), ("efficientnet_lite0", 6, 64), ("efficientnet_lite0", 5, 64),
+        ("efficientnet_lite0", 6, 0)]  # the deepest at the data's own 40 px too: does upsampling pay?
     assert recipe.evaluate.budgets == [60_000] and [q.finetune_epochs for q in recipe.quantize] == [1, 1, 0]
 
 

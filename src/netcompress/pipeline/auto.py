@@ -5,7 +5,9 @@ resumes it, with the same plan). Its candidates, all compared on validation:
 
 - the plain baseline: the course's StudentNet trained on the labels alone, at the data's own size;
 - pretrained truncated EfficientNet-Lite0 students (as many blocks as the budget can hold at 4 bits, and fewer)
-  trained on the labels alone, at the size their ImageNet features need (at least 64 px);
+  trained on the labels alone, at the size their ImageNet features need (at least 64 px); where that is an
+  upsampling, the deepest of them also at the data's own size, so that validation, not an assumption, says
+  whether the upsampling pays;
 - the same students, and the StudentNet, distilled from an EfficientNet-Lite0 teacher, but only where the teacher
   beats every plain student on validation (`teach = "if-better"`): a weaker teacher teaches its mistakes;
 - every one of them stored with 4- and 3-bit codes after quantization-aware fine-tuning, and with the mixed-precision
@@ -115,6 +117,9 @@ def recipe_text(root: str, cfg: AutoConfig, c: Candidates, factor: float) -> str
     for blocks in c.blocks:
         student = ["[[student_variant]]", 'model = "efficientnet_lite0"', f"model_args = {{blocks = {blocks}}}" + px]
         lines += [*student, "teacher = false", "", *student, ""]
+    if c.pretrained_size != c.size:  # the deepest also at the data's own size: validation says if upsampling pays
+        lines += ["[[student_variant]]", 'model = "efficientnet_lite0"', f"model_args = {{blocks = {c.blocks[0]}}}",
+                  "teacher = false", ""]
     for bits in (4, 3):
         lines += ["[[quantize]]", 'codec = "kbit"', f"bits = {bits}", "entropy = true"]
         lines += [f"finetune_epochs = {epochs['qat']}", ""] if c.qat else [""]
@@ -167,7 +172,7 @@ def plan_auto(root: str, out, cfg: AutoConfig, device: torch.device, progress: b
     c = Candidates(size, max(size, PRETRAINED_SIZE), tuple(lite0_blocks(cfg.target_bytes, len(data.class_names))))
     notes = [f"students at {c.size} px (the training images' median shorter side, at most {MAX_SIZE})"
              + (f"; the pretrained Lite0 students and the teacher at {c.pretrained_size} px, which their ImageNet "
-                "features need" if c.pretrained_size != c.size else "")]
+                "features need, and the deepest also at the data's own size" if c.pretrained_size != c.size else "")]
     scratch = Path(out) / "auto-plan"
     scratch.mkdir(parents=True, exist_ok=True)
     path, rates, started = scratch / "plan.toml", {}, time.perf_counter()
