@@ -8,7 +8,9 @@ import torch
 
 import netcompress as nc
 from netcompress.cli.auto import seconds_of
-from netcompress.pipeline.auto import AutoConfig, Candidates, auto, largest_factor, lite0_blocks, recipe_text
+from netcompress.measure.latency import LatencyTarget
+from netcompress.pipeline.auto import (AutoConfig, Candidates, auto, evidence, largest_factor, lite0_blocks,
+                                     recipe_text)
 from netcompress.pipeline.recipe import load_recipe
 from test_cli import run_cli
 
@@ -55,6 +57,37 @@ def test_the_recipe_it_writes_is_a_recipe(tmp_path, jpeg_dataset):
     assert recipe.evaluate.budgets == [60_000] and [q.finetune_epochs for q in recipe.quantize] == [1, 1, 0]
 
 
+def test_a_latency_budget_prunes_to_it_and_deploys_for_its_runtime(tmp_path, jpeg_dataset):
+    cfg = AutoConfig(target_bytes=60_000, time_s=600, latency=LatencyTarget(0.2, "ort"))
+    path = tmp_path / "auto.toml"
+    path.write_text(recipe_text(str(jpeg_dataset), cfg, Candidates(40, 64, (6, 5)), 0.1))
+    recipe = load_recipe(path)
+    (prune,) = recipe.prune
+    assert (prune.target_latency_ms, prune.runtime, prune.batch, prune.finetune_epochs) == (0.2, "ort", 1, 1)
+    assert recipe.deploy.run and recipe.deploy.targets == ["onnx"]  # the files ONNX Runtime runs as they are
+
+
+def test_with_a_latency_the_choice_holds_both_budgets_and_its_baseline_too():
+    def artifact(name, stage, nbytes, val, source=None):
+        return {"name": name, "stage": stage, "file": f"{name}.x", "file_bytes": nbytes, "val_accuracy": val,
+                "details": {"source": source} if source else {}}
+
+    summary = {"artifacts": [artifact("plain", "student-plain", 90_000, 0.60),
+                             artifact("lite", "student-lite", 80_000, 0.75),
+                             artifact("lite int8", "deploy", 70_000, 0.70, source="lite")],
+               "budget": {"chosen": "lite"}, "val_images": 400,
+               "latency_budget": {"chosen": "lite int8", "tried": [
+                   {"name": "plain", "median_ms": 0.1, "fits": True},
+                   {"name": "lite", "median_ms": 0.5, "fits": False},
+                   {"name": "lite int8", "median_ms": 0.18, "fits": True}]}}
+    found = evidence(summary, 100_000)
+    assert found["chosen"]["name"] == "lite int8" and found["chosen"]["latency_ms"] == 0.18
+    assert found["baseline"]["name"] == "plain"
+    assert [c["name"] for c in found["candidates"]] == ["lite int8", "plain"]  # "lite" is too slow
+    del summary["latency_budget"]
+    assert evidence(summary, 100_000)["chosen"]["name"] == "lite"
+
+
 @pytest.mark.slow
 def test_auto_runs_within_the_time_and_says_why_the_winner_won(jpeg_dataset, tmp_path):
     out = tmp_path / "auto"
@@ -74,3 +107,19 @@ def test_auto_runs_within_the_time_and_says_why_the_winner_won(jpeg_dataset, tmp
     assert code == 0, err
     code, _, err = run_cli("auto", jpeg_dataset, "--target-bytes", 50_000, "--out", out)
     assert code == 2 and "holds an auto run planned with" in err
+
+
+@pytest.mark.slow
+def test_auto_with_a_latency_budget_chooses_a_file_that_runs_within_it(jpeg_dataset, tmp_path):
+    out = tmp_path / "auto"
+    code, text, err = run_cli("auto", jpeg_dataset, "--target-bytes", 200_000, "--target-latency", 50,
+                              "--runtime", "ort", "--time", "5m", "--out", out, "--device", "cpu", "--no-progress",
+                              "--json")
+    assert code == 0, err
+    record = json.loads(text)
+    chosen = record["chosen"]
+    assert chosen["file_bytes"] <= 200_000 and chosen["latency_ms"] <= 50 and chosen["test_accuracy"] is not None
+    assert all(c["latency_ms"] <= 50 for c in record["candidates"])
+    stages = {s["stage"] for s in record["plan"]["stages"]}
+    assert "deploy" in stages and any(s.startswith("prune-latency") for s in stages)
+    assert any(out.glob("deploy/*/*.onnx")) or any(out.glob("deploy/**/*.onnx"))

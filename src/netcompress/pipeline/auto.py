@@ -32,15 +32,18 @@ from PIL import Image
 from ..data.folder import ImageFolderData
 from ..errors import NetcompressError
 from ..files import atomic_write_text, json_text
+from ..formats.load import list_exporters
+from ..measure.latency import LatencyTarget
 from ..models import model_kwargs
 from ..models.registry import create_model
 from ..process import log, machine_state, resolve_device
+from .deploy import runtimes_reading
 from .plan import RunPlan, plan_recipe
 from .recipe import load_recipe
 from .report import standard_error, write_report
 from .stages import run_recipe
 
-FULL = {"teacher": 20, "student": 30, "qat": 3}  # epochs at factor 1: the results recipe's, which took 82 min here
+FULL = {"teacher": 20, "student": 30, "qat": 3, "prune": 5}  # epochs at factor 1: the results recipe's (82 min here)
 PRETRAINED_SIZE = 64  # ImageNet features fade below this input size (the Lite0 students lost to StudentNet at 32 px)
 MAX_SIZE = 96
 VIEWS = 8
@@ -50,12 +53,14 @@ BASELINE_STAGE = "student-plain"  # the recipe's first [[student_variant]]: [stu
 @dataclass(frozen=True)
 class AutoConfig:
     """target_bytes: the largest model file to choose; time_s: the time the whole run may take (seconds);
-    image_size: the students' input size (0: the data's own, at most 96 px)."""
+    image_size: the students' input size (0: the data's own, at most 96 px); latency: a latency budget besides the
+    bytes (the StudentNet is also pruned to it, and every student is written as the files its runtime runs)."""
 
     target_bytes: int
     time_s: float = 1800.0
     image_size: int = 0
     seed: int = 0
+    latency: LatencyTarget | None = None
 
     def __post_init__(self):
         if not 1_000 <= self.target_bytes <= 10**10:
@@ -123,8 +128,15 @@ def recipe_text(root: str, cfg: AutoConfig, c: Candidates, factor: float) -> str
     for bits in (4, 3):
         lines += ["[[quantize]]", 'codec = "kbit"', f"bits = {bits}", "entropy = true"]
         lines += [f"finetune_epochs = {epochs['qat']}", ""] if c.qat else [""]
-    lines += ["[[quantize]]", 'codec = "kbit"', "bits = 8", "entropy = true", f"budget = {cfg.target_bytes}", "",
-              "[evaluate]", f"budgets = [{cfg.target_bytes}]", ""]
+    lines += ["[[quantize]]", 'codec = "kbit"', "bits = 8", "entropy = true", f"budget = {cfg.target_bytes}", ""]
+    if cfg.latency:  # the StudentNet pruned to the latency, and every student as the files that ship on its runtime
+        t = cfg.latency
+        lines += ["[[prune]]", 'method = "l2"', f"target_latency_ms = {t.ms:g}", f'runtime = "{t.runtime}"',
+                  f"batch = {t.batch}", f"threads = {t.threads}", f"finetune_epochs = {epochs['prune']}", ""]
+        targets = [target for target in list_exporters() if t.runtime in runtimes_reading(target)]
+        if targets:
+            lines += ["[deploy]", "run = true", f"targets = {json.dumps(targets)}", ""]
+    lines += ["[evaluate]", f"budgets = [{cfg.target_bytes}]", ""]
     return "\n".join(lines)
 
 
@@ -179,8 +191,8 @@ def plan_auto(root: str, out, cfg: AutoConfig, device: torch.device, progress: b
 
     def planned(candidates: Candidates, factor: float, measure: bool = True) -> RunPlan:
         path.write_text(recipe_text(str(root), cfg, candidates, factor), encoding="utf-8")
-        return plan_recipe(load_recipe(path), out, target_bytes=cfg.target_bytes, device=device, measure=measure,
-                           progress=progress, rates=rates)
+        return plan_recipe(load_recipe(path), out, target_bytes=cfg.target_bytes, target_latency=cfg.latency,
+                           device=device, measure=measure, progress=progress, rates=rates)
 
     floor = 1 / max(FULL.values())  # one epoch of every stage
     for attempt in (c, replace(c, qat=False)):
@@ -230,7 +242,8 @@ def auto(root: str | Path, out: str | Path, config: AutoConfig, device: str | to
             for stage in planned["stages"]:
                 log(f"[auto] plan: {stage['stage']}: {stage['work']} (about {stage['estimated_seconds'] / 60:.1f} min)")
             log(f"[auto] about {plan.seconds / 60:.1f} of {config.time_s / 60:.1f} min; recipe in {recipe_file}")
-    summary = run_recipe(load_recipe(recipe_file), out, device, target_bytes=config.target_bytes, progress=progress)
+    summary = run_recipe(load_recipe(recipe_file), out, device, target_bytes=config.target_bytes,
+                         target_latency=config.latency, progress=progress)
     write_report(out)
     wall = time.perf_counter() - started
     # a resumed run's time: the planning and every stage's own (done.json), not only this call's
@@ -247,17 +260,22 @@ def evidence(summary: dict, target_bytes: int) -> dict:
     """Why the winner won: it, the plain baseline's best within the budget, the teaching verdict, every candidate's
     validation accuracy, and how noisy validation is."""
     artifacts = {a["name"]: a for a in summary["artifacts"]}
-    chosen = artifacts[summary["budget"]["chosen"]]
-    fits = [a for a in summary["artifacts"] if a.get("candidate", True) and a["file_bytes"] <= target_bytes]
+    latency = summary.get("latency_budget")  # chosen within the bytes and the latency, where a latency was given
+    chosen = artifacts[(latency or summary["budget"])["chosen"]]
+    fast = None if latency is None else {t["name"]: t["median_ms"] for t in latency["tried"] if t["fits"]}
+    fits = [a for a in summary["artifacts"] if a.get("candidate", True) and a["file_bytes"] <= target_bytes
+            and (fast is None or a["name"] in fast)]
     plain = {a["name"] for a in summary["artifacts"] if a["stage"] == BASELINE_STAGE}  # and its stored forms:
     baseline = [a for a in fits if a["name"] in plain or a.get("details", {}).get("source") in plain]
     best_baseline = max(baseline, key=lambda a: a["val_accuracy"]) if baseline else None
     images = summary.get("val_images", 0)
     validation = summary.get("splits", {}).get("validation", {})
-    return {"chosen": {k: chosen.get(k) for k in ("name", "file", "file_bytes", "val_accuracy", "test_accuracy")},
+    return {"chosen": {**{k: chosen.get(k) for k in ("name", "file", "file_bytes", "val_accuracy", "test_accuracy")},
+                       **({} if fast is None else {"latency_ms": fast[chosen["name"]]})},
             "baseline": best_baseline and {k: best_baseline.get(k) for k in ("name", "file_bytes", "val_accuracy")},
             "teaching": summary.get("teaching"),
             "validation": {"from": validation.get("from"), "images": images,
                            "standard_error": round(standard_error(chosen["val_accuracy"], images), 4)},
-            "candidates": sorted(({"name": a["name"], "file_bytes": a["file_bytes"], "val_accuracy": a["val_accuracy"]}
+            "candidates": sorted(({"name": a["name"], "file_bytes": a["file_bytes"], "val_accuracy": a["val_accuracy"],
+                                   **({} if fast is None else {"latency_ms": fast[a["name"]]})}
                                   for a in fits), key=lambda a: -a["val_accuracy"])}

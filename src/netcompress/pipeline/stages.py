@@ -430,8 +430,9 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, device: torch.device, *, tar
                progress: bool = True) -> dict:
     """Run every stage of `recipe` (skipping finished ones); returns the run's summary (also RUN/summary.json).
 
-    target_latency: choose the most accurate model within it, measured on its runtime; a recipe without a
-    [[prune]] table for that target gets one (l2 ranking, the table's defaults).
+    target_latency: choose the most accurate model within it (and within target_bytes and target_params, where
+    given), measured on its runtime; a recipe without a [[prune]] table for that target gets one (l2 ranking, the
+    table's defaults).
     """
     if target_latency is not None and not any(
             p.configs(recipe.seed)[0].latency == target_latency for p in recipe.prune):
@@ -483,8 +484,10 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
                if any(a.file_bytes <= b for a in candidates if a.candidate)]
     latency_budget = None
     if target_latency is not None:
+        within = [a for a in candidates if a.candidate and (target_bytes is None or a.file_bytes <= target_bytes)
+                  and (target_params is None or a.params <= target_params)]  # every budget given holds
         latency_budget = choose_by_latency(candidates, target_latency, measure_together(
-            run, runs_on([a for a in candidates if a.candidate], target_latency.runtime), target_latency.config))
+            run, runs_on(within, target_latency.runtime), target_latency.config))
     chosen = [c["chosen"] for c in ([budget] if budget else []) + budgets + ([latency_budget] if latency_budget
                                                                                else [])]
     test = _evaluate(run, artifacts, chosen) if recipe.evaluate.test else {}
