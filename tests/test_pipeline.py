@@ -12,7 +12,7 @@ import netcompress as nc
 from netcompress.errors import NetcompressError
 from netcompress.pipeline.artifact import DECODED, Artifact
 from netcompress.pipeline.recipe import load_recipe
-from netcompress.pipeline.budgets import choose, weigh_teacher
+from netcompress.pipeline.budgets import choose, codec_losses, weigh_teacher
 from netcompress.pipeline.report import write_report
 from netcompress.pipeline.stages import run_recipe
 
@@ -207,6 +207,21 @@ def test_a_teacher_teaches_only_where_it_beats_the_students_trained_without_it()
     assert weigh_teacher("if-better", model("teacher", 0.6), plains)["used"]
     assert not weigh_teacher("if-better", model("teacher", 0.515), plains)["used"]  # a tie teaches nothing new
     assert weigh_teacher("always", teacher, plains) == {"used": True, "why": "teach = always"}
+
+
+def test_a_stored_model_that_lost_more_than_a_few_points_is_flagged_in_the_report(tmp_path):
+    def model(name, val, source=None, stage="student"):
+        return Artifact.measured({"file_bytes": 1000, "params": 10, "macs": 0, "val_accuracy": val}, name=name,
+                                 stage=stage, file=f"{name}.x", details={"source": source} if source else {}).to_dict()
+
+    artifacts = [model("lite", 0.475), model("lite, int8-minmax", 0.315, "lite", "quantize-int8-minmax"),
+                 model("lite, kbit-4bit", 0.46, "lite", "quantize-kbit-4bit")]
+    assert codec_losses(artifacts) == [{"name": "lite, int8-minmax", "source": "lite", "val_accuracy": 0.315,
+                                        "source_val_accuracy": 0.475, "drop_points": 16.0}]  # 1.5 points: not flagged
+    (tmp_path / "summary.json").write_text(json.dumps({"artifacts": artifacts, "val_images": 400}))
+    write_report(tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert "<h2>Flagged: lost to their codec</h2>" in html and html.count("<td>lite, int8-minmax</td>") == 2
 
 
 @pytest.mark.slow

@@ -69,6 +69,9 @@ def auto_cmd(
     if baseline:
         console.print(f"plain baseline within the budget: {baseline['name']}: {baseline['file_bytes']:,} bytes, "
                       f"validation {baseline['val_accuracy']:.3f}")
+    if record["flagged"]:
+        console.print(f"flagged: {len(record['flagged'])} stored file(s) lost more than a few points to their codec "
+                      "(listed in the report)")
     if record["teaching"] and "why" in record["teaching"]:
         console.print(f"teaching: {record['teaching']['why']}")
     late = " (late: the machine was busier than when the run was planned)" if record["late"] else ""

@@ -37,6 +37,7 @@ from ..measure.latency import LatencyTarget
 from ..models import model_kwargs
 from ..models.registry import create_model
 from ..process import log, machine_state, resolve_device
+from .budgets import codec_losses
 from .deploy import runtimes_reading
 from .plan import RunPlan, plan_recipe
 from .recipe import load_recipe
@@ -274,6 +275,7 @@ def evidence(summary: dict, target_bytes: int) -> dict:
                        **({} if fast is None else {"latency_ms": fast[chosen["name"]]})},
             "baseline": best_baseline and {k: best_baseline.get(k) for k in ("name", "file_bytes", "val_accuracy")},
             "teaching": summary.get("teaching"),
+            "flagged": codec_losses(summary["artifacts"]),
             "validation": {"from": validation.get("from"), "images": images,
                            "standard_error": round(standard_error(chosen["val_accuracy"], images), 4)},
             "candidates": sorted(({"name": a["name"], "file_bytes": a["file_bytes"], "val_accuracy": a["val_accuracy"],

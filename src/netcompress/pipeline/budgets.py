@@ -1,5 +1,5 @@
 """Budgets: the most accurate candidate within a size, a parameter count or a measured latency, and what was
-tried; and whether a teacher is worth learning from."""
+tried; whether a teacher is worth learning from; and which stored models lost too much to their codec."""
 
 from __future__ import annotations
 
@@ -64,3 +64,22 @@ def weigh_teacher(teach: str, teacher: Artifact, plains: list[Artifact]) -> dict
            + ("" if used else ": every student learns from the labels alone"))
     return {"used": used, "why": why, "teacher_val": teacher.val_accuracy, "best_plain": best.name,
             "best_plain_val": best.val_accuracy}
+
+
+CODEC_LOSS_POINTS = 3.0  # a stored or deployed model this many validation points below its source is flagged
+
+
+def codec_losses(artifacts: list[dict], points: float = CODEC_LOSS_POINTS) -> list[dict]:
+    """The stored and deployed models that lost more than `points` validation points against the model they were
+    made from: flagged, never a silent row (the course's 8-bit codec cost a pretrained student 16 points)."""
+    by_name = {a["name"]: a for a in artifacts}
+    flagged = []
+    for a in artifacts:
+        source = by_name.get((a.get("details") or {}).get("source"))
+        if source is None or a.get("val_accuracy") is None or source.get("val_accuracy") is None:
+            continue
+        drop = 100 * (source["val_accuracy"] - a["val_accuracy"])
+        if drop > points:
+            flagged.append({"name": a["name"], "source": source["name"], "val_accuracy": a["val_accuracy"],
+                            "source_val_accuracy": source["val_accuracy"], "drop_points": round(drop, 1)})
+    return flagged

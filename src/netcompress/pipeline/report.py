@@ -11,6 +11,7 @@ from ..measure.cost import LATENCY_HEADINGS, latency_texts, ms
 from ..plots import pyplot, save_figure
 from ..version import __version__
 from .artifact import DECODED, Artifact
+from .budgets import CODEC_LOSS_POINTS, codec_losses
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -229,6 +230,15 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
                    ("p", f"{teaching['why'][0].upper()}{teaching['why'][1:]} (validation, ±1 standard error = "
                          f"±{100 * standard_error(teaching['best_plain_val'], images):.1f} points on {images:,} "
                          "images).")]
+    flagged = codec_losses(artifacts)
+    if flagged:
+        blocks += [("h2", "Flagged: lost to their codec"),
+                   ("p", f"These stored or deployment files lost more than {CODEC_LOSS_POINTS:g} validation points "
+                         "against the model they were made from: prefer quantization-aware fine-tuning, more bits or "
+                         "another codec for them."),
+                   ("table", ["model", "made from", "val acc", "its source's", "lost (points)"],
+                    [[f["name"], f["source"], f["val_accuracy"], f["source_val_accuracy"], f["drop_points"]]
+                     for f in flagged])]
     timed = {a.file: {"latency_ms": a.latency_ms} for a in records if a.runtime != DECODED}
 
     def latency_cells(file: str, row: dict) -> list[str]:

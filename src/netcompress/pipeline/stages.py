@@ -29,7 +29,7 @@ from ..measure.latency import LatencyConfig, LatencyTarget, get_runtime, latency
 from ..process import log, machine_state, seed_everything
 from ..train.views import TeacherViews, ViewConfig
 from .artifact import DECODED, Artifact
-from .budgets import choose, choose_by_latency, weigh_teacher
+from .budgets import CODEC_LOSS_POINTS, choose, choose_by_latency, weigh_teacher
 from .compare_arch import compare
 from .deploy import deploy
 from .plan import check_recipe
@@ -281,6 +281,9 @@ def _quantize_stage(run: Run, q, sources: list[dict]):
                 continue
             path = stored.save(out / codec_file_name(i, src))
             acc = evaluate(stored.decode(), data, "validation", device=run.device)["accuracy"]
+            if run.progress and 100 * (src.val_accuracy - acc) > CODEC_LOSS_POINTS:
+                log(f"[{name}] {src.name} lost {100 * (src.val_accuracy - acc):.1f} validation points to {label} "
+                    f"({src.val_accuracy:.3f} -> {acc:.3f}): flagged in the report")
             artifacts.append(src.replace(name=f"{src.name}, {label}", stage=name, file=str(path.relative_to(run.dir)),
                                          format="ncq", precision=label, runtime=DECODED, latency_ms={},
                                          file_bytes=stored.nbytes, val_accuracy=round(acc, 5),
