@@ -38,7 +38,7 @@ def test_the_epochs_are_scaled_to_the_largest_factor_that_fits():
 
 def test_the_students_fit_the_budget_at_four_bits():
     big, small = lite0_blocks(150_000, 10), lite0_blocks(20_000, 10)
-    assert big[0] > small[0] and len(big) == 3 and big == sorted(big, reverse=True)
+    assert big[0] > small[0] and len(big) == 2 and big == sorted(big, reverse=True)
     with torch.device("meta"):
         deepest = nc.create_model("efficientnet_lite0", blocks=big[0], num_classes=10, pretrained=False)
     assert sum(p.numel() for p in deepest.parameters()) * 0.55 <= 150_000
@@ -52,9 +52,12 @@ def test_the_recipe_it_writes_is_a_recipe(tmp_path, jpeg_dataset):
     assert recipe.student.teach == "if-better" and recipe.teacher.epochs == 2 and recipe.student.epochs == 3
     plain = [v for v in recipe.student_variant if not v.teacher]
     assert [(v.model or "studentnet", v.model_args.get("blocks"), v.image_size) for v in plain] == [
-        ("studentnet", None, 0), ("efficientnet_lite0", 6, 64), ("efficientnet_lite0", 5, 64),
+        ("studentnet", None, 0), ("efficientnet_lite0", 6, 64),
         ("efficientnet_lite0", 6, 0)]  # the deepest at the data's own 40 px too: does upsampling pay?
+    taught = [(v.model_args.get("blocks"), v.image_size) for v in recipe.student_variant if v.teacher]
+    assert taught == [(6, 64), (5, 64)] and recipe.student.views == 3  # no more views than epochs
     assert recipe.evaluate.budgets == [60_000] and [q.finetune_epochs for q in recipe.quantize] == [1, 1, 0]
+    assert [(q.best, q.within_bytes) for q in recipe.quantize] == [(2, 60_000), (2, 60_000), (0, 0)]
 
 
 def test_a_latency_budget_prunes_to_it_and_deploys_for_its_runtime(tmp_path, jpeg_dataset):

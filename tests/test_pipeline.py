@@ -87,6 +87,9 @@ def run_cli(*args, cache):
     ("[[quantize]]\ncodec = 'kbit'\nbits = 12", "[[quantize]] bits = 12: codec kbit takes 2 to 8 bits"),
     ("[[lowrank]]\nenergy = 0.5\nrank_ratio = 0.5", "exactly one of energy E (e.g. 0.9), rank_ratio R"),
     ("[[prune]]\nrate = 0.5\n[[prune]]\nrate = 0.5", "two [[prune]] tables describe the same run"),
+    ("[[quantize]]\ncodec = 'fp16'\n[[quantize]]\ncodec = 'fp16'\nbest = 1", "two [[quantize]] tables describe the "
+     "same run (fp16)"),
+    ("[[quantize]]\ncodec = 'fp16'\nbest = -1", "best = -1, within_bytes = 0: use 0"),
 ])
 def test_recipe_errors_name_the_field_and_what_is_allowed(tmp_path, text, message):
     (tmp_path / "r.toml").write_text(text)
@@ -129,7 +132,8 @@ batch_size = 4
 @pytest.mark.slow
 def test_a_rerun_refuses_a_stage_made_with_other_settings(jpeg_dataset, tmp_path):
     recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset,
-                              "[[quantize]]\ncodec = 'fp16'\n[evaluate]\ntest = false\n")
+                              "[[quantize]]\ncodec = 'fp16'\n[[quantize]]\ncodec = 'int8-minmax'\nbest = 1\n"
+                              "within_bytes = 100000\n[evaluate]\ntest = false\n")
     run = tmp_path / "run"
     first = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)
     with pytest.raises(NetcompressError, match=r"run/student was made with other settings \(student.epochs: 1 -> 2\)"
@@ -171,7 +175,8 @@ def test_the_student_takes_model_arguments(jpeg_dataset, tmp_path):
 def test_student_variants_share_the_teaching_and_the_codecs(jpeg_dataset, tmp_path):
     recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "views = 2\n[[student_variant]]\n"
                               "model_args = {width_mult = 0.5}\n[[student_variant]]\nimage_size = 24\n"
-                              "[[quantize]]\ncodec = 'fp16'\n[evaluate]\ntest = false\n")
+                              "[[quantize]]\ncodec = 'fp16'\n[[quantize]]\ncodec = 'int8-minmax'\nbest = 1\n"
+                              "within_bytes = 100000\n[evaluate]\ntest = false\n")
     run = tmp_path / "run"
     summary = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)
     half = nc.load(run / "student-width_mult0.5" / "best.safetensors")
@@ -180,6 +185,9 @@ def test_student_variants_share_the_teaching_and_the_codecs(jpeg_dataset, tmp_pa
     assert [a["name"] for a in summary["artifacts"] if a["stage"] == "quantize-fp16"] == [
         "student (studentnet, distilled), fp16", "student (studentnet width_mult=0.5, distilled), fp16",
         "student (studentnet, 24 px, distilled), fp16"]
+    # best = 1 within 100,000 bytes: only the half-width student's 8-bit file fits (the others' are over 250 KB)
+    assert [a["name"] for a in summary["artifacts"] if a["stage"] == "quantize-int8-minmax-best1-within100000"] == [
+        "student (studentnet width_mult=0.5, distilled), int8-minmax"]
     # a student at its own input size: trained, validated and stored at 24 px, the same teaching
     small = nc.load(run / "student-24px" / "best.safetensors")
     assert nc.spec_of(small).input_size == 24

@@ -4,14 +4,17 @@ It writes a recipe for the data, the budget and the time, RUN/auto.toml, and run
 resumes it, with the same plan). Its candidates, all compared on validation:
 
 - the plain baseline: the course's StudentNet trained on the labels alone, at the data's own size;
-- pretrained truncated EfficientNet-Lite0 students (as many blocks as the budget can hold at 4 bits, and fewer)
-  trained on the labels alone, at the size their ImageNet features need (at least 64 px); where that is an
-  upsampling, the deepest of them also at the data's own size, so that validation, not an assumption, says
-  whether the upsampling pays;
-- the same students, and the StudentNet, distilled from an EfficientNet-Lite0 teacher, but only where the teacher
-  beats every plain student on validation (`teach = "if-better"`): a weaker teacher teaches its mistakes;
-- every one of them stored with 4- and 3-bit codes after quantization-aware fine-tuning, and with the mixed-precision
-  codec that fits the budget (what a user of the plain baseline would do).
+- a pretrained truncated EfficientNet-Lite0 student (as many blocks as the budget can hold at 4 bits) trained on
+  the labels alone, at the size its ImageNet features need (at least 64 px); where that is an upsampling, also at
+  the data's own size, so that validation, not an assumption, says whether the upsampling pays;
+- that student, one a block shallower, and the StudentNet, distilled from an EfficientNet-Lite0 teacher, but only
+  where the teacher beats every plain student on validation (`teach = "if-better"`): a weaker teacher teaches its
+  mistakes, and then they learn from the labels alone (a student the same as a plain one is not trained twice);
+- the two most accurate models whose 4- and 3-bit files fit, after quantization-aware fine-tuning, and every model
+  with the mixed-precision codec that fits the budget (what a user of the plain baseline would do).
+
+Few candidates, so that each gets the epochs it needs within the time: on the sample data at 30 minutes, eight
+students got 3 epochs each and none came near the accuracy that the same students reach in 30.
 
 Time: a few training batches of every network are timed (plan.py); the epochs of every stage are then scaled by one
 factor, the largest whose estimate fits the time left after planning. Where even one epoch each does not fit,
@@ -47,7 +50,8 @@ from .stages import run_recipe
 FULL = {"teacher": 20, "student": 30, "qat": 3, "prune": 5}  # epochs at factor 1: the results recipe's (82 min here)
 PRETRAINED_SIZE = 64  # ImageNet features fade below this input size (the Lite0 students lost to StudentNet at 32 px)
 MAX_SIZE = 96
-VIEWS = 8
+VIEWS = 8  # cached teacher views of every image, at most one per student epoch
+QAT_MODELS = 2  # the models fine-tuned for each low-bit codec
 BASELINE_STAGE = "student-plain"  # the recipe's first [[student_variant]]: [student] on the labels alone
 
 
@@ -89,8 +93,8 @@ def native_size(data: ImageFolderData, sample: int = 200) -> int:
 
 
 def lite0_blocks(target_bytes: int, num_classes: int) -> list[int]:
-    """The truncated Lite0 students worth training: the deepest whose 4-bit file fits the budget, and two shallower
-    ones (parameters counted on the meta device)."""
+    """The truncated Lite0 students worth training: the deepest whose 4-bit file fits the budget, and the next
+    shallower one (parameters counted on the meta device)."""
     fits = []
     for blocks in range(16, 1, -1):
         with torch.device("meta"):
@@ -98,7 +102,7 @@ def lite0_blocks(target_bytes: int, num_classes: int) -> list[int]:
                                                                    num_classes=num_classes, pretrained=False))
         if sum(p.numel() for p in net.parameters()) * 0.5 * 1.1 <= target_bytes:  # 4 bits, 10% for scales
             fits.append(blocks)
-    return fits[:3] or [2]
+    return fits[:2] or [2]
 
 
 @dataclass(frozen=True)
@@ -118,17 +122,18 @@ def recipe_text(root: str, cfg: AutoConfig, c: Candidates, factor: float) -> str
              f"image_size = {c.size}", "", "[teacher]", 'model = "efficientnet_lite0"',
              f"image_size = {c.pretrained_size}", f"epochs = {epochs['teacher']}",
              "lr = 5e-4", "", "[student]", 'model = "studentnet"', f"epochs = {epochs['student']}",
-             "temperature = 4.0", "alpha = 0.9", f"views = {VIEWS}", 'teach = "if-better"', "",
-             "[[student_variant]]", "teacher = false", ""]
-    for blocks in c.blocks:
+             "temperature = 4.0", "alpha = 0.9", f"views = {min(VIEWS, epochs['student'])}", 'teach = "if-better"',
+             "", "[[student_variant]]", "teacher = false", ""]
+    for i, blocks in enumerate(c.blocks):  # the deepest also plain: the teacher must beat it to teach
         student = ["[[student_variant]]", 'model = "efficientnet_lite0"', f"model_args = {{blocks = {blocks}}}" + px]
-        lines += [*student, "teacher = false", "", *student, ""]
+        lines += [*student, "teacher = false", "", *student, ""] if i == 0 else [*student, ""]
     if c.pretrained_size != c.size:  # the deepest also at the data's own size: validation says if upsampling pays
         lines += ["[[student_variant]]", 'model = "efficientnet_lite0"', f"model_args = {{blocks = {c.blocks[0]}}}",
                   "teacher = false", ""]
-    for bits in (4, 3):
+    for bits in (4, 3):  # fine-tuned only for the two most accurate models whose file fits
         lines += ["[[quantize]]", 'codec = "kbit"', f"bits = {bits}", "entropy = true"]
-        lines += [f"finetune_epochs = {epochs['qat']}", ""] if c.qat else [""]
+        lines += [f"finetune_epochs = {epochs['qat']}", f"best = {QAT_MODELS}", f"within_bytes = {cfg.target_bytes}",
+                  ""] if c.qat else [""]
     lines += ["[[quantize]]", 'codec = "kbit"', "bits = 8", "entropy = true", f"budget = {cfg.target_bytes}", ""]
     if cfg.latency:  # the StudentNet pruned to the latency, and every student as the files that ship on its runtime
         t = cfg.latency

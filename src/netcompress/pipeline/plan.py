@@ -245,9 +245,12 @@ def _stages(recipe: Recipe, nets: _Networks, clock: _Clock, n_train: int, n_val:
         qat = cfg.finetune_epochs
         per_source = (epochs_cost(student_rates, qat, models=0) if qat
                       else n_val * student_rates[1] if student_rates else None)
-        stages.append(StagePlan(q.stage, f"store {sources} model(s) with {cfg.codec}"
+        stored = min(q.best, sources) if q.best else sources
+        stages.append(StagePlan(q.stage, f"store {stored} model(s) with {cfg.codec}"
+                                + (f" (the most accurate that fit {q.within_bytes:,} bytes)" if q.within_bytes
+                                   else " (the most accurate)" if q.best else "")
                                 + (f", {qat} epochs of quantization-aware training each" if qat else ""),
-                                None if per_source is None else sources * per_source))
+                                None if per_source is None else stored * per_source))
         disk += sources * student_params
     if recipe.deploy.run:
         (cfg,) = recipe.deploy.configs(recipe.seed)

@@ -246,16 +246,31 @@ class LowRankSection:
 
 @dataclass(frozen=True)
 class QuantizeSection(QuantConfig):
-    """QuantConfig's own fields, checked by QuantConfig."""
+    """QuantConfig's own fields, checked by QuantConfig, and which models the codec stores: every candidate, or
+    (best = k) the k most accurate on validation, among those whose file with this codec (before any fine-tuning)
+    fits within_bytes where that is set: quantization-aware fine-tuning of a model that loses anyway is time lost."""
+
+    best: int = 0  # 0: every candidate
+    within_bytes: int = 0  # 0: any size
 
     def configs(self, seed: int) -> tuple[QuantConfig]:
-        return (QuantConfig(**dataclasses.asdict(self)),)
+        if self.best < 0 or self.within_bytes < 0:
+            raise NetcompressError(f"best = {self.best}, within_bytes = {self.within_bytes}: use 0 (all, any size) "
+                                   "or a positive count and size")
+        own = {f.name for f in dataclasses.fields(QuantizeSection)} - {f.name for f in dataclasses.fields(QuantConfig)}
+        return (QuantConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k not in own}),)
 
     @property
     def stage(self) -> str:
+        return ("quantize-" + self.label + (f"-best{self.best}" if self.best else "")
+                + (f"-within{self.within_bytes}" if self.within_bytes else ""))
+
+    @property
+    def label(self) -> str:
+        """The codec and its settings, as the stored models' names show it."""
         cfg = self
         label = cfg.codec + ("" if get_codec(cfg.codec).fixed_bits else f"-{cfg.width}bit")
-        return ("quantize-" + label + ("-lzma" if cfg.entropy else "") + (f"-budget{cfg.budget}" if cfg.budget else "")
+        return (label + ("-lzma" if cfg.entropy else "") + (f"-budget{cfg.budget}" if cfg.budget else "")
                 + (f"-qat{cfg.finetune_epochs}" if cfg.finetune_epochs else "")
                 + (f"-lr{cfg.finetune_lr:g}" if cfg.finetune_epochs and cfg.finetune_lr != QuantizeSection.finetune_lr
                    else "")
@@ -448,7 +463,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         if name in LISTS:
             tables = raw[name] if isinstance(raw[name], list) else [raw[name]]
             sections[name] = tuple(_section(name, cls, t, str(path), seed) for t in tables)
-            stages = [s.stage for s in sections[name]]
+            stages = [getattr(s, "label", s.stage) for s in sections[name]]  # a codec names its models: once
             repeated = sorted({s for s in stages if stages.count(s) > 1})
             if repeated:
                 raise NetcompressError(f"{path}: two [[{name}]] tables describe the same run ({', '.join(repeated)}); "

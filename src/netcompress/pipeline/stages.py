@@ -264,11 +264,14 @@ def _quantize_stage(run: Run, q, sources: list[dict]):
     """One storage codec applied to every source model; the decoded model's accuracy is measured."""
     (cfg,) = q.configs(run.recipe.seed)
     name = q.stage
-    label = name.removeprefix("quantize-")
+    label = q.label
 
     def work(out: Path) -> dict:
         artifacts, skipped = [], []
+        chosen = _codec_sources(run, q, cfg, sources)
         for i, src in enumerate(sources):
+            if src not in chosen:
+                continue
             try:
                 model = load(run.dir / src.file)
                 data = run.data_for(model)
@@ -292,6 +295,21 @@ def _quantize_stage(run: Run, q, sources: list[dict]):
 
     return run.stage(name, work, run.settings(quantize=asdict(q), sources=[src.file for src in sources]),
                      redo_when_changed=True)
+
+
+def _codec_sources(run: Run, q, cfg, sources: list[Artifact]) -> list[Artifact]:
+    """The models a codec stores: all, or q.best of them, the most accurate on validation among those whose file
+    with the codec, before any fine-tuning, fits q.within_bytes."""
+    if not q.best:
+        return sources
+    fitting = sources
+    if q.within_bytes:
+        def nbytes(src: Artifact) -> int:
+            model = load(run.dir / src.file)
+            return quantize(model, replace(cfg, finetune_epochs=0, budget=None),
+                            run.data_for(model) if cfg.needs_data else None, device=run.device, progress=False).nbytes
+        fitting = [src for src in sources if nbytes(src) <= q.within_bytes]
+    return sorted(fitting, key=lambda a: -a.val_accuracy)[:q.best]
 
 
 def _compare_arch_stage(run: Run):
