@@ -12,7 +12,8 @@ On each, with the same byte budget and the same time:
 Validation chooses; test is measured once for each of the two. Target (issue: the best model for the user's own
 data): auto at least as accurate on test as the baseline on every dataset, within the test split's noise, and
 better by at least 3 points on half of them. Prints a table, writes benchmarks/results/generality.json; the
-datasets go under --root (never into the repository) and are reused when complete.
+datasets go under --root (never into the repository) and are reused when complete, as are finished baselines and
+auto runs (a rerun goes on where it stopped).
 
     OMP_NUM_THREADS=1 python benchmarks/generality.py --data ../shared/data/food101_10 --root /tmp/generality \
         --target-bytes 100000 --time 10m
@@ -104,7 +105,13 @@ def _digits(dst: Path) -> Path:
 
 
 def baseline(data: Path, out: Path, target_bytes: int, seconds: float) -> dict:
-    """StudentNet on the labels alone for the epochs that fit the time, then the mixed-precision codec at the budget."""
+    """StudentNet on the labels alone for the epochs that fit the time, then the mixed-precision codec at the budget
+    (kept in OUT/baseline.json: a rerun with the same settings reads it)."""
+    done = out / "baseline.json"
+    if done.exists():
+        found = json.loads(done.read_text())
+        if (found["target_bytes"], found["time_seconds"]) == (target_bytes, seconds):
+            return found
     started = time.perf_counter()
     ds = nc.ImageFolderData(data, _size(data), progress=False)
     nc.fit(nc.new_model("studentnet", ds.class_names, ds.image_size, ds.channels), ds, nc.TrainConfig(epochs=1),
@@ -118,10 +125,23 @@ def baseline(data: Path, out: Path, target_bytes: int, seconds: float) -> dict:
                          device="cpu", progress=False)
     path = stored.save(out / "baseline.ncq")
     decoded = stored.decode()
-    return {"epochs": epochs, "file_bytes": stored.nbytes, "file": str(path),
-            "val": nc.evaluate(decoded, ds, "validation", device="cpu")["accuracy"],
-            "test": nc.evaluate(decoded, ds, "testing", device="cpu")["accuracy"],
-            "wall_seconds": round(time.perf_counter() - started, 1)}
+    found = {"epochs": epochs, "image_size": ds.image_size, "file_bytes": stored.nbytes, "file": str(path),
+             "val": nc.evaluate(decoded, ds, "validation", device="cpu")["accuracy"],
+             "test": nc.evaluate(decoded, ds, "testing", device="cpu")["accuracy"],
+             "wall_seconds": round(time.perf_counter() - started, 1), "target_bytes": target_bytes,
+             "time_seconds": seconds}
+    done.write_text(json.dumps(found, indent=2))
+    return found
+
+
+def auto_row(record: dict) -> dict:
+    """What the table shows of an auto run: its choice, its time against the plan, and the evidence."""
+    chosen, plan = record["chosen"], record["plan"]
+    return {"chosen": chosen["name"], "file_bytes": chosen["file_bytes"], "val": chosen["val_accuracy"],
+            "test": chosen["test_accuracy"], "wall_seconds": record["wall_seconds"],
+            "estimated_seconds": plan["estimated_seconds"], "planning_seconds": plan["planning_seconds"],
+            "late": record["late"], "teaching": record["teaching"], "baseline_in_run": record["baseline"],
+            "validation": record["validation"], "flagged": record.get("flagged", [])}
 
 
 def _size(data: Path) -> int:
@@ -145,34 +165,23 @@ def main() -> None:
     for name, path in suite.items():
         if args.only and name not in args.only:
             continue
-        done = args.root / "runs" / name / "row.json"
-        if done.exists():  # measured earlier with the same settings: a rerun goes on with the rest
-            row = json.loads(done.read_text())
-            if (row["target_bytes"], row["time_seconds"]) == (args.target_bytes, seconds):
-                rows.append(row)
-                continue
         base = baseline(path, args.root / "runs" / name / "baseline", args.target_bytes, seconds)
-        t0 = time.perf_counter()
         record = auto(path, args.root / "runs" / name / "auto", AutoConfig(target_bytes=args.target_bytes,
                                                                           time_s=seconds), device="cpu")
-        chosen = record["chosen"]
+        mine = auto_row(record)
         test_images = len(nc.ImageFolderData(path, 32, progress=False).split("testing"))
         noise = standard_error(base["test"], test_images)
-        rows.append({"dataset": name, "baseline": base, "auto": {
-            "chosen": chosen["name"], "file_bytes": chosen["file_bytes"], "val": chosen["val_accuracy"],
-            "test": chosen["test_accuracy"], "wall_seconds": round(time.perf_counter() - t0, 1),
-            "teaching": record["teaching"]}, "test_images": test_images, "test_standard_error": round(noise, 4),
-            "gain_points": round(100 * (chosen["test_accuracy"] - base["test"]), 1),
-            "not_worse": chosen["test_accuracy"] >= base["test"] - noise,
-            "target_bytes": args.target_bytes, "time_seconds": seconds})
-        done.write_text(json.dumps(rows[-1], indent=2))
+        rows.append({"dataset": name, "baseline": base, "auto": mine, "test_images": test_images,
+                     "test_standard_error": round(noise, 4), "gain_points": round(100 * (mine["test"] - base["test"]), 1),
+                     "not_worse": mine["test"] >= base["test"] - noise})
     print("| dataset | baseline: bytes, val, test, wall | auto: chosen | bytes | val | test | wall | gain (points) |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         b, a = r["baseline"], r["auto"]
         print(f"| {r['dataset']} | {b['file_bytes']:,}, {b['val']:.3f}, {b['test']:.3f}, "
               f"{b['wall_seconds'] / 60:.1f} min | {a['chosen']} | {a['file_bytes']:,} | {a['val']:.3f} | "
-              f"{a['test']:.3f} | {a['wall_seconds'] / 60:.1f} min | {r['gain_points']:+.1f} "
+              f"{a['test']:.3f} | {a['wall_seconds'] / 60:.1f} min (plan {a['estimated_seconds'] / 60:.1f}"
+              f"{', late' if a['late'] else ''}) | {r['gain_points']:+.1f} "
               f"(±{100 * r['test_standard_error']:.1f}) |")
     better = sum(r["gain_points"] >= 3 for r in rows)
     print(f"\nnever worse (within 1 s.e.): {all(r['not_worse'] for r in rows)}; "
