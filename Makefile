@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# the most accurate model within 100,000 bytes for the data, planned to end in 8 minutes (auto)
 demo: install
-	$(BIN)/netcompress run recipes/demo.toml --set data.root=$(DATA) --out $(OUT) --target-bytes 300000
+	$(BIN)/netcompress auto $(DATA) --target-bytes 100000 --time 8m --out $(OUT)
 
 # the default suite, a worker per usable core (2.5 minutes on 2 idle cores); test-slow adds real training,
 # killed runs, torchrun, the deployment exports and the examples, one at a time (they time and kill processes)

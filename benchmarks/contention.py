@@ -4,8 +4,8 @@ OpenMP's passive waits (waiting threads sleep instead of spinning).
 
 The competing job is a plain matrix-multiply loop with a thread per core. Ratios compare each setting's run
 beside that job with the same setting alone; CPU time is the workload's own (user + system, children
-included). Workloads: `train` (one epoch of StudentNet on --images images, a few minutes) or `demo` (`make
-demo`'s command, about 10 minutes alone on 2 quiet cores). Run it on an otherwise idle machine.
+included). Workloads: `train` (one epoch of StudentNet on --images images, a few minutes) or `demo` (the demo
+recipe, `netcompress run recipes/demo.toml`, about 10 minutes alone on 2 quiet cores). Run it on an otherwise idle machine.
 
     python benchmarks/contention.py --workload train
     python benchmarks/contention.py --workload demo
