@@ -9,8 +9,8 @@ import torch
 import netcompress as nc
 from netcompress.cli.auto import seconds_of
 from netcompress.measure.latency import LatencyTarget
-from netcompress.pipeline.auto import (AutoConfig, Candidates, auto, evidence, largest_factor, lite0_blocks,
-                                     recipe_text)
+from netcompress.pipeline.auto import (AutoConfig, Candidates, Finalist, auto, best_student, evidence,
+                                     largest_factor, lite0_depth, recipe_text)
 from netcompress.pipeline.recipe import load_recipe
 from test_cli import run_cli
 
@@ -36,34 +36,60 @@ def test_the_epochs_are_scaled_to_the_largest_factor_that_fits():
     assert largest_factor(costs, 20.0, 0.05) is None  # even the floor needs 22.5 s
 
 
-def test_the_students_fit_the_budget_at_four_bits():
-    big, small = lite0_blocks(150_000, 10), lite0_blocks(20_000, 10)
-    assert big[0] > small[0] and len(big) == 2 and big == sorted(big, reverse=True)
-    with torch.device("meta"):
-        deepest = nc.create_model("efficientnet_lite0", blocks=big[0], num_classes=10, pretrained=False)
-    assert sum(p.numel() for p in deepest.parameters()) * 0.55 <= 150_000
+def test_the_student_fits_the_budget_at_four_bits():
+    big, small = lite0_depth(150_000, 10), lite0_depth(20_000, 10)
+    assert big > small >= 2
+    for depth, budget in ((big, 150_000), (small, 20_000)):
+        with torch.device("meta"):
+            fits = nc.create_model("efficientnet_lite0", blocks=depth, num_classes=10, pretrained=False)
+            deeper = nc.create_model("efficientnet_lite0", blocks=depth + 1, num_classes=10, pretrained=False)
+        assert sum(p.numel() for p in fits.parameters()) * 0.55 <= budget
+        assert sum(p.numel() for p in deeper.parameters()) * 0.55 > budget  # the deepest that fits
 
 
-def test_the_recipe_it_writes_is_a_recipe(tmp_path, jpeg_dataset):
-    cfg = AutoConfig(target_bytes=60_000, time_s=600)
+def test_the_first_round_compares_and_the_second_trains_the_finalist(tmp_path, jpeg_dataset):
+    cfg, c = AutoConfig(target_bytes=60_000, time_s=600), Candidates(40, 64, 6)
     path = tmp_path / "auto.toml"
-    path.write_text(recipe_text(str(jpeg_dataset), cfg, Candidates(40, 64, (6, 5)), 0.1))
+    path.write_text(recipe_text(str(jpeg_dataset), cfg, c, 0.1))
+    first = load_recipe(path)
+    assert first.student.teach == "if-better" and first.teacher.epochs == 2 and first.student.epochs == 1
+    assert [(v.model or "studentnet", v.model_args.get("blocks"), v.image_size, v.teacher)
+            for v in first.student_variant] == [
+        ("studentnet", None, 0, False), ("efficientnet_lite0", 6, 64, False),
+        ("efficientnet_lite0", 6, 0, False)]  # at the data's own 40 px too: does upsampling pay?
+    assert not first.quantize and not first.evaluate.test and first.student.views == 3  # no more views than epochs
+    path.write_text(recipe_text(str(jpeg_dataset), cfg, c, 0.1, Finalist("efficientnet_lite0", {"blocks": 6}, 64, 12)))
+    second = load_recipe(path)
+    assert second.student == first.student and second.teacher == first.teacher  # the first round's stages stand
+    assert second.student_variant[:3] == first.student_variant
+    finalist = second.student_variant[3]
+    assert (finalist.model_args, finalist.image_size, finalist.epochs, finalist.teacher) == ({"blocks": 6}, 64, 12, True)
+    assert finalist.stage == "student-efficientnet_lite0-blocks6-64px-12epochs"
+    assert second.evaluate.budgets == [60_000] and [q.finetune_epochs for q in second.quantize] == [1, 1, 0]
+    assert [(q.best, q.within_bytes) for q in second.quantize] == [(2, 60_000), (2, 60_000), (0, 0)]
+
+
+def test_the_finalist_is_the_model_of_the_most_accurate_student(tmp_path, jpeg_dataset):
+    path = tmp_path / "auto.toml"
+    path.write_text(recipe_text(str(jpeg_dataset), AutoConfig(target_bytes=60_000), Candidates(40, 64, 6), 0.1))
     recipe = load_recipe(path)
-    assert recipe.student.teach == "if-better" and recipe.teacher.epochs == 2 and recipe.student.epochs == 3
-    plain = [v for v in recipe.student_variant if not v.teacher]
-    assert [(v.model or "studentnet", v.model_args.get("blocks"), v.image_size) for v in plain] == [
-        ("studentnet", None, 0), ("efficientnet_lite0", 6, 64),
-        ("efficientnet_lite0", 6, 0)]  # the deepest at the data's own 40 px too: does upsampling pay?
-    taught = [(v.model_args.get("blocks"), v.image_size) for v in recipe.student_variant if v.teacher]
-    assert taught == [(6, 64), (5, 64)] and recipe.student.views == 3  # no more views than epochs
-    assert recipe.evaluate.budgets == [60_000] and [q.finetune_epochs for q in recipe.quantize] == [1, 1, 0]
-    assert [(q.best, q.within_bytes) for q in recipe.quantize] == [(2, 60_000), (2, 60_000), (0, 0)]
+    summary = {"artifacts": [{"name": "teacher", "stage": "teacher", "val_accuracy": 0.9},
+                             {"name": "plain", "stage": "student-plain", "val_accuracy": 0.5},
+                             {"name": "lite 64", "stage": "student-efficientnet_lite0-blocks6-64px-plain",
+                              "val_accuracy": 0.6},
+                             {"name": "lite 40", "stage": "student-efficientnet_lite0-blocks6-plain",
+                              "val_accuracy": 0.55}]}
+    best, finalist = best_student(summary, recipe)
+    assert best["name"] == "lite 64" and finalist == Finalist("efficientnet_lite0", {"blocks": 6}, 64, 0)
+    summary["artifacts"][1]["val_accuracy"] = 0.7  # the teacher never counts; the StudentNet may win
+    assert best_student(summary, recipe)[1] == Finalist("studentnet", {}, 0, 0)
 
 
 def test_a_latency_budget_prunes_to_it_and_deploys_for_its_runtime(tmp_path, jpeg_dataset):
     cfg = AutoConfig(target_bytes=60_000, time_s=600, latency=LatencyTarget(0.2, "ort"))
     path = tmp_path / "auto.toml"
-    path.write_text(recipe_text(str(jpeg_dataset), cfg, Candidates(40, 64, (6, 5)), 0.1))
+    path.write_text(recipe_text(str(jpeg_dataset), cfg, Candidates(40, 64, 6), 0.1,
+                                Finalist("studentnet", {}, 0, 5)))
     recipe = load_recipe(path)
     (prune,) = recipe.prune
     assert (prune.target_latency_ms, prune.runtime, prune.batch, prune.finetune_epochs) == (0.2, "ort", 1, 1)
@@ -103,6 +129,9 @@ def test_auto_runs_within_the_time_and_says_why_the_winner_won(jpeg_dataset, tmp
     assert record["baseline"] is None or record["baseline"]["val_accuracy"] <= chosen["val_accuracy"]
     assert record["validation"]["images"] == 6 and record["validation"]["standard_error"] > 0
     assert "beat" in record["teaching"]["why"]
+    finalist = record["finalist"]  # the model of the first round's best student, given the time left
+    assert finalist["from"] in {a["name"] for a in json.loads((out / "summary.json").read_text())["artifacts"]}
+    assert finalist["epochs"] == 0 or finalist["epochs"] > 1
     assert json.loads((out / "auto.json").read_text())["chosen"] == chosen
     # the same command again resumes the plan (nothing is trained again); other settings are refused
     code, _, err = run_cli("auto", jpeg_dataset, "--target-bytes", 60_000, "--time", "4m", "--out", out,

@@ -1,24 +1,28 @@
 """`auto`: the most accurate model for the user's own data within a byte budget and a time budget, by measured search.
 
 It writes a recipe for the data, the budget and the time, RUN/auto.toml, and runs it like any recipe (a rerun
-resumes it, with the same plan). Its candidates, all compared on validation:
+resumes it, with the same plan), in two rounds, every choice made on validation.
 
+The first round compares, for a few epochs each:
 - the plain baseline: the course's StudentNet trained on the labels alone, at the data's own size;
 - a pretrained truncated EfficientNet-Lite0 student (as many blocks as the budget can hold at 4 bits) trained on
-  the labels alone, at the size its ImageNet features need (at least 64 px); where that is an upsampling, also at
-  the data's own size, so that validation, not an assumption, says whether the upsampling pays;
-- that student, one a block shallower, and the StudentNet, distilled from an EfficientNet-Lite0 teacher, but only
-  where the teacher beats every plain student on validation (`teach = "if-better"`): a weaker teacher teaches its
-  mistakes, and then they learn from the labels alone (a student the same as a plain one is not trained twice);
-- the two most accurate models whose 4- and 3-bit files fit, after quantization-aware fine-tuning, and every model
-  with the mixed-precision codec that fits the budget (what a user of the plain baseline would do).
+  the labels alone, at the size its ImageNet features need (at least 64 px), and, where that is an upsampling, at
+  the data's own size too, so that validation, not an assumption, says whether the upsampling pays;
+- an EfficientNet-Lite0 teacher, used only where it beats every plain student (`teach = "if-better"`): a weaker
+  teacher teaches its mistakes; the StudentNet distilled from it where it is used.
 
-Few candidates, so that each gets the epochs it needs within the time: on the sample data at 30 minutes, eight
-students got 3 epochs each and none came near the accuracy that the same students reach in 30.
+The second round gives the time left to the finalist: the model of the most accurate first-round student, at its
+size, trained again for as many epochs as fit (distilled where the teacher is used). Then the two most accurate
+models whose 4- and 3-bit files fit get quantization-aware fine-tuning, every model gets the mixed-precision codec
+that fits the budget (what a user of the plain baseline would do), and the most accurate file within the budget
+is chosen and tested once. A search that splits the time evenly starves every candidate: on the sample data in
+30 minutes, eight students got 3 epochs each, where the pretrained students need 20 or more.
 
-Time: a few training batches of every network are timed (plan.py); the epochs of every stage are then scaled by one
-factor, the largest whose estimate fits the time left after planning. Where even one epoch each does not fit,
-quantization-aware fine-tuning goes; where it still does not, auto stops and says how much time it needs.
+Time: a few training batches of every network are timed (plan.py); the first round's epochs (and the plan's
+finalist, assumed to be the pretrained student) are scaled by one factor, the largest whose estimate fits the
+time left after planning; the finalist's epochs are then set from the time actually left. Where even one epoch
+each does not fit, quantization-aware fine-tuning goes; where it still does not, auto stops and says how much time
+it needs.
 """
 
 from __future__ import annotations
@@ -47,11 +51,13 @@ from .recipe import load_recipe
 from .report import standard_error, write_report
 from .stages import run_recipe
 
-FULL = {"teacher": 20, "student": 30, "qat": 3, "prune": 5}  # epochs at factor 1: the results recipe's (82 min here)
+# epochs at factor 1: the results recipe's (82 min here) for the teacher, the finalist and QAT; the first round's
+FULL = {"teacher": 20, "probe": 8, "final": 30, "qat": 3, "prune": 5}
 PRETRAINED_SIZE = 64  # ImageNet features fade below this input size (the Lite0 students lost to StudentNet at 32 px)
 MAX_SIZE = 96
 VIEWS = 8  # cached teacher views of every image, at most one per student epoch
 QAT_MODELS = 2  # the models fine-tuned for each low-bit codec
+BUDGET_CALIBRATION = 64  # images for the mixed-precision codec's sensitivity search (256 took 7 min for 6 models)
 BASELINE_STAGE = "student-plain"  # the recipe's first [[student_variant]]: [student] on the labels alone
 
 
@@ -92,49 +98,74 @@ def native_size(data: ImageFolderData, sample: int = 200) -> int:
     return max(16, min(MAX_SIZE, int(statistics.median(sides)) // 8 * 8))
 
 
-def lite0_blocks(target_bytes: int, num_classes: int) -> list[int]:
-    """The truncated Lite0 students worth training: the deepest whose 4-bit file fits the budget, and the next
-    shallower one (parameters counted on the meta device)."""
-    fits = []
-    for blocks in range(16, 1, -1):
+def lite0_depth(target_bytes: int, num_classes: int) -> int:
+    """The truncated Lite0 student worth training: the deepest whose 4-bit file fits the budget (parameters counted
+    on the meta device), at least 2 blocks."""
+    for blocks in range(16, 2, -1):
         with torch.device("meta"):
             net = create_model("efficientnet_lite0", **model_kwargs("efficientnet_lite0", blocks=blocks,
                                                                    num_classes=num_classes, pretrained=False))
         if sum(p.numel() for p in net.parameters()) * 0.5 * 1.1 <= target_bytes:  # 4 bits, 10% for scales
-            fits.append(blocks)
-    return fits[:2] or [2]
+            return blocks
+    return 2
 
 
 @dataclass(frozen=True)
 class Candidates:
     size: int  # the data's own size: the plain StudentNet's
-    pretrained_size: int  # the Lite0 students'
-    blocks: tuple[int, ...]
+    pretrained_size: int  # the Lite0 student's
+    blocks: int  # the Lite0 student's depth
     qat: bool = True  # quantization-aware fine-tuning (the first to go when time is short)
 
 
-def recipe_text(root: str, cfg: AutoConfig, c: Candidates, factor: float) -> str:
-    """The recipe auto runs, with every stage's epochs scaled by `factor` (at least one each)."""
-    epochs = {k: max(1, round(v * factor)) for k, v in FULL.items()}
-    px = "" if c.pretrained_size == c.size else f"\nimage_size = {c.pretrained_size}"
+@dataclass(frozen=True)
+class Finalist:
+    """The student trained longest: the model of the most accurate first-round student, at its size."""
+
+    model: str
+    model_args: dict
+    image_size: int  # 0: the data's
+    epochs: int
+
+
+def stand_in(c: Candidates, factor: float) -> Finalist:
+    """The finalist the plan assumes before the first round has run: the pretrained student (the slowest)."""
+    size = 0 if c.pretrained_size == c.size else c.pretrained_size
+    return Finalist("efficientnet_lite0", {"blocks": c.blocks}, size, scaled(factor)["final"])
+
+
+def scaled(factor: float) -> dict[str, int]:
+    return {k: max(1, round(v * factor)) for k, v in FULL.items()}
+
+
+def recipe_text(root: str, cfg: AutoConfig, c: Candidates, factor: float, finalist: Finalist | None = None) -> str:
+    """The recipe auto runs, every stage's epochs scaled by `factor` (at least one each): the first round (the
+    teacher and the students compared for a few epochs) alone, or with the finalist, the codecs and the budget."""
+    epochs = scaled(factor)
+    lite0 = ["[[student_variant]]", 'model = "efficientnet_lite0"', f"model_args = {{blocks = {c.blocks}}}"]
+    px = [] if c.pretrained_size == c.size else [f"image_size = {c.pretrained_size}"]
     lines = [f"# written by netcompress auto: --target-bytes {cfg.target_bytes} --time {cfg.time_s:g}s "
              f"(epochs scaled by {factor:.3f})", f"seed = {cfg.seed}", "", "[data]", f"root = {json.dumps(root)}",
              f"image_size = {c.size}", "", "[teacher]", 'model = "efficientnet_lite0"',
-             f"image_size = {c.pretrained_size}", f"epochs = {epochs['teacher']}",
-             "lr = 5e-4", "", "[student]", 'model = "studentnet"', f"epochs = {epochs['student']}",
-             "temperature = 4.0", "alpha = 0.9", f"views = {min(VIEWS, epochs['student'])}", 'teach = "if-better"',
-             "", "[[student_variant]]", "teacher = false", ""]
-    for i, blocks in enumerate(c.blocks):  # the deepest also plain: the teacher must beat it to teach
-        student = ["[[student_variant]]", 'model = "efficientnet_lite0"', f"model_args = {{blocks = {blocks}}}" + px]
-        lines += [*student, "teacher = false", "", *student, ""] if i == 0 else [*student, ""]
-    if c.pretrained_size != c.size:  # the deepest also at the data's own size: validation says if upsampling pays
-        lines += ["[[student_variant]]", 'model = "efficientnet_lite0"', f"model_args = {{blocks = {c.blocks[0]}}}",
-                  "teacher = false", ""]
+             f"image_size = {c.pretrained_size}", f"epochs = {epochs['teacher']}", "lr = 5e-4", "",
+             "[student]", 'model = "studentnet"', f"epochs = {epochs['probe']}", "temperature = 4.0", "alpha = 0.9",
+             f"views = {min(VIEWS, epochs['final'])}", 'teach = "if-better"', "",
+             "[[student_variant]]", "teacher = false", "", *lite0, *px, "teacher = false", ""]
+    if px:  # also at the data's own size: validation says whether upsampling pays
+        lines += [*lite0, "teacher = false", ""]
+    if finalist is None:
+        return "\n".join([*lines, "[evaluate]", "test = false", ""])
+    if finalist.epochs:
+        args = ", ".join(f"{k} = {json.dumps(v)}" for k, v in finalist.model_args.items())
+        lines += ["[[student_variant]]", f'model = "{finalist.model}"', f"model_args = {{{args}}}",
+                  *([f"image_size = {finalist.image_size}"] if finalist.image_size else []),
+                  f"epochs = {finalist.epochs}", ""]
     for bits in (4, 3):  # fine-tuned only for the two most accurate models whose file fits
         lines += ["[[quantize]]", 'codec = "kbit"', f"bits = {bits}", "entropy = true"]
         lines += [f"finetune_epochs = {epochs['qat']}", f"best = {QAT_MODELS}", f"within_bytes = {cfg.target_bytes}",
                   ""] if c.qat else [""]
-    lines += ["[[quantize]]", 'codec = "kbit"', "bits = 8", "entropy = true", f"budget = {cfg.target_bytes}", ""]
+    lines += ["[[quantize]]", 'codec = "kbit"', "bits = 8", "entropy = true", f"budget = {cfg.target_bytes}",
+              f"calibration = {BUDGET_CALIBRATION}", ""]
     if cfg.latency:  # the StudentNet pruned to the latency, and every student as the files that ship on its runtime
         t = cfg.latency
         lines += ["[[prune]]", 'method = "l2"', f"target_latency_ms = {t.ms:g}", f'runtime = "{t.runtime}"',
@@ -146,11 +177,11 @@ def recipe_text(root: str, cfg: AutoConfig, c: Candidates, factor: float) -> str
     return "\n".join(lines)
 
 
-def stage_costs(plan_low: RunPlan, plan_high: RunPlan, low: float, high: float) -> list[tuple[float, float]]:
+def stage_costs(low_stages, high_stages, low: float, high: float) -> list[tuple[float, float]]:
     """Each stage's estimated seconds as fixed + per_factor x factor, from its estimates at two factors (a stage's
     work is linear in its epochs), stage by stage in the plans' order."""
     costs = []
-    for a, b in zip(plan_low.stages, plan_high.stages):
+    for a, b in zip(low_stages, high_stages):
         sa, sb = a.seconds or 0.0, b.seconds or 0.0
         slope = max(0.0, (sb - sa) / (high - low))
         costs.append((sa - slope * low, slope))
@@ -175,62 +206,101 @@ def largest_factor(costs: list[tuple[float, float]], seconds: float, floor: floa
 
 @dataclass(frozen=True)
 class AutoPlan:
-    recipe: str  # the recipe's TOML text
+    recipe: str  # the first round's recipe (TOML)
     factor: float
-    seconds: float  # estimated
+    seconds: float  # estimated, the finalist assumed to be the pretrained student
     stages: tuple  # (name, what, estimated seconds)
     candidates: Candidates
     notes: tuple[str, ...]
+    rates: dict  # the networks' measured timings, for planning the finalist
+
+
+def planner(root: str, out: Path, cfg: AutoConfig, device: torch.device, progress: bool, rates: dict):
+    """plan(candidates, factor, finalist): the plan of that recipe, every network timed once across calls."""
+    scratch = out / "auto-plan"
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = scratch / "plan.toml"
+
+    def plan(c: Candidates, factor: float, finalist: Finalist | None) -> RunPlan:
+        path.write_text(recipe_text(root, cfg, c, factor, finalist), encoding="utf-8")
+        return plan_recipe(load_recipe(path), out, target_bytes=cfg.target_bytes, target_latency=cfg.latency,
+                           device=device, measure=True, progress=progress, rates=rates)
+
+    return plan
 
 
 def plan_auto(root: str, out, cfg: AutoConfig, device: torch.device, progress: bool = True) -> AutoPlan:
-    """The recipe that fits the time: candidates for the data and budget, epochs scaled to the time measured."""
+    """The first round's recipe, with epochs scaled so that the whole run (a pretrained finalist assumed) fits the
+    time measured."""
     data = ImageFolderData(root, 32, seed=cfg.seed, progress=False)
     size = cfg.image_size or native_size(data)
-    c = Candidates(size, max(size, PRETRAINED_SIZE), tuple(lite0_blocks(cfg.target_bytes, len(data.class_names))))
+    c = Candidates(size, max(size, PRETRAINED_SIZE), lite0_depth(cfg.target_bytes, len(data.class_names)))
     notes = [f"students at {c.size} px (the training images' median shorter side, at most {MAX_SIZE})"
-             + (f"; the pretrained Lite0 students and the teacher at {c.pretrained_size} px, which their ImageNet "
-                "features need, and the deepest also at the data's own size" if c.pretrained_size != c.size else "")]
-    scratch = Path(out) / "auto-plan"
-    scratch.mkdir(parents=True, exist_ok=True)
-    path, rates, started = scratch / "plan.toml", {}, time.perf_counter()
-
-    def planned(candidates: Candidates, factor: float, measure: bool = True) -> RunPlan:
-        path.write_text(recipe_text(str(root), cfg, candidates, factor), encoding="utf-8")
-        return plan_recipe(load_recipe(path), out, target_bytes=cfg.target_bytes, target_latency=cfg.latency,
-                           device=device, measure=measure, progress=progress, rates=rates)
-
+             + (f"; the pretrained Lite0 student and the teacher at {c.pretrained_size} px, which their ImageNet "
+                "features need, and the student also at the data's own size" if c.pretrained_size != c.size else "")]
+    rates, started = {}, time.perf_counter()
+    plan = planner(root, Path(out), cfg, device, progress, rates)
     floor = 1 / max(FULL.values())  # one epoch of every stage
     for attempt in (c, replace(c, qat=False)):
-        low, high = planned(attempt, floor), planned(attempt, 1.0)
+        low, high = plan(attempt, floor, stand_in(attempt, floor)), plan(attempt, 1.0, stand_in(attempt, 1.0))
         if low.problems:
             raise NetcompressError("; ".join(low.problems))
-        costs = stage_costs(low, high, floor, 1.0)
+        costs = stage_costs(low.stages, high.stages, floor, 1.0)
         left = cfg.time_s - (time.perf_counter() - started)  # the planning's own time counts
         factor = largest_factor(costs, left, floor)
         if factor is not None:
-            final = planned(attempt, factor)  # the stages' names at this factor; every network already timed
-            text = path.read_text(encoding="utf-8")
+            whole = plan(attempt, factor, stand_in(attempt, factor))  # the stages' names at this factor
             stages = tuple((s.name, s.work, round(fixed + slope * factor, 1))
-                           for s, (fixed, slope) in zip(final.stages, costs))
+                           for s, (fixed, slope) in zip(whole.stages, costs))
             if attempt is not c:
                 notes.append("no quantization-aware fine-tuning: it did not fit the time")
-            return AutoPlan(text, factor, sum(s[2] for s in stages), stages, attempt, tuple(notes))
+            return AutoPlan(recipe_text(root, cfg, attempt, factor), factor, sum(s[2] for s in stages), stages,
+                            attempt, tuple(notes), rates)
         shortest = sum(fixed + slope * floor for fixed, slope in costs)
     raise NetcompressError(f"even one epoch of every stage needs about {shortest / 60:.0f} min here, more than the "
                            f"{cfg.time_s / 60:.0f} min given: give more --time, or a smaller --image-size")
 
 
+def best_student(summary: dict, recipe) -> tuple[dict, Finalist]:
+    """The most accurate student of the first round on validation, and its model, arguments and size."""
+    made = {"student": recipe.student, **{v.stage: recipe.student.for_variant(v) for v in recipe.student_variant}}
+    sizes = {v.stage: v.image_size for v in recipe.student_variant}
+    students = [a for a in summary["artifacts"] if a["stage"] in made]
+    best = max(students, key=lambda a: a["val_accuracy"])
+    s = made[best["stage"]]
+    return best, Finalist(s.model, dict(s.model_args), sizes.get(best["stage"], 0), 0)
+
+
+def final_epochs(plan, c: Candidates, factor: float, finalist: Finalist, out: Path, seconds: float) -> int:
+    """The finalist's epochs: as many as fit `seconds` with the stages still to run (codecs, measuring), at most
+    the plan's at factor 1; 0 when not even one fits."""
+    most = FULL["final"]
+    low, high = plan(c, factor, replace(finalist, epochs=1)), plan(c, factor, replace(finalist, epochs=most))
+    pending = [(a, b) for a, b in zip(low.stages, high.stages) if not (out / a.name / "done.json").exists()]
+    costs = stage_costs([a for a, _ in pending], [b for _, b in pending], 1 / most, 1.0)
+    share = largest_factor(costs, seconds, 1 / most)
+    return 0 if share is None else int(share * most + 1e-9)
+
+
+def spent_seconds(out: Path, planning: float, wall: float) -> float:
+    """A run's time so far: this call's wall time, or where it resumed an earlier call, the planning and every
+    stage's own (done.json)."""
+    stages = sum(json.loads(f.read_text()).get("wall_seconds", 0) for f in out.glob("*/done.json"))
+    return max(wall, planning + stages)
+
+
 def auto(root: str | Path, out: str | Path, config: AutoConfig, device: str | torch.device = "auto",
          progress: bool = True) -> dict:
-    """Plan (or reload the plan of an earlier, interrupted call), run, choose and report; returns RUN/auto.json's
-    record: the plan, the choice within the budget with its validation and test accuracy, the plain baseline's best
-    within the budget, the teaching verdict, how validation was made and its noise, and the time taken."""
+    """Plan (or reload the plan of an earlier, interrupted call), run the first round, choose the finalist and give
+    it the time left, run the rest, choose and report; returns RUN/auto.json's record: the plan, the finalist, the
+    choice within the budget with its validation and test accuracy, the plain baseline's best within the budget,
+    the teaching verdict, how validation was made and its noise, and the time taken."""
     out, device = Path(out), resolve_device(device)
     recipe_file, record_file = out / "auto.toml", out / "auto.json"
-    started = time.perf_counter()
-    if recipe_file.exists() and record_file.exists():
-        planned = json.loads(record_file.read_text(encoding="utf-8"))["plan"]
+    started, rates = time.perf_counter(), {}
+    record = json.loads(record_file.read_text(encoding="utf-8")) if record_file.exists() else {}
+    if recipe_file.exists() and "plan" in record:
+        planned = record["plan"]
         if planned["config"] != json.loads(json.dumps(asdict(config))):
             raise NetcompressError(f"{out} holds an auto run planned with {planned['config']}: give the same settings "
                                    "to resume it, or another --out")
@@ -238,26 +308,45 @@ def auto(root: str | Path, out: str | Path, config: AutoConfig, device: str | to
             log(f"[auto] resuming the plan in {recipe_file}")
     else:
         plan = plan_auto(str(root), out, config, device, progress)
+        rates = plan.rates
         planned = {"config": asdict(config), "factor": plan.factor, "estimated_seconds": plan.seconds,
                    "planning_seconds": round(time.perf_counter() - started, 1),
+                   "candidates": asdict(plan.candidates),
                    "stages": [{"stage": n, "work": w, "estimated_seconds": s} for n, w, s in plan.stages],
                    "notes": list(plan.notes)}
+        record = {"plan": planned}
         atomic_write_text(recipe_file, plan.recipe)
-        atomic_write_text(record_file, json_text({"plan": planned}))
+        atomic_write_text(record_file, json_text(record))
         if progress:
             for stage in planned["stages"]:
                 log(f"[auto] plan: {stage['stage']}: {stage['work']} (about {stage['estimated_seconds'] / 60:.1f} min)")
-            log(f"[auto] about {plan.seconds / 60:.1f} of {config.time_s / 60:.1f} min; recipe in {recipe_file}")
+            log(f"[auto] about {plan.seconds / 60:.1f} of {config.time_s / 60:.1f} min (the finalist assumed to be "
+                f"the pretrained student; its epochs follow from the time left); recipe in {recipe_file}")
+    if "finalist" not in record:  # the first round, then the finalist with the time left
+        first = load_recipe(recipe_file)
+        summary = run_recipe(first, out, device, progress=progress)
+        best, finalist = best_student(summary, first)
+        c, factor = Candidates(**planned["candidates"]), planned["factor"]
+        left = config.time_s - spent_seconds(out, planned["planning_seconds"], time.perf_counter() - started)
+        plan = planner(str(root), out, config, device, progress, rates)
+        finalist = replace(finalist, epochs=final_epochs(plan, c, factor, finalist, out, left))
+        if finalist.epochs <= first.student.epochs:  # no longer than the first round: nothing to gain
+            finalist = replace(finalist, epochs=0)
+        record["finalist"] = {**asdict(finalist), "from": best["name"], "val_accuracy": best["val_accuracy"],
+                              "seconds_left": round(left, 1)}
+        atomic_write_text(recipe_file, recipe_text(str(root), config, c, factor, finalist))
+        atomic_write_text(record_file, json_text(record))
+        if progress:
+            log(f"[auto] finalist: {best['name']} was the most accurate ({best['val_accuracy']:.3f}): "
+                + (f"{finalist.epochs} epochs in the {left / 60:.1f} min left" if finalist.epochs
+                   else "no time left to train it longer"))
     summary = run_recipe(load_recipe(recipe_file), out, device, target_bytes=config.target_bytes,
                          target_latency=config.latency, progress=progress)
     write_report(out)
-    wall = time.perf_counter() - started
-    # a resumed run's time: the planning and every stage's own (done.json), not only this call's
-    spent = max(wall, planned["planning_seconds"] + sum(json.loads(f.read_text()).get("wall_seconds", 0)
-                                                        for f in out.glob("*/done.json")))
-    record = {"plan": planned, **evidence(summary, config.target_bytes), "wall_seconds": round(spent, 1),
-              "time_given_seconds": config.time_s, "late": spent > 1.15 * config.time_s,
-              "machine": summary.get("machine", machine_state())}
+    spent = spent_seconds(out, planned["planning_seconds"], time.perf_counter() - started)
+    record = {"plan": planned, "finalist": record["finalist"], **evidence(summary, config.target_bytes),
+              "wall_seconds": round(spent, 1), "time_given_seconds": config.time_s,
+              "late": spent > 1.15 * config.time_s, "machine": summary.get("machine", machine_state())}
     atomic_write_text(record_file, json_text(record))
     return record
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .. import NetcompressError, new_model, prune, quantize
+from ..compress.bit_allocation import WIDTHS
 from ..data.decode import decode_images
 from ..data.folder import ImageFolderData
 from ..measure.cost import count_parameters, measure_latencies
@@ -215,9 +216,9 @@ def _stages(recipe: Recipe, nets: _Networks, clock: _Clock, n_train: int, n_val:
         student_rates = student_rates or rates
         # the teacher's views are computed once, for the first student taught, and shared
         views = (s.views * n_train * teacher_forward) if s.views and rates and name == "student" else 0.0
-        cost = epochs_cost(rates, s.epochs, live if taught else 0.0)
+        cost = epochs_cost(rates, student.epochs, live if taught else 0.0)
         what = ((f"distill {model}" if taught else f"train {model}") + _args(args)
-                + (f" at {at} px" if at != size else "") + f" for {s.epochs} epochs"
+                + (f" at {at} px" if at != size else "") + f" for {student.epochs} epochs"
                 + ((f" from {s.views} cached teacher views" if s.views else "") if taught else " on the labels alone"))
         stages.append(StagePlan(name, what, None if cost is None else cost + views))
         disk += training_bytes(count_parameters(net)) if net is not None else 0
@@ -240,17 +241,33 @@ def _stages(recipe: Recipe, nets: _Networks, clock: _Clock, n_train: int, n_val:
                                 f"for {c.epochs} epochs", epochs_cost(student_rates, 3 * c.epochs, models=3)))
         disk += 3 * training_bytes(c.budget_params)
     sources = len(students) + sum(p.steps for p in recipe.prune) + len(recipe.lowrank)  # the candidates
+    networks = [(nets.built.get(name), at) for name, _, at, _ in students]
+    networks += [networks[0]] * (sources - len(students))  # pruned and factorized: as the student, at most
+
+    def codec_cost(cfg, net: nn.Module | None, at: int) -> float | None:
+        """Storing one model: its validation pass, its quantization-aware epochs, and for a byte budget the
+        sensitivity search (every quantizable tensor alone at every width, on the calibration images)."""
+        rates = clock.rates(net, at)
+        if rates is None:
+            return None
+        cost = n_val * rates[1] + (epochs_cost(rates, cfg.finetune_epochs, models=0) if cfg.finetune_epochs else 0)
+        if cfg.budget:
+            tensors = sum(1 for t in net.state_dict().values() if t.dim() >= 2)
+            cost += tensors * len([b for b in WIDTHS if b <= cfg.width]) * cfg.calibration * rates[1]
+        return cost
+
     for q in recipe.quantize:
         (cfg,) = q.configs(recipe.seed)
         qat = cfg.finetune_epochs
-        per_source = (epochs_cost(student_rates, qat, models=0) if qat
-                      else n_val * student_rates[1] if student_rates else None)
         stored = min(q.best, sources) if q.best else sources
+        costs = [codec_cost(cfg, net, at) for net, at in networks]
+        seconds = None if None in costs else sum(sorted(costs, reverse=True)[:stored])  # the dearest, to be safe
         stages.append(StagePlan(q.stage, f"store {stored} model(s) with {cfg.codec}"
                                 + (f" (the most accurate that fit {q.within_bytes:,} bytes)" if q.within_bytes
                                    else " (the most accurate)" if q.best else "")
-                                + (f", {qat} epochs of quantization-aware training each" if qat else ""),
-                                None if per_source is None else stored * per_source))
+                                + (f", {qat} epochs of quantization-aware training each" if qat else "")
+                                + (", bits chosen by each tensor's measured sensitivity" if cfg.budget else ""),
+                                seconds))
         disk += sources * student_params
     if recipe.deploy.run:
         (cfg,) = recipe.deploy.configs(recipe.seed)

@@ -4,8 +4,8 @@
     [teacher]     model + epochs (train or fine-tune), or file (an existing model file); image_size, mixup, cutmix
     [student]     distillation: model, model_args, epochs, lr, batch_size, temperature, alpha, method, mixup,
                   cutmix, views
-    [[student_variant]] one table per further student: [student] again with some model_args or its image_size
-                  changed, another model (model, with its own model_args), or taught by the labels alone
+    [[student_variant]] one table per further student: [student] again with some model_args, its image_size or
+                  its epochs changed, another model (model, with its own model_args), or taught by the labels alone
                   (teacher = false: a plain baseline)
                   (model_args = {blocks = 6}: a smaller one for a smaller budget); codecs apply to it too
     [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, lr, distill, precise_bn;
@@ -141,9 +141,10 @@ class StudentSection:
     def for_variant(self, variant: StudentVariantSection) -> StudentSection:
         """This student as a [[student_variant]] makes it: another model with its own arguments, or this one with
         some of its arguments changed."""
+        epochs = variant.epochs or self.epochs
         if variant.model:
-            return dataclasses.replace(self, model=variant.model, model_args=dict(variant.model_args))
-        return dataclasses.replace(self, model_args={**self.model_args, **variant.model_args})
+            return dataclasses.replace(self, model=variant.model, model_args=dict(variant.model_args), epochs=epochs)
+        return dataclasses.replace(self, model_args={**self.model_args, **variant.model_args}, epochs=epochs)
 
 
 @dataclass(frozen=True)
@@ -152,11 +153,14 @@ class StudentVariantSection:
     image_size: int = 0  # this student's input size where it differs from [data]'s, e.g. 64 (a faster student)
     teacher: bool = True  # false: trained on the labels alone, the plain baseline a teacher has to beat
     model: str = ""  # another architecture, with model_args its own (not [student]'s changed)
+    epochs: int = 0  # this student's epochs where they differ from [student]'s
 
     def configs(self, seed: int) -> tuple:
-        if not self.model_args and not self.image_size and self.teacher and not self.model:
+        if not self.model_args and not self.image_size and self.teacher and not self.model and not self.epochs:
             raise NetcompressError("model_args is empty, image_size is 0 and teacher is true: name what differs "
                                    "from [student], e.g. model_args = {blocks = 6}, image_size = 64 or teacher = false")
+        if self.epochs < 0:
+            raise NetcompressError(f"epochs = {self.epochs}: use 0 ([student]'s) or a positive count")
         if self.image_size:
             check_image_size(self.image_size, "image_size", "0: the data's")
         return ()
@@ -166,6 +170,7 @@ class StudentVariantSection:
         return "student-" + "-".join(([self.model] if self.model else [])
                                      + [f"{key}{value}" for key, value in self.model_args.items()]
                                      + ([f"{self.image_size}px"] if self.image_size else [])
+                                     + ([f"{self.epochs}epochs"] if self.epochs else [])
                                      + ([] if self.teacher else ["plain"]))
 
 

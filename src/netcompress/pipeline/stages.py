@@ -167,7 +167,8 @@ def _student_stage(run: Run, teacher_file: str | None, variant: StudentVariantSe
         fit(net, train, replace(train_cfg, input_size=size), val=run.data_at(size).split("validation"),
             teacher=teacher, distill=kd, run_dir=out, device=run.device, progress=run.progress)
         args = "".join(f" {key}={value}" for key, value in s.model_args.items())
-        at = f", {size} px" if size != run.recipe.data.image_size else ""
+        at = (f", {size} px" if size != run.recipe.data.image_size else "") + (
+            f", {s.epochs} epochs" if variant is not None and variant.epochs else "")
         how = "distilled" if teacher_file else "no teacher"
         return {"model_file": str(out / "best.safetensors"),
                 "artifacts": [run.artifact(f"student ({s.model}{args}{at}, {how})", out / "best.safetensors",
@@ -186,9 +187,9 @@ def _student_of(run: Run, variant: StudentVariantSection | None) -> tuple[Studen
 
 
 def _student_key(run: Run, variant: StudentVariantSection | None) -> str:
-    """What makes a student, teaching aside: its model, arguments and input size."""
+    """What makes a student, teaching aside: its model, arguments, input size and epochs."""
     s, size = _student_of(run, variant)
-    return json.dumps([s.model, s.model_args, size], sort_keys=True)
+    return json.dumps([s.model, s.model_args, size, s.epochs], sort_keys=True)
 
 
 def _teaching(run: Run, teacher: dict, plain: list[dict]) -> dict:
