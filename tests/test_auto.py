@@ -145,7 +145,7 @@ def test_auto_runs_within_the_time_and_says_why_the_winner_won(jpeg_dataset, tmp
 def test_auto_with_a_latency_budget_chooses_a_file_that_runs_within_it(jpeg_dataset, tmp_path):
     out = tmp_path / "auto"
     code, text, err = run_cli("auto", jpeg_dataset, "--target-bytes", 200_000, "--target-latency", 50,
-                              "--runtime", "ort", "--time", "5m", "--out", out, "--device", "cpu", "--no-progress",
+                              "--runtime", "ort", "--time", "15m", "--out", out, "--device", "cpu", "--no-progress",
                               "--json")
     assert code == 0, err
     record = json.loads(text)
