@@ -51,8 +51,9 @@ from .recipe import load_recipe
 from .report import standard_error, write_report
 from .stages import run_recipe
 
-# epochs at factor 1: the results recipe's (82 min here) for the teacher, the finalist and QAT; the first round's
-FULL = {"teacher": 20, "probe": 8, "final": 30, "qat": 3, "prune": 5}
+# epochs at factor 1. The first round's students get the teacher's epochs, so that the teacher is weighed against
+# them fairly (with a third of them, a teacher that lost at equal epochs won); the finalist the results recipe's 30.
+FULL = {"teacher": 10, "probe": 10, "final": 30, "qat": 3, "prune": 5}
 PRETRAINED_SIZE = 64  # ImageNet features fade below this input size (the Lite0 students lost to StudentNet at 32 px)
 MAX_SIZE = 96
 VIEWS = 8  # cached teacher views of every image, at most one per student epoch
