@@ -33,7 +33,7 @@ from PIL import Image
 import netcompress as nc
 from netcompress.cli.auto import seconds_of
 from netcompress.pipeline.auto import AutoConfig, auto
-from netcompress.pipeline.report import standard_error
+from netcompress.pipeline.budgets import standard_error
 from netcompress.process import machine_state
 
 SPLITS = ("training", "validation", "testing")

@@ -58,13 +58,15 @@ def test_the_first_round_compares_and_the_second_trains_the_finalist(tmp_path, j
         ("studentnet", None, 0, False), ("efficientnet_lite0", 6, 64, False),
         ("efficientnet_lite0", 6, 0, False)]  # at the data's own 40 px too: does upsampling pay?
     assert not first.quantize and not first.evaluate.test and first.student.views == 3  # no more views than epochs
-    path.write_text(recipe_text(str(jpeg_dataset), cfg, c, 0.1, Finalist("efficientnet_lite0", {"blocks": 6}, 64, 12)))
+    path.write_text(recipe_text(str(jpeg_dataset), cfg, c, 0.1, Finalist("efficientnet_lite0", {"blocks": 6}, 64, 12,
+                                                                       "student-x/best.safetensors")))
     second = load_recipe(path)
     assert second.student == first.student and second.teacher == first.teacher  # the first round's stages stand
     assert second.student_variant[:3] == first.student_variant
     finalist = second.student_variant[3]
-    assert (finalist.model_args, finalist.image_size, finalist.epochs, finalist.teacher) == ({"blocks": 6}, 64, 12, True)
-    assert finalist.stage == "student-efficientnet_lite0-blocks6-64px-12epochs"
+    assert (finalist.model_args, finalist.image_size, finalist.epochs, finalist.teacher, finalist.init) == (
+        {"blocks": 6}, 64, 12, True, "student-x/best.safetensors")  # trained on from its first-round weights
+    assert finalist.stage == "student-efficientnet_lite0-blocks6-64px-12epochs-continued"
     assert second.evaluate.budgets == [60_000] and [q.finetune_epochs for q in second.quantize] == [1, 1, 0]
     assert [(q.best, q.within_bytes) for q in second.quantize] == [(2, 60_000), (2, 60_000), (0, 0)]
 
@@ -73,16 +75,16 @@ def test_the_finalist_is_the_model_of_the_most_accurate_student(tmp_path, jpeg_d
     path = tmp_path / "auto.toml"
     path.write_text(recipe_text(str(jpeg_dataset), AutoConfig(target_bytes=60_000), Candidates(40, 64, 6), 0.1))
     recipe = load_recipe(path)
-    summary = {"artifacts": [{"name": "teacher", "stage": "teacher", "val_accuracy": 0.9},
-                             {"name": "plain", "stage": "student-plain", "val_accuracy": 0.5},
+    summary = {"artifacts": [{"name": "teacher", "stage": "teacher", "val_accuracy": 0.9, "file": "t.st"},
+                             {"name": "plain", "stage": "student-plain", "val_accuracy": 0.5, "file": "p.st"},
                              {"name": "lite 64", "stage": "student-efficientnet_lite0-blocks6-64px-plain",
-                              "val_accuracy": 0.6},
+                              "val_accuracy": 0.6, "file": "l64.st"},
                              {"name": "lite 40", "stage": "student-efficientnet_lite0-blocks6-plain",
-                              "val_accuracy": 0.55}]}
+                              "val_accuracy": 0.55, "file": "l40.st"}]}
     best, finalist = best_student(summary, recipe)
-    assert best["name"] == "lite 64" and finalist == Finalist("efficientnet_lite0", {"blocks": 6}, 64, 0)
+    assert best["name"] == "lite 64" and finalist == Finalist("efficientnet_lite0", {"blocks": 6}, 64, 0, "l64.st")
     summary["artifacts"][1]["val_accuracy"] = 0.7  # the teacher never counts; the StudentNet may win
-    assert best_student(summary, recipe)[1] == Finalist("studentnet", {}, 0, 0)
+    assert best_student(summary, recipe)[1] == Finalist("studentnet", {}, 0, 0, "p.st")
 
 
 def test_a_latency_budget_prunes_to_it_and_deploys_for_its_runtime(tmp_path, jpeg_dataset):

@@ -215,6 +215,9 @@ def test_a_teacher_teaches_only_where_it_beats_the_students_trained_without_it()
     assert weigh_teacher("if-better", model("teacher", 0.6), plains)["used"]
     assert not weigh_teacher("if-better", model("teacher", 0.515), plains)["used"]  # a tie teaches nothing new
     assert weigh_teacher("always", teacher, plains) == {"used": True, "why": "teach = always"}
+    within_noise = weigh_teacher("if-better", model("teacher", 0.53), plains, 750)  # 1 s.e. of 0.515 on 750: 0.018
+    assert not within_noise["used"] and "by more than the noise of validation (±1.8 points)" in within_noise["why"]
+    assert weigh_teacher("if-better", model("teacher", 0.54), plains, 750)["used"]
 
 
 def test_a_stored_model_that_lost_more_than_a_few_points_is_flagged_in_the_report(tmp_path):
@@ -230,6 +233,23 @@ def test_a_stored_model_that_lost_more_than_a_few_points_is_flagged_in_the_repor
     write_report(tmp_path)
     html = (tmp_path / "report.html").read_text()
     assert "<h2>Flagged: lost to their codec</h2>" in html and html.count("<td>lite, int8-minmax</td>") == 2
+
+
+@pytest.mark.slow
+def test_a_student_variant_can_carry_on_from_a_students_weights(jpeg_dataset, tmp_path):
+    recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "lr = 1e-12\n[[student_variant]]\nepochs = 2\n"
+                              "init = 'student/best.safetensors'\n[evaluate]\ntest = false\n")
+    run = tmp_path / "run"
+    summary = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)
+    assert "student (studentnet, 2 epochs more, distilled)" in {a["name"] for a in summary["artifacts"]}
+    start = nc.load(run / "student" / "best.safetensors").state_dict()
+    on = nc.load(run / "student-2epochs-continued" / "best.safetensors").state_dict()
+    convs = [k for k, t in start.items() if t.dim() == 4]
+    assert convs and all(torch.allclose(start[k], on[k], atol=1e-6) for k in convs)  # lr 1e-12: where it started
+    with pytest.raises(NetcompressError, match="init = 'teacher/best.safetensors': its weights are not those of"):
+        run_recipe(load_recipe(recipe, ["student_variant.init=teacher/best.safetensors",
+                                        "student_variant.model_args={width_mult = 0.5}"]), tmp_path / "run2",
+                   torch.device("cpu"), progress=False)
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ The first round compares, for a few epochs each:
 - an EfficientNet-Lite0 teacher, used only where it beats every plain student (`teach = "if-better"`): a weaker
   teacher teaches its mistakes; the StudentNet distilled from it where it is used.
 
-The second round gives the time left to the finalist: the model of the most accurate first-round student, at its
-size, trained again for as many epochs as fit (distilled where the teacher is used). Then the two most accurate
+The second round gives the time left to the finalist: the most accurate first-round student, trained on from its
+weights for as many epochs as fit (distilled where the teacher is used). Then the two most accurate
 models whose 4- and 3-bit files fit get quantization-aware fine-tuning, every model gets the mixed-precision codec
 that fits the budget (what a user of the plain baseline would do), and the most accurate file within the budget
 is chosen and tested once. A search that splits the time evenly starves every candidate: on the sample data in
@@ -44,11 +44,11 @@ from ..measure.latency import LatencyTarget
 from ..models import model_kwargs
 from ..models.registry import create_model
 from ..process import log, machine_state, resolve_device
-from .budgets import codec_losses
+from .budgets import codec_losses, standard_error
 from .deploy import runtimes_reading
 from .plan import RunPlan, plan_recipe
 from .recipe import load_recipe
-from .report import standard_error, write_report
+from .report import write_report
 from .stages import run_recipe
 
 # epochs at factor 1. The first round's students get the teacher's epochs, so that the teacher is weighed against
@@ -121,12 +121,13 @@ class Candidates:
 
 @dataclass(frozen=True)
 class Finalist:
-    """The student trained longest: the model of the most accurate first-round student, at its size."""
+    """The student trained longest: the most accurate first-round student, trained on from its weights."""
 
     model: str
     model_args: dict
     image_size: int  # 0: the data's
     epochs: int
+    init: str = ""  # its first-round model file, relative to the run folder
 
 
 def stand_in(c: Candidates, factor: float) -> Finalist:
@@ -160,7 +161,8 @@ def recipe_text(root: str, cfg: AutoConfig, c: Candidates, factor: float, finali
         args = ", ".join(f"{k} = {json.dumps(v)}" for k, v in finalist.model_args.items())
         lines += ["[[student_variant]]", f'model = "{finalist.model}"', f"model_args = {{{args}}}",
                   *([f"image_size = {finalist.image_size}"] if finalist.image_size else []),
-                  f"epochs = {finalist.epochs}", ""]
+                  f"epochs = {finalist.epochs}", *([f"init = {json.dumps(finalist.init)}"] if finalist.init else []),
+                  ""]
     for bits in (4, 3):  # fine-tuned only for the two most accurate models whose file fits
         lines += ["[[quantize]]", 'codec = "kbit"', f"bits = {bits}", "entropy = true"]
         lines += [f"finetune_epochs = {epochs['qat']}", f"best = {QAT_MODELS}", f"within_bytes = {cfg.target_bytes}",
@@ -263,13 +265,13 @@ def plan_auto(root: str, out, cfg: AutoConfig, device: torch.device, progress: b
 
 
 def best_student(summary: dict, recipe) -> tuple[dict, Finalist]:
-    """The most accurate student of the first round on validation, and its model, arguments and size."""
+    """The most accurate student of the first round on validation, and its model, arguments, size and file."""
     made = {"student": recipe.student, **{v.stage: recipe.student.for_variant(v) for v in recipe.student_variant}}
     sizes = {v.stage: v.image_size for v in recipe.student_variant}
     students = [a for a in summary["artifacts"] if a["stage"] in made]
     best = max(students, key=lambda a: a["val_accuracy"])
     s = made[best["stage"]]
-    return best, Finalist(s.model, dict(s.model_args), sizes.get(best["stage"], 0), 0)
+    return best, Finalist(s.model, dict(s.model_args), sizes.get(best["stage"], 0), 0, best["file"])
 
 
 def final_epochs(plan, c: Candidates, factor: float, finalist: Finalist, out: Path, seconds: float) -> int:

@@ -51,16 +51,24 @@ def choose_by_latency(artifacts: list[Artifact], target: LatencyTarget, measured
     return {"chosen": best["name"], "file": file, "target": asdict(target), "tried": tried}
 
 
-def weigh_teacher(teach: str, teacher: Artifact, plains: list[Artifact]) -> dict:
+def standard_error(accuracy: float, images: int) -> float:
+    """One standard error of an accuracy measured on `images` images (binomial): the noise a difference must beat."""
+    return (accuracy * (1 - accuracy) / max(images, 1)) ** 0.5
+
+
+def weigh_teacher(teach: str, teacher: Artifact, plains: list[Artifact], val_images: int = 0) -> dict:
     """Whether the students learn from the teacher: always (teach = "always"), or only when it is more accurate on
-    validation than every student trained without it (teach = "if-better"): a weaker teacher teaches its mistakes,
-    and distilling from one cost 8 test points on a dataset the recipes were not tuned on."""
+    validation than every student trained without it (teach = "if-better") by more than one standard error of
+    validation on `val_images` images: a weaker teacher teaches its mistakes (distilling from one cost 8 test points
+    on a dataset the recipes were not tuned on), and one within the noise taught a student less than the labels."""
     if teach == "always" or not plains:
         return {"used": True, "why": "teach = always" if teach == "always" else "no student trained without it"}
     best = max(plains, key=lambda a: a.val_accuracy)
-    used = teacher.val_accuracy > best.val_accuracy
+    noise = standard_error(best.val_accuracy, val_images) if val_images else 0.0
+    used = teacher.val_accuracy > best.val_accuracy + noise
     why = (f"the teacher's validation accuracy {teacher.val_accuracy:.3f} {'beats' if used else 'does not beat'} "
            f"{best.val_accuracy:.3f} of {best.name}, the best student trained without it"
+           + (f", by more than the noise of validation (±{100 * noise:.1f} points)" if noise else "")
            + ("" if used else ": every student learns from the labels alone"))
     return {"used": used, "why": why, "teacher_val": teacher.val_accuracy, "best_plain": best.name,
             "best_plain_val": best.val_accuracy}

@@ -5,7 +5,7 @@
     [student]     distillation: model, model_args, epochs, lr, batch_size, temperature, alpha, method, mixup,
                   cutmix, views
     [[student_variant]] one table per further student: [student] again with some model_args, its image_size or
-                  its epochs changed, another model (model, with its own model_args), or taught by the labels alone
+                  its epochs changed, or started from a file's weights (init), another model (model, with its own model_args), or taught by the labels alone
                   (teacher = false: a plain baseline)
                   (model_args = {blocks = 6}: a smaller one for a smaller budget); codecs apply to it too
     [[prune]]     one table per pruning run: PruneConfig's fields + finetune_epochs, lr, distill, precise_bn;
@@ -154,9 +154,10 @@ class StudentVariantSection:
     teacher: bool = True  # false: trained on the labels alone, the plain baseline a teacher has to beat
     model: str = ""  # another architecture, with model_args its own (not [student]'s changed)
     epochs: int = 0  # this student's epochs where they differ from [student]'s
+    init: str = ""  # a model file of the same model whose weights it starts from (relative to the run folder)
 
     def configs(self, seed: int) -> tuple:
-        if not self.model_args and not self.image_size and self.teacher and not self.model and not self.epochs:
+        if not (self.model_args or self.image_size or self.model or self.epochs or self.init) and self.teacher:
             raise NetcompressError("model_args is empty, image_size is 0 and teacher is true: name what differs "
                                    "from [student], e.g. model_args = {blocks = 6}, image_size = 64 or teacher = false")
         if self.epochs < 0:
@@ -171,6 +172,7 @@ class StudentVariantSection:
                                      + [f"{key}{value}" for key, value in self.model_args.items()]
                                      + ([f"{self.image_size}px"] if self.image_size else [])
                                      + ([f"{self.epochs}epochs"] if self.epochs else [])
+                                     + (["continued"] if self.init else [])
                                      + ([] if self.teacher else ["plain"]))
 
 

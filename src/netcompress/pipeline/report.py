@@ -11,18 +11,13 @@ from ..measure.cost import LATENCY_HEADINGS, latency_texts, ms
 from ..plots import pyplot, save_figure
 from ..version import __version__
 from .artifact import DECODED, Artifact
-from .budgets import CODEC_LOSS_POINTS, codec_losses
+from .budgets import CODEC_LOSS_POINTS, codec_losses, standard_error
 
 
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         raise NetcompressError(f"{path} does not exist: is {path.parent} a pruning run directory?")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def standard_error(accuracy: float, images: int) -> float:
-    """One standard error of an accuracy measured on `images` images (binomial): the noise a difference must beat."""
-    return (accuracy * (1 - accuracy) / max(images, 1)) ** 0.5
 
 
 def _accuracy_axis(ax, accuracies: list[float], images: int) -> None:

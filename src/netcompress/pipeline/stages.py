@@ -158,6 +158,13 @@ def _student_stage(run: Run, teacher_file: str | None, variant: StudentVariantSe
     def work(out: Path) -> dict:
         seed_everything(run.recipe.seed)
         net = new_model(s.model, run.data.class_names, size, run.recipe.data.channels, **s.model_args)
+        if variant is not None and variant.init:  # carry on from an earlier student's weights
+            start = Path(variant.init) if Path(variant.init).is_absolute() else run.dir / variant.init
+            try:
+                net.load_state_dict(load(start).state_dict())
+            except RuntimeError as exc:
+                raise NetcompressError(f"[[student_variant]] init = {variant.init!r}: its weights are not those of "
+                                       f"{s.model} {s.model_args}: {str(exc).splitlines()[0]}") from exc
         train_cfg, kd = s.configs(run.recipe.seed)
         if teacher_file is None:
             train, teacher = run.data_at(size), None
@@ -168,7 +175,8 @@ def _student_stage(run: Run, teacher_file: str | None, variant: StudentVariantSe
             teacher=teacher, distill=kd, run_dir=out, device=run.device, progress=run.progress)
         args = "".join(f" {key}={value}" for key, value in s.model_args.items())
         at = (f", {size} px" if size != run.recipe.data.image_size else "") + (
-            f", {s.epochs} epochs" if variant is not None and variant.epochs else "")
+            f", {s.epochs} epochs" if variant is not None and variant.epochs else "") + (
+            " more" if variant is not None and variant.init else "")
         how = "distilled" if teacher_file else "no teacher"
         return {"model_file": str(out / "best.safetensors"),
                 "artifacts": [run.artifact(f"student ({s.model}{args}{at}, {how})", out / "best.safetensors",
@@ -187,15 +195,15 @@ def _student_of(run: Run, variant: StudentVariantSection | None) -> tuple[Studen
 
 
 def _student_key(run: Run, variant: StudentVariantSection | None) -> str:
-    """What makes a student, teaching aside: its model, arguments, input size and epochs."""
+    """What makes a student, teaching aside: its model, arguments, input size, epochs and starting weights."""
     s, size = _student_of(run, variant)
-    return json.dumps([s.model, s.model_args, size, s.epochs], sort_keys=True)
+    return json.dumps([s.model, s.model_args, size, s.epochs, variant.init if variant else ""], sort_keys=True)
 
 
 def _teaching(run: Run, teacher: dict, plain: list[dict]) -> dict:
     """Whether the students learn from the teacher (see `weigh_teacher`), said on the console."""
     teaching = weigh_teacher(run.recipe.student.teach, artifacts_of(teacher)[0],
-                             [a for stage in plain for a in artifacts_of(stage)])
+                             [a for stage in plain for a in artifacts_of(stage)], len(run.data.split("validation")))
     if run.progress and "best_plain" in teaching:
         log(f"[teaching] {teaching['why']}")
     return teaching
