@@ -47,8 +47,8 @@ def auto_cmd(
     It times a few batches of each candidate, writes the recipe that fits the time (OUT/auto.toml), and runs it in
     two rounds: first StudentNet on the labels alone (the plain baseline), a pretrained truncated EfficientNet-Lite0
     student and an EfficientNet-Lite0 teacher (used only where it beats them on validation) for a few epochs each;
-    then the model of the most accurate, trained for the time left, and 4/3-bit codecs after quantization-aware
-    fine-tuning. With --target-latency MS, the StudentNet is also pruned to that latency on
+    then the most accurate of them, trained on from its weights for the time left, and 4/3-bit codecs after
+    quantization-aware fine-tuning. With --target-latency MS, the StudentNet is also pruned to that latency on
     --runtime and every student is written as the files that runtime runs (fp32 and int8), and the choice must
     hold both budgets, measured. The choice, the baseline and why the winner won go to OUT/auto.json and
     OUT/report.html; a rerun with the same settings resumes the plan.
