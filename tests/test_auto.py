@@ -2,6 +2,7 @@
 students, a teacher used only where it beats them), and the choice with its evidence."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -68,7 +69,11 @@ def test_the_first_round_compares_and_the_second_trains_the_finalist(tmp_path, j
         {"blocks": 6}, 64, 12, True, "student-x/best.safetensors")  # trained on from its first-round weights
     assert finalist.stage == "student-efficientnet_lite0-blocks6-64px-12epochs-continued"
     assert second.evaluate.budgets == [60_000] and [q.finetune_epochs for q in second.quantize] == [1, 1, 0]
-    assert [(q.best, q.within_bytes) for q in second.quantize] == [(2, 60_000), (2, 60_000), (0, 0)]
+    assert [(q.best, q.within_bytes) for q in second.quantize] == [(2, 60_000), (2, 60_000), (2, 0)]
+    path.write_text(recipe_text(str(jpeg_dataset), cfg, replace(c, teacher=False), 0.1))  # short of time
+    alone = load_recipe(path)
+    assert alone.student.teach == "never" and alone.student.views == 0
+    assert alone.student_variant == first.student_variant
 
 
 def test_the_finalist_is_the_model_of_the_most_accurate_student(tmp_path, jpeg_dataset):

@@ -8,21 +8,22 @@ The first round compares, for a few epochs each:
 - a pretrained truncated EfficientNet-Lite0 student (as many blocks as the budget can hold at 4 bits) trained on
   the labels alone, at the size its ImageNet features need (at least 64 px), and, where that is an upsampling, at
   the data's own size too, so that validation, not an assumption, says whether the upsampling pays;
-- an EfficientNet-Lite0 teacher, used only where it beats every plain student (`teach = "if-better"`): a weaker
-  teacher teaches its mistakes; the StudentNet distilled from it where it is used.
+- an EfficientNet-Lite0 teacher, trained as many epochs as they are and used only where it beats every plain
+  student by more than validation's noise (`teach = "if-better"`): a weaker teacher teaches its mistakes; the
+  StudentNet distilled from it where it is used.
 
 The second round gives the time left to the finalist: the most accurate first-round student, trained on from its
-weights for as many epochs as fit (distilled where the teacher is used). Then the two most accurate
-models whose 4- and 3-bit files fit get quantization-aware fine-tuning, every model gets the mixed-precision codec
-that fits the budget (what a user of the plain baseline would do), and the most accurate file within the budget
-is chosen and tested once. A search that splits the time evenly starves every candidate: on the sample data in
-30 minutes, eight students got 3 epochs each, where the pretrained students need 20 or more.
+weights for as many epochs as fit (distilled where the teacher is used). Then the two most accurate models whose
+4- and 3-bit files fit get quantization-aware fine-tuning, and the two most accurate the mixed-precision codec that
+fits the budget (what a user of the plain baseline would do), and the most accurate file within the budget is
+chosen and tested once. A search that splits the time evenly starves every candidate: on the sample data in 30
+minutes, eight students got 3 epochs each, where the pretrained students need 20 or more.
 
 Time: a few training batches of every network are timed (plan.py); the first round's epochs (and the plan's
 finalist, assumed to be the pretrained student) are scaled by one factor, the largest whose estimate fits the
-time left after planning; the finalist's epochs are then set from the time actually left. Where even one epoch
-each does not fit, quantization-aware fine-tuning goes; where it still does not, auto stops and says how much time
-it needs.
+time left after planning; the finalist's epochs are then set from the time actually left. Where the finalist
+would get less than half the time, the teacher goes, then quantization-aware fine-tuning; where even one epoch
+each does not fit, auto stops and says how much time it needs.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from ..process import log, machine_state, resolve_device
 from .budgets import codec_losses, standard_error
 from .deploy import runtimes_reading
 from .plan import RunPlan, plan_recipe
-from .recipe import load_recipe
+from .recipe import StudentVariantSection, load_recipe
 from .report import write_report
 from .stages import run_recipe
 
@@ -58,6 +59,7 @@ PRETRAINED_SIZE = 64  # ImageNet features fade below this input size (the Lite0 
 MAX_SIZE = 96
 VIEWS = 8  # cached teacher views of every image, at most one per student epoch
 QAT_MODELS = 2  # the models fine-tuned for each low-bit codec
+FINAL_SHARE = 0.5  # the finalist's share of the time at least, else the teacher goes (then QAT)
 BUDGET_CALIBRATION = 64  # images for the mixed-precision codec's sensitivity search (256 took 7 min for 6 models)
 BASELINE_STAGE = "student-plain"  # the recipe's first [[student_variant]]: [student] on the labels alone
 
@@ -116,7 +118,8 @@ class Candidates:
     size: int  # the data's own size: the plain StudentNet's
     pretrained_size: int  # the Lite0 student's
     blocks: int  # the Lite0 student's depth
-    qat: bool = True  # quantization-aware fine-tuning (the first to go when time is short)
+    qat: bool = True  # quantization-aware fine-tuning (goes when time is short, after the teacher)
+    teacher: bool = True  # a teacher, weighed against the plain students (the first to go when time is short)
 
 
 @dataclass(frozen=True)
@@ -146,12 +149,14 @@ def recipe_text(root: str, cfg: AutoConfig, c: Candidates, factor: float, finali
     epochs = scaled(factor)
     lite0 = ["[[student_variant]]", 'model = "efficientnet_lite0"', f"model_args = {{blocks = {c.blocks}}}"]
     px = [] if c.pretrained_size == c.size else [f"image_size = {c.pretrained_size}"]
+    teacher = ["[teacher]", 'model = "efficientnet_lite0"', f"image_size = {c.pretrained_size}",
+               f"epochs = {epochs['teacher']}", "lr = 5e-4", ""] if c.teacher else []
     lines = [f"# written by netcompress auto: --target-bytes {cfg.target_bytes} --time {cfg.time_s:g}s "
              f"(epochs scaled by {factor:.3f})", f"seed = {cfg.seed}", "", "[data]", f"root = {json.dumps(root)}",
-             f"image_size = {c.size}", "", "[teacher]", 'model = "efficientnet_lite0"',
-             f"image_size = {c.pretrained_size}", f"epochs = {epochs['teacher']}", "lr = 5e-4", "",
+             f"image_size = {c.size}", "", *teacher,
              "[student]", 'model = "studentnet"', f"epochs = {epochs['probe']}", "temperature = 4.0", "alpha = 0.9",
-             f"views = {min(VIEWS, epochs['final'])}", 'teach = "if-better"', "",
+             f"views = {min(VIEWS, epochs['final']) if c.teacher else 0}",
+             f"teach = \"{'if-better' if c.teacher else 'never'}\"", "",
              "[[student_variant]]", "teacher = false", "", *lite0, *px, "teacher = false", ""]
     if px:  # also at the data's own size: validation says whether upsampling pays
         lines += [*lite0, "teacher = false", ""]
@@ -168,7 +173,7 @@ def recipe_text(root: str, cfg: AutoConfig, c: Candidates, factor: float, finali
         lines += [f"finetune_epochs = {epochs['qat']}", f"best = {QAT_MODELS}", f"within_bytes = {cfg.target_bytes}",
                   ""] if c.qat else [""]
     lines += ["[[quantize]]", 'codec = "kbit"', "bits = 8", "entropy = true", f"budget = {cfg.target_bytes}",
-              f"calibration = {BUDGET_CALIBRATION}", ""]
+              f"calibration = {BUDGET_CALIBRATION}", f"best = {QAT_MODELS}", ""]
     if cfg.latency:  # the StudentNet pruned to the latency, and every student as the files that ship on its runtime
         t = cfg.latency
         lines += ["[[prune]]", 'method = "l2"', f"target_latency_ms = {t.ms:g}", f'runtime = "{t.runtime}"',
@@ -244,24 +249,44 @@ def plan_auto(root: str, out, cfg: AutoConfig, device: torch.device, progress: b
     rates, started = {}, time.perf_counter()
     plan = planner(root, Path(out), cfg, device, progress, rates)
     floor = 1 / max(FULL.values())  # one epoch of every stage
-    for attempt in (c, replace(c, qat=False)):
+    fallback, shortest = None, None
+    # the teacher goes first when time is short, then quantization-aware fine-tuning: the finalist comes first
+    for attempt in (c, replace(c, teacher=False), replace(c, teacher=False, qat=False)):
         low, high = plan(attempt, floor, stand_in(attempt, floor)), plan(attempt, 1.0, stand_in(attempt, 1.0))
         if low.problems:
             raise NetcompressError("; ".join(low.problems))
         costs = stage_costs(low.stages, high.stages, floor, 1.0)
         left = cfg.time_s - (time.perf_counter() - started)  # the planning's own time counts
         factor = largest_factor(costs, left, floor)
-        if factor is not None:
-            whole = plan(attempt, factor, stand_in(attempt, factor))  # the stages' names at this factor
-            stages = tuple((s.name, s.work, round(fixed + slope * factor, 1))
-                           for s, (fixed, slope) in zip(whole.stages, costs))
-            if attempt is not c:
-                notes.append("no quantization-aware fine-tuning: it did not fit the time")
-            return AutoPlan(recipe_text(root, cfg, attempt, factor), factor, sum(s[2] for s in stages), stages,
-                            attempt, tuple(notes), rates)
-        shortest = sum(fixed + slope * floor for fixed, slope in costs)
-    raise NetcompressError(f"even one epoch of every stage needs about {shortest / 60:.0f} min here, more than the "
-                           f"{cfg.time_s / 60:.0f} min given: give more --time, or a smaller --image-size")
+        if factor is None:
+            shortest = sum(fixed + slope * floor for fixed, slope in costs)
+            continue
+        whole = plan(attempt, factor, stand_in(attempt, factor))  # the stages' names at this factor
+        stages = tuple((s.name, s.work, round(fixed + slope * factor, 1))
+                       for s, (fixed, slope) in zip(whole.stages, costs))
+        final = sum(seconds for name, _, seconds in stages if name == finalist_stage(stand_in(attempt, factor)))
+        found = (final, attempt, factor, stages)
+        if final >= FINAL_SHARE * cfg.time_s:
+            break
+        fallback = max(fallback, found, key=lambda f: f[0]) if fallback else found
+    else:
+        if fallback is None:
+            raise NetcompressError(f"even one epoch of every stage needs about {shortest / 60:.0f} min here, more than "
+                                   f"the {cfg.time_s / 60:.0f} min given: give more --time, or a smaller --image-size")
+        found = fallback
+    final, attempt, factor, stages = found
+    if not attempt.teacher:
+        notes.append(f"no teacher: with one, the finalist would get less than {FINAL_SHARE:.0%} of the time")
+    if not attempt.qat:
+        notes.append("no quantization-aware fine-tuning: it did not fit the time")
+    return AutoPlan(recipe_text(root, cfg, attempt, factor), factor, sum(s[2] for s in stages), stages, attempt,
+                    tuple(notes), rates)
+
+
+def finalist_stage(finalist: Finalist) -> str:
+    """The stage name a finalist's [[student_variant]] gets."""
+    return StudentVariantSection(model_args=finalist.model_args, image_size=finalist.image_size, model=finalist.model,
+                                 epochs=finalist.epochs, init=finalist.init).stage
 
 
 def best_student(summary: dict, recipe) -> tuple[dict, Finalist]:

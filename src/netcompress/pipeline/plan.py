@@ -196,18 +196,21 @@ def _stages(recipe: Recipe, nets: _Networks, clock: _Clock, n_train: int, n_val:
         train, forward, measure = rates
         return epochs * (n_train * (train + extra_per_image) + n_val * forward) + models * (measure + n_val * forward)
 
-    teacher = None if t.file else nets.get("teacher", t.model, teacher_size)
-    teacher_rates = None if t.file else clock.rates(teacher, teacher_size)
-    if t.file:
+    never = s.teach == "never"
+    teacher = None if t.file or never else nets.get("teacher", t.model, teacher_size)
+    teacher_rates = None if t.file or never else clock.rates(teacher, teacher_size)
+    if t.file and not never:
         stages.append(StagePlan("teacher", f"use {t.file}", None))
-    else:
+    elif not never:
         stages.append(StagePlan("teacher", f"train {t.model} for {t.epochs} epochs at {teacher_size} px",
                                 epochs_cost(teacher_rates, t.epochs)))
         disk += training_bytes(count_parameters(teacher)) if teacher is not None else 0
     teacher_forward = teacher_rates[1] if teacher_rates else 0.0
     live = 0.0 if s.views else teacher_forward  # the teacher runs at every step unless its views are cached
-    students = [("student", s, size, True)] + [(v.stage, s.for_variant(v), v.image_size or size, v.teacher)
-                                               for v in recipe.student_variant]
+    students = [("student", s, size, not never)] + [(v.stage, s.for_variant(v), v.image_size or size,
+                                                    v.teacher and not never) for v in recipe.student_variant]
+    if never and any(not taught and student == s and at == size for _, student, at, taught in students[1:]):
+        students = students[1:]  # untaught, the student is its plain twin: not trained twice
     student_rates = None
     for name, student, at, taught in students:
         model, args = student.model, student.model_args

@@ -96,7 +96,7 @@ class TeacherSection:
                             augment=AugmentConfig(mixup=self.mixup, cutmix=self.cutmix)),)
 
 
-TEACH = ("always", "if-better")
+TEACH = ("always", "if-better", "never")
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,8 @@ class StudentSection:
     views: int = 0  # > 0: the teacher's outputs cached for this many fixed views of every image (TeacherViews)
     model_args: dict = field(default_factory=dict)  # the model's keyword arguments, e.g. {blocks = 8}
     # "if-better": distil only from a teacher more accurate on validation than every student trained without one
-    # ([[student_variant]] teacher = false); else every student learns from the labels alone, and the run says why
+    # ([[student_variant]] teacher = false); else every student learns from the labels alone, and the run says why;
+    # "never": no teacher is trained, every student learns from the labels (when there is no time for one)
     teach: str = "always"
 
     def configs(self, seed: int) -> tuple[TrainConfig, DistillConfig]:
@@ -487,6 +488,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         _check_model_size(student.model, student.model_args, f"{path}: [[student_variant]]")
     if recipe.student.model_args:
         _check_model_size(recipe.student.model, recipe.student.model_args, f"{path}: [student]")
+    if recipe.student.teach == "never" and any(p.source == "teacher" for p in recipe.prune):
+        raise NetcompressError(f"{path}: [student] teach = 'never' trains no teacher, and a [[prune]] table has "
+                               "source = 'teacher': remove one of them")
     if recipe.student.teach == "if-better" and all(v.teacher for v in recipe.student_variant):
         raise NetcompressError(f"{path}: [student] teach = 'if-better' compares the teacher with a student trained "
                                "without one: add a [[student_variant]] with teacher = false")

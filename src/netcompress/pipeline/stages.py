@@ -480,23 +480,27 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
                 target_latency: LatencyTarget | None) -> dict:
     atomic_write_text(run.dir / "recipe.json", json.dumps(asdict(recipe), indent=2))
     machine = {"at_start": machine_state()}
-    teacher = _teacher_stage(run)
+    never = recipe.student.teach == "never"
+    teacher = None if never else _teacher_stage(run)
     plain = {i: _student_stage(run, None, v) for i, v in enumerate(recipe.student_variant) if not v.teacher}
-    teaching = _teaching(run, teacher, list(plain.values()))
+    teaching = ({"used": False, "why": "teach = never: no teacher was trained"} if never
+                else _teaching(run, teacher, list(plain.values())))
     taught = teaching["used"]
+    teacher_file = None if never else teacher["model_file"]
     # untaught, a student is its plain twin (the same model, arguments and size), which is not trained again
     twins = {} if taught else {_student_key(run, recipe.student_variant[i]): stage for i, stage in plain.items()}
-    student = twins.get(_student_key(run, None)) or _student_stage(run, teacher["model_file"] if taught else None)
-    artifacts = artifacts_of(teacher) + ([] if _student_key(run, None) in twins else artifacts_of(student))
+    student = twins.get(_student_key(run, None)) or _student_stage(run, teacher_file if taught else None)
+    artifacts = ([] if never else artifacts_of(teacher)) + (
+        [] if _student_key(run, None) in twins else artifacts_of(student))
     for i, variant in enumerate(recipe.student_variant):
         if not variant.teacher:
             artifacts += artifacts_of(plain[i])
         elif _student_key(run, variant) not in twins:
-            artifacts += artifacts_of(_student_stage(run, teacher["model_file"] if taught else None, variant))
+            artifacts += artifacts_of(_student_stage(run, teacher_file if taught else None, variant))
     for p in recipe.prune:
-        artifacts += artifacts_of(_prune_stage(run, p, student["model_file"], teacher["model_file"], taught))
+        artifacts += artifacts_of(_prune_stage(run, p, student["model_file"], teacher_file, taught))
     for lr in recipe.lowrank:
-        artifacts += artifacts_of(_lowrank_stage(run, lr, student["model_file"], teacher["model_file"], taught))
+        artifacts += artifacts_of(_lowrank_stage(run, lr, student["model_file"], teacher_file, taught))
     if recipe.compare_arch.run:
         artifacts += artifacts_of(_compare_arch_stage(run))
     sources = [a for a in artifacts if a.stage not in ("teacher", "compare-arch") and a.candidate]
