@@ -13,6 +13,7 @@ from netcompress.errors import NetcompressError
 from netcompress.pipeline.artifact import DECODED, Artifact
 from netcompress.pipeline.recipe import load_recipe
 from netcompress.pipeline.budgets import choose, codec_losses, weigh_teacher
+from netcompress.pipeline.plan import plan_recipe
 from netcompress.pipeline.report import write_report
 from netcompress.pipeline.stages import run_recipe
 
@@ -233,6 +234,24 @@ def test_a_stored_model_that_lost_more_than_a_few_points_is_flagged_in_the_repor
     write_report(tmp_path)
     html = (tmp_path / "report.html").read_text()
     assert "<h2>Flagged: lost to their codec</h2>" in html and html.count("<td>lite, int8-minmax</td>") == 2
+
+
+@pytest.mark.slow
+def test_teach_never_trains_no_teacher_and_the_student_is_its_plain_twin(jpeg_dataset, tmp_path):
+    recipe = one_epoch_recipe(tmp_path / "r.toml", jpeg_dataset, "teach = 'never'\nviews = 0\n[[student_variant]]\n"
+                              "teacher = false\n[[student_variant]]\nmodel_args = {width_mult = 0.5}\n"
+                              "[[quantize]]\ncodec = 'fp16'\n[evaluate]\ntest = false\n")
+    run = tmp_path / "run"
+    summary = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)
+    assert not (run / "teacher").exists() and not (run / "student").exists()
+    assert summary["teaching"] == {"used": False, "why": "teach = never: no teacher was trained"}
+    assert [a["name"] for a in summary["artifacts"] if not a["stage"].startswith("quantize")] == [
+        "student (studentnet, no teacher)", "student (studentnet width_mult=0.5, no teacher)"]
+    plan = plan_recipe(load_recipe(recipe), tmp_path / "plan", measure=True)
+    assert [s.name for s in plan.stages][:3] == ["decode", "student-plain", "student-width_mult0.5"]
+    with pytest.raises(NetcompressError, match="teach = 'never' trains no teacher, and a \\[\\[prune\\]\\] table"):
+        load_recipe(one_epoch_recipe(tmp_path / "r2.toml", jpeg_dataset, "teach = 'never'\n[[student_variant]]\n"
+                                     "teacher = false\n[[prune]]\nsource = 'teacher'\n"))
 
 
 @pytest.mark.slow
