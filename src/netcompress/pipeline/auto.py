@@ -22,7 +22,7 @@ minutes, eight students got 3 epochs each, where the pretrained students need 20
 Time: a few training batches of every network are timed (plan.py); the first round's epochs (and the plan's
 finalist, assumed to be the pretrained student) are scaled by one factor, the largest whose estimate fits the
 time left after planning; the finalist's epochs are then set from the time actually left. Where the finalist
-would get less than half the time, the teacher goes, then quantization-aware fine-tuning; where even one epoch
+would get less than a quarter of the time, the teacher goes, then quantization-aware fine-tuning; where even one epoch
 each does not fit, auto stops and says how much time it needs.
 """
 
@@ -59,7 +59,7 @@ PRETRAINED_SIZE = 64  # ImageNet features fade below this input size (the Lite0 
 MAX_SIZE = 96
 VIEWS = 8  # cached teacher views of every image, at most one per student epoch
 QAT_MODELS = 2  # the models fine-tuned for each low-bit codec
-FINAL_SHARE = 0.5  # the finalist's share of the time at least, else the teacher goes (then QAT)
+FINAL_SHARE = 0.25  # the finalist's share of the time at least, else the teacher goes (then QAT)
 BUDGET_CALIBRATION = 64  # images for the mixed-precision codec's sensitivity search (256 took 7 min for 6 models)
 BASELINE_STAGE = "student-plain"  # the recipe's first [[student_variant]]: [student] on the labels alone
 
