@@ -253,10 +253,12 @@ def _stages(recipe: Recipe, nets: _Networks, clock: _Clock, n_train: int, n_val:
         rates = clock.rates(net, at)
         if rates is None:
             return None
-        cost = n_val * rates[1] + (epochs_cost(rates, cfg.finetune_epochs, models=0) if cfg.finetune_epochs else 0)
+        qat = QAT_SLOWDOWN * epochs_cost(rates, cfg.finetune_epochs, models=0) if cfg.finetune_epochs else 0
+        cost = n_val * rates[1] + qat
         if cfg.budget:
             tensors = sum(1 for t in net.state_dict().values() if t.dim() >= 2)
-            cost += tensors * len([b for b in WIDTHS if b <= cfg.width]) * cfg.calibration * rates[1]
+            passes = tensors * len([b for b in WIDTHS if b <= cfg.width])
+            cost += SEARCH_SLOWDOWN * passes * cfg.calibration * rates[1]
         return cost
 
     for q in recipe.quantize:
@@ -287,6 +289,11 @@ def _stages(recipe: Recipe, nets: _Networks, clock: _Clock, n_train: int, n_val:
     return stages, disk
 
 
+# measured against these estimates on a 2-core CPU (the Lite0 7-block student at 96 px): quantization-aware epochs
+# (fake-quantized weights) took 1.6x a plain epoch, and the mixed-precision search 1.7x its forward passes alone
+# (each tensor's quantization round trip and the KL)
+QAT_SLOWDOWN = 1.6
+SEARCH_SLOWDOWN = 1.7
 DEPLOY_FILE_SECONDS = 15  # export, calibration, timing and a fresh process's memory, per file (about 15 s for a
 # StudentNet at 32 px on 2 cores: 6 files in 90-110 s)
 
