@@ -59,6 +59,7 @@ PRETRAINED_SIZE = 64  # ImageNet features fade below this input size (the Lite0 
 MAX_SIZE = 96
 VIEWS = 8  # cached teacher views of every image, at most one per student epoch
 QAT_MODELS = 2  # the models fine-tuned for each low-bit codec
+FINAL_MAX = 300  # the finalist's epochs where time allows (on 8x8 digits, 30 left half the time unused)
 FINAL_SHARE = 0.25  # the finalist's share of the time at least, else the teacher goes (then QAT)
 BUDGET_CALIBRATION = 64  # images for the mixed-precision codec's sensitivity search (256 took 7 min for 6 models)
 BASELINE_STAGE = "student-plain"  # the recipe's first [[student_variant]]: [student] on the labels alone
@@ -301,8 +302,8 @@ def best_student(summary: dict, recipe) -> tuple[dict, Finalist]:
 
 def final_epochs(plan, c: Candidates, factor: float, finalist: Finalist, out: Path, seconds: float) -> int:
     """The finalist's epochs: as many as fit `seconds` with the stages still to run (codecs, measuring), at most
-    the plan's at factor 1; 0 when not even one fits."""
-    most = FULL["final"]
+    FINAL_MAX; 0 when not even one fits."""
+    most = FINAL_MAX
     low, high = plan(c, factor, replace(finalist, epochs=1)), plan(c, factor, replace(finalist, epochs=most))
     pending = [(a, b) for a, b in zip(low.stages, high.stages) if not (out / a.name / "done.json").exists()]
     costs = stage_costs([a for a, _ in pending], [b for _, b in pending], 1 / most, 1.0)
