@@ -154,6 +154,8 @@ def test_auto_with_a_latency_budget_chooses_a_file_that_runs_within_it(jpeg_data
     code, text, err = run_cli("auto", jpeg_dataset, "--target-bytes", 200_000, "--target-latency", 50,
                               "--runtime", "ort", "--time", "15m", "--out", out, "--device", "cpu", "--no-progress",
                               "--json")
+    if code == 2 and "too busy to measure" in err:  # said so, as it should: no figure to choose by
+        pytest.skip("the machine was too busy to time the deployment files")
     assert code == 0, err
     record = json.loads(text)
     chosen = record["chosen"]
