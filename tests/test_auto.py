@@ -151,15 +151,13 @@ def test_auto_runs_within_the_time_and_says_why_the_winner_won(jpeg_dataset, tmp
 @pytest.mark.slow
 def test_auto_with_a_latency_budget_chooses_a_file_that_runs_within_it(jpeg_dataset, tmp_path):
     out = tmp_path / "auto"
-    code, text, err = run_cli("auto", jpeg_dataset, "--target-bytes", 200_000, "--target-latency", 50,
+    code, text, err = run_cli("auto", jpeg_dataset, "--target-bytes", 2_000_000, "--target-latency", 50,
                               "--runtime", "ort", "--time", "15m", "--out", out, "--device", "cpu", "--no-progress",
                               "--json")
-    if code == 2 and "too busy to measure" in err:  # said so, as it should: no figure to choose by
-        pytest.skip("the machine was too busy to time the deployment files")
     assert code == 0, err
     record = json.loads(text)
     chosen = record["chosen"]
-    assert chosen["file_bytes"] <= 200_000 and chosen["latency_ms"] <= 50 and chosen["test_accuracy"] is not None
+    assert chosen["file_bytes"] <= 2_000_000 and chosen["latency_ms"] <= 50 and chosen["test_accuracy"] is not None
     assert all(c["latency_ms"] <= 50 for c in record["candidates"])
     stages = {s["stage"] for s in record["plan"]["stages"]}
     assert "deploy" in stages and any(s.startswith("prune-latency") for s in stages)

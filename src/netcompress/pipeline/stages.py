@@ -520,8 +520,14 @@ def _run_stages(run: Run, recipe: Recipe, target_bytes: int | None, target_param
     if target_latency is not None:
         within = [a for a in candidates if a.candidate and (target_bytes is None or a.file_bytes <= target_bytes)
                   and (target_params is None or a.params <= target_params)]  # every budget given holds
+        runnable = runs_on(within, target_latency.runtime)
+        if not runnable:
+            held = " and ".join(f"<= {n:,} {unit}" for n, unit in [(target_bytes, "bytes"), (target_params, "params")]
+                                if n is not None) or "any budget"
+            raise NetcompressError(f"no candidate within {held} runs on {target_latency.runtime}: add a [deploy] "
+                                   f"table with targets that {target_latency.runtime} reads, or allow more bytes")
         latency_budget = choose_by_latency(candidates, target_latency, measure_together(
-            run, runs_on(within, target_latency.runtime), target_latency.config))
+            run, runnable, target_latency.config))
     chosen = [c["chosen"] for c in ([budget] if budget else []) + budgets + ([latency_budget] if latency_budget
                                                                                else [])]
     test = _evaluate(run, artifacts, chosen) if recipe.evaluate.test else {}
