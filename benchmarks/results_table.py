@@ -70,7 +70,8 @@ def main() -> None:
     deployment = _deployable(deployed, args.out, recipe.data.root) if deployed else None
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
-        "benchmark": "results table", "recipe": str(args.recipe), "overrides": args.overrides, "run_dir": str(args.out),
+        "benchmark": "results table", "recipe": str(args.recipe), "overrides": args.overrides, "seed": recipe.seed,
+        "run_dir": str(args.out),
         "from_scratch": from_scratch, "wall_seconds": round(wall, 1), "threads": torch.get_num_threads(),
         "models": models, "budgets": budgets, "deployable": deployment, "torch": torch.__version__,
         "machine": platform.machine(), "processor": platform.processor(), "machine_state": machine_state()},
