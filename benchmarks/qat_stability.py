@@ -32,8 +32,9 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/food101_10")
     ap.add_argument("--bits", type=int, default=3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--schedules", nargs="+", default=["3:3e-4", "6:1e-4"], metavar="EPOCHS:LR",
-                    help="QAT schedules compared; the first is the recipes' own")
+    ap.add_argument("--schedules", nargs="+", default=["3:3e-4", "3:3e-4:0.5"], metavar="EPOCHS:LR[:AVERAGE]",
+                    help="QAT schedules compared: epochs, learning rate and, where given, the epochs a moving "
+                         "average of the weights spans (TrainConfig.average_epochs)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/qat_stability.json"))
     args = ap.parse_args()
@@ -43,23 +44,26 @@ def main() -> None:
     fp32 = {split: nc.evaluate(model, data, split, device=device)["accuracy"] for split in ("validation", "testing")}
     started, results = time.perf_counter(), []
     for schedule in args.schedules:
-        epochs, lr = schedule.split(":")
+        epochs, lr, average = (schedule.split(":") + ["0"])[:3]
         cfg = nc.QuantConfig(codec="kbit", bits=args.bits, entropy=True, finetune_epochs=int(epochs),
                              finetune_lr=float(lr))
         runs = []
         for seed in args.seeds:
-            finetune = Finetune.on(data, replace(qat_training(cfg), seed=seed), device=device)
+            training = replace(qat_training(cfg), seed=seed, average_epochs=float(average))
+            finetune = Finetune.on(data, training, device=device)
             stored = nc.quantize(finetune_quantized(model, cfg, finetune), replace(cfg, finetune_epochs=0))
             decoded = stored.decode()
             runs.append({"seed": seed, "bytes": stored.nbytes,
                          **{split: round(nc.evaluate(decoded, data, split, device=device)["accuracy"], 4)
                             for split in ("validation", "testing")}})
             print(f"{schedule} seed {seed}: {runs[-1]}", flush=True)
-        results.append({"schedule": schedule, "epochs": int(epochs), "lr": float(lr), "runs": runs,
+        results.append({"schedule": schedule, "epochs": int(epochs), "lr": float(lr),
+                        "average_epochs": float(average), "runs": runs,
                         **{split: spread([r[split] for r in runs]) for split in ("validation", "testing")}})
     print(f"\n{args.bits}-bit QAT of {args.model} (fp32: val {fp32['validation']:.3f}, test {fp32['testing']:.3f}), "
           f"seeds {args.seeds}\n")
-    print("| epochs:lr | val mean | val sd | val range | test mean | test sd | test range |\n|---|" + "---:|" * 6)
+    print("| epochs:lr[:average] | val mean | val sd | val range | test mean | test sd | test range |")
+    print("|---|" + "---:|" * 6)
     for r in results:
         v, t = r["validation"], r["testing"]
         print(f"| {r['schedule']} | {v['mean']:.3f} | {v['sd']:.3f} | {v['min']:.3f}-{v['max']:.3f} | "

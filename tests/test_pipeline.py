@@ -104,12 +104,12 @@ def test_every_setting_that_changes_a_result_changes_the_stage_name(tmp_path):
                                      "[[prune]]\nrate = 0.5\nsource = 'teacher'\nprecise_bn = 512\n"
                                      "[[lowrank]]\nenergy = 0.5\nlr = 1e-4\nmin_saving = 0.2\n"
                                      "[[quantize]]\ncodec = 'kbit'\nbits = 4\nfinetune_epochs = 2\nfinetune_lr = 1e-4\n"
-                                     "calibration = 64")
+                                     "calibration = 64\nfinetune_average = 0.5")
     recipe = load_recipe(tmp_path / "r.toml")
     assert [p.stage for p in recipe.prune] == ["prune-slim-0.5-5steps-ft5", "prune-slim-0.5-5steps-ft5-lr0.0003",
                                                "prune-teacher-slim-0.5-5steps-ft5-precisebn512"]
     assert recipe.lowrank[0].stage == "lowrank-energy-0.5-ft3-lr0.0001-minsaving0.2"
-    assert recipe.quantize[0].stage == "quantize-kbit-4bit-qat2-lr0.0001-calib64"
+    assert recipe.quantize[0].stage == "quantize-kbit-4bit-qat2-lr0.0001-avg0.5-calib64"
 
 
 def one_epoch_recipe(path, root, more: str):

@@ -392,7 +392,9 @@ def test_budget_is_met_and_beats_uniform_bits(course_student_32, food_images):
         allocate_bits(net, QuantConfig("kbit", 8), food_images[:4], 10_000, progress=False)
 
 
-def test_quantization_aware_finetuning_recovers_what_2_bits_lose(course_student_32, food_images, food_root, cache_dir):
+@pytest.mark.parametrize("average", [0.0, 1.0])  # 1.0: the weights averaged over the last epoch are stored
+def test_quantization_aware_finetuning_recovers_what_2_bits_lose(course_student_32, food_images, food_root, cache_dir,
+                                                                 average):
     from netcompress.data.split import Split
     from netcompress.schedule import Finetune, finetune_quantized
 
@@ -401,7 +403,7 @@ def test_quantization_aware_finetuning_recovers_what_2_bits_lose(course_student_
     keep = torch.arange(0, len(train), 12)  # 250 images
     small = Split("training", train.images[keep], train.labels[keep], [train.files[i] for i in keep],
                   nc.spec_of(net).class_names)  # the course model's 11 classes: these labels are 10 of them
-    cfg = QuantConfig("kbit", 2, finetune_epochs=3, finetune_lr=1e-3)
+    cfg = QuantConfig("kbit", 2, finetune_epochs=3, finetune_lr=1e-3, finetune_average=average)
     ref = torch.log_softmax(net(food_images), 1)
 
     def kl(model):
@@ -409,6 +411,7 @@ def test_quantization_aware_finetuning_recovers_what_2_bits_lose(course_student_
         return torch.nn.functional.kl_div(out, ref, log_target=True, reduction="batchmean").item()
 
     # pure distillation (alpha 1): the course model's Food-11 classes are not these photos' labels
-    schedule = Finetune(small, None, nc.TrainConfig(batch_size=50), distill=nc.DistillConfig(alpha=1.0), progress=False)
+    schedule = Finetune(small, None, nc.TrainConfig(batch_size=50), distill=nc.DistillConfig(alpha=1.0),
+                        progress=False)
     tuned = finetune_quantized(net, cfg, schedule)
     assert kl(tuned) < 0.8 * kl(net)

@@ -78,14 +78,16 @@ def test_fit_trains_a_users_own_module_on_a_torch_dataset():
     assert isinstance(best, Tiny) and spec.arch is None and spec.input_size == 32 and spec.num_classes == 3
 
 
-def test_interrupted_training_resumes_from_the_last_finished_epoch(tmp_path):
+@pytest.mark.parametrize("average", [0.0, 0.5])  # 0.5: the weights' moving average is resumed too
+def test_interrupted_training_resumes_from_the_last_finished_epoch(tmp_path, average):
     train, val = synthetic_split("training", 64, 0), synthetic_split("validation", 30, 1)
 
     def fresh():
         torch.manual_seed(0)
         return student()
 
-    reference = nc.fit(fresh(), train, small_config(3), val=val, run_dir=tmp_path / "ref", device=CPU, progress=False)
+    cfg = small_config(3, average_epochs=average)
+    reference = nc.fit(fresh(), train, cfg, val=val, run_dir=tmp_path / "ref", device=CPU, progress=False)
 
     steps = {"n": 0}
 
@@ -95,12 +97,12 @@ def test_interrupted_training_resumes_from_the_last_finished_epoch(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        nc.fit(fresh(), train, small_config(3), val=val, run_dir=tmp_path / "run", device=CPU, progress=False,
+        nc.fit(fresh(), train, cfg, val=val, run_dir=tmp_path / "run", device=CPU, progress=False,
                after_step=crash)
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
 
-    resumed = nc.fit(fresh(), train, small_config(3), val=val, run_dir=tmp_path / "run", device=CPU, progress=False)
+    resumed = nc.fit(fresh(), train, cfg, val=val, run_dir=tmp_path / "run", device=CPU, progress=False)
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     last = {k: torch.load(p / "state.pt", weights_only=True)["model"] for k, p in (("ref", tmp_path / "ref"),
@@ -109,6 +111,43 @@ def test_interrupted_training_resumes_from_the_last_finished_epoch(tmp_path):
         assert torch.allclose(last["run"][k].float(), v.float(), atol=1e-6), k
     for k, v in reference.state_dict().items():
         assert torch.allclose(resumed.state_dict()[k].float(), v.float(), atol=1e-6), k
+
+
+def test_fit_with_average_epochs_returns_the_moving_average_of_every_step():
+    """The returned model is the average of the weights after each optimizer step, ramped as WeightAverage says,
+    recomputed here from the live weights after_step sees; integer entries (BatchNorm's counter) follow the live."""
+    train, net = synthetic_split("training", 64, 0), student()
+    seen = []
+    averaged = nc.fit(net, train, small_config(2, average_epochs=0.5), device=CPU, progress=False,  # 4 steps/epoch
+                      after_step=lambda m: seen.append({k: v.detach().clone() for k, v in m.state_dict().items()}))
+    expected = {k: v.clone() for k, v in net.state_dict().items()}
+    for step, live in enumerate(seen, 1):
+        decay = min(1 - 1 / (0.5 * 4), (1 + step) / (10 + step))
+        expected = {k: (v.lerp(live[k], 1 - decay) if v.is_floating_point() else live[k]) for k, v in expected.items()}
+    assert len(seen) == 8
+    final = averaged.state_dict()
+    for key, value in expected.items():
+        assert torch.allclose(final[key].float(), value.float(), atol=1e-6), key
+    assert any(not torch.allclose(final[k], v) for k, v in seen[-1].items() if v.is_floating_point())
+
+
+def test_weight_average_follows_its_decay_and_ramp():
+    from netcompress.train.average import WeightAverage
+
+    net = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    average = WeightAverage(net, epochs=10, steps_per_epoch=10)  # decay 0.99 once ramped up
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    average.update(net)  # first step: decay min(0.99, 2/11)
+    assert average.state["weight"].item() == pytest.approx(1 - 2 / 11)
+    with average.applied(net):
+        assert net.weight.item() == pytest.approx(1 - 2 / 11)
+    assert net.weight.item() == 1.0  # the live weights come back after the block
+    for _ in range(2000):
+        average.update(net)
+    assert average.decay == pytest.approx(0.99) and average.state["weight"].item() == pytest.approx(1.0, abs=1e-6)
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
@@ -143,7 +182,7 @@ def test_bf16_autocast_training_learns_and_keeps_fp32_weights(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("precision", "fp8"), ("epochs", 0), ("seed", 1.7), ("lr", float("inf")),
-                                          ("precise_bn", -1)])
+                                          ("precise_bn", -1), ("average_epochs", -0.5)])
 def test_bad_settings_are_refused(field, value):
     with pytest.raises(nc.NetcompressError, match=field):
         nc.TrainConfig(**{field: value})

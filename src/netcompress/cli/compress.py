@@ -231,6 +231,9 @@ def quantize(
     finetune: int = typer.Option(0, "--finetune", help="Epochs of quantization-aware fine-tuning (distilled from "
                                  "the fp32 model) on --data's training split; 0: none."),
     finetune_lr: float = typer.Option(3e-4, "--finetune-lr", help="AdamW learning rate for --finetune (cosine)."),
+    finetune_average: float = typer.Option(0.0, "--finetune-average", help="Store the moving average of the "
+                                           "weights over about this many of the last --finetune epochs: steadier "
+                                           "at 2-3 bits, where weights oscillate across rounding steps; 0: none."),
     data: Optional[Path] = typer.Option(None, "--data", help="Also report validation accuracy, fp32 vs quantized."),
     image_size: Optional[int] = model_size_option(help="Default: the model's own input size."),
     threads: Optional[int] = ThreadsOpt,
@@ -247,7 +250,7 @@ def quantize(
     Example: netcompress quantize runs/kd/best.safetensors --codec kbit --bits 8 --budget 100000 --entropy --data ../shared/data/food101_10 --out kd-100k.ncq
     """
     cfg = QuantConfig(codec=codec, bits=bits, entropy=entropy, fold_bn=fold_bn, budget=budget, calibration=calibration,
-                      finetune_epochs=finetune, finetune_lr=finetune_lr)
+                      finetune_epochs=finetune, finetune_lr=finetune_lr, finetune_average=finetune_average)
     if out.suffix != ".ncq":
         raise NetcompressError(f"--out {out}: quantized files end in .ncq (other tools pick the loader by suffix)")
     if cfg.needs_data and data is None:

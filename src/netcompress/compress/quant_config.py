@@ -46,6 +46,7 @@ class QuantConfig:
     calibration: int = 256
     finetune_epochs: int = 0
     finetune_lr: float = 3e-4
+    finetune_average: float = 0.0  # > 0: QAT keeps a moving average of the weights over about this many epochs
 
     def __post_init__(self):
         codec = get_codec(self.codec)
@@ -64,9 +65,10 @@ class QuantConfig:
             raise NetcompressError(f"budget = {self.budget}: a file size in bytes must be positive")
         if self.calibration < 1:
             raise NetcompressError(f"calibration = {self.calibration}: use at least 1 image (a few hundred is typical)")
-        if self.finetune_epochs < 0 or not self.finetune_lr > 0:
-            raise NetcompressError(f"finetune_epochs = {self.finetune_epochs}, finetune_lr = {self.finetune_lr}: "
-                                   "epochs must be >= 0 and the learning rate > 0")
+        if self.finetune_epochs < 0 or not self.finetune_lr > 0 or not 0 <= self.finetune_average < float("inf"):
+            raise NetcompressError(f"finetune_epochs = {self.finetune_epochs}, finetune_lr = {self.finetune_lr}, "
+                                   f"finetune_average = {self.finetune_average}: epochs must be >= 0, the learning "
+                                   "rate > 0 and the averaged epochs >= 0")
         if self.min_elements < 0:
             raise NetcompressError(f"min_elements = {self.min_elements} must be >= 0")
 

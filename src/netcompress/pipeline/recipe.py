@@ -282,6 +282,8 @@ class QuantizeSection(QuantConfig):
                 + (f"-qat{cfg.finetune_epochs}" if cfg.finetune_epochs else "")
                 + (f"-lr{cfg.finetune_lr:g}" if cfg.finetune_epochs and cfg.finetune_lr != QuantizeSection.finetune_lr
                    else "")
+                + (f"-avg{cfg.finetune_average:g}" if cfg.finetune_epochs
+                   and cfg.finetune_average != QuantizeSection.finetune_average else "")
                 + (f"-calib{cfg.calibration}" if cfg.calibration != QuantizeSection.calibration else "")
                 + ("" if cfg.fold_bn is None else "-fold" if cfg.fold_bn else "-nofold")
                 + (f"-min{cfg.min_elements}" if cfg.min_elements != QuantizeSection.min_elements else "")

@@ -48,8 +48,10 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, data=None, *, 
 
 
 def qat_training(cfg: QuantConfig, base: TrainConfig = TrainConfig()) -> TrainConfig:
-    """The fine-tuning of `cfg`: its epochs and learning rate, no weight decay, the network in eval mode."""
-    return replace(base, epochs=max(1, cfg.finetune_epochs), lr=cfg.finetune_lr, weight_decay=0.0, eval_mode=True)
+    """The fine-tuning of `cfg`: its epochs, learning rate and weight averaging, no weight decay, the network in eval
+    mode."""
+    return replace(base, epochs=max(1, cfg.finetune_epochs), lr=cfg.finetune_lr, weight_decay=0.0, eval_mode=True,
+                   average_epochs=cfg.finetune_average)
 
 
 def finetune_quantized(model: nn.Module, cfg: QuantConfig, finetune: Finetune) -> nn.Module:

@@ -18,11 +18,13 @@ from ..files import atomic_write, atomic_write_text, json_text, remove_stale_tem
 from .config import TrainConfig
 
 
-def save_checkpoint(run_dir: Path, model, opt, sched, epoch, best_acc, best_epoch, history) -> None:
-    """Commit a finished epoch: state.pt holds the weights, the optimizer and the whole history, so a kill at any
-    instant loses no finished epoch; metrics.jsonl is rewritten from it (and again on resume if a kill came first)."""
+def save_checkpoint(run_dir: Path, model, opt, sched, epoch, best_acc, best_epoch, history, average=None) -> None:
+    """Commit a finished epoch: state.pt holds the weights (and their moving average), the optimizer and the whole
+    history, so a kill at any instant loses no finished epoch; metrics.jsonl is rewritten from it (and again on
+    resume if a kill came first)."""
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "epoch": epoch, "best_accuracy": best_acc, "best_epoch": best_epoch, "history": history}
+             "epoch": epoch, "best_accuracy": best_acc, "best_epoch": best_epoch, "history": history,
+             **({"average": average.state_dict()} if average is not None else {})}
     atomic_write(run_dir / "state.pt", lambda tmp: torch.save(state, tmp))
     write_metrics(run_dir, history)
 
@@ -31,7 +33,7 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json_text(r, indent=None) + "\n" for r in history))
 
 
-def resume(run_dir: Path, run_info: dict, model, opt, sched, device) -> tuple[int, float, int, list[dict]]:
+def resume(run_dir: Path, run_info: dict, model, opt, sched, device, average=None) -> tuple[int, float, int, list[dict]]:
     """Load state.pt if the run directory holds an interrupted run with the same settings."""
     state_path = run_dir / "state.pt"
     remove_stale_temporaries(run_dir)
@@ -60,6 +62,8 @@ def resume(run_dir: Path, run_info: dict, model, opt, sched, device) -> tuple[in
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         epoch, best_acc, best_epoch = int(state["epoch"]), float(state["best_accuracy"]), int(state["best_epoch"])
     except Exception as exc:  # torch raises many types for damaged files
         raise NetcompressError(f"{state_path} is damaged ({type(exc).__name__}); delete it to start the run over, "

@@ -27,6 +27,7 @@ class TrainConfig:
     input_size: int | None = None  # the model's input; None: the data's size. A teacher sees the data's size.
     precise_bn: int = 0  # > 0: BatchNorm statistics recomputed on this many training images before each validation
     eval_mode: bool = False  # train with the network in eval mode: BatchNorm keeps its statistics, no dropout (QAT)
+    average_epochs: float = 0.0  # > 0: validate, keep and return a moving average of the weights over ~this many epochs
 
     def __post_init__(self):
         problems = []
@@ -48,6 +49,8 @@ class TrainConfig:
             problems.append(f"seed = {self.seed!r} (must be an integer in 0..4,294,967,295)")
         if not isinstance(self.precise_bn, int) or self.precise_bn < 0:
             problems.append(f"precise_bn = {self.precise_bn!r} (training images, >= 0; 0: off)")
+        if not 0 <= self.average_epochs < float("inf"):
+            problems.append(f"average_epochs = {self.average_epochs} (epochs, >= 0; 0: off)")
         if self.input_size is not None:
             try:
                 check_image_size(self.input_size, "input_size", "or None for the data's size")

@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,7 @@ from ..formats.model_file import save_model
 from ..measure.evaluate import classification_metrics, predict_logits
 from ..process import bars_off, log, model_device, resolve_device
 from ..spec import attach, copy_model, spec_of
+from .average import WeightAverage
 from .checkpoint import resume, save_checkpoint
 from .memory import check_training_memory
 from .config import TrainConfig
@@ -225,6 +227,7 @@ class _Loop:
         self.net, self.train, self.val, self.cfg, self.loss_fn = net, train, val, cfg, loss_fn
         self.device, self.world, self.after_step, self.views = device, world, after_step, views
         self.progress = progress and world.main
+        self.average: WeightAverage | None = None  # made by run(), which knows the steps per epoch
 
     def run(self, run_dir: Path | None, run_info: dict) -> nn.Module:
         cfg, net, world = self.cfg, self.net, self.world
@@ -233,11 +236,13 @@ class _Loop:
         if cfg.channels_last:
             net.to(memory_format=torch.channels_last)
         opt, sched = make_optimizer(net, cfg, cfg.epochs * steps_per_epoch)
+        self.average = WeightAverage(net, cfg.average_epochs, steps_per_epoch) if cfg.average_epochs else None
         start, best_acc, best_epoch, history = 1, -1.0, 0, []
         best_state = None
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
-            start, best_acc, best_epoch, history = resume(run_dir, run_info, net, opt, sched, self.device)
+            start, best_acc, best_epoch, history = resume(run_dir, run_info, net, opt, sched, self.device,
+                                                          self.average)
             world.barrier()  # every rank has read the old run.json before rank 0 rewrites it
             if world.main and start <= cfg.epochs:
                 atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2))
@@ -251,14 +256,15 @@ class _Loop:
             if self.val is None or acc > best_acc:  # every rank evaluates the same weights: same decision
                 best_acc, best_epoch = acc, epoch
                 attach(net, spec_of(net).with_info(val_accuracy=acc if self.val is not None else None, epoch=epoch))
-                if run_dir is None:
-                    best_state = copy.deepcopy(net.state_dict())
-                elif world.main:
-                    save_model(net, run_dir / "best.safetensors")
+                with self._averaged():
+                    if run_dir is None:
+                        best_state = copy.deepcopy(net.state_dict())
+                    elif world.main:
+                        save_model(net, run_dir / "best.safetensors")
             row["best_val_accuracy"] = round(best_acc, 5)
             history.append(row)
             if run_dir is not None and world.main:
-                save_checkpoint(run_dir, net, opt, sched, epoch, best_acc, best_epoch, history)
+                save_checkpoint(run_dir, net, opt, sched, epoch, best_acc, best_epoch, history, self.average)
             world.barrier()
             if world.main and self.progress:
                 log(f"epoch {epoch:3d}  loss {row['train_loss']:.3f}  train acc {row['train_accuracy']:.3f}  "
@@ -269,6 +275,10 @@ class _Loop:
         else:
             net.load_state_dict(best_state)
         return net.eval().to(memory_format=torch.contiguous_format)
+
+    def _averaged(self):
+        """The network with its averaged weights where the config averages them (validated and kept), else as is."""
+        return self.average.applied(self.net) if self.average is not None else nullcontext()
 
     def _epoch(self, ddp, opt, sched, epoch: int, local_batch: int, steps: int) -> dict:
         cfg, world, device = self.cfg, self.world, self.device
@@ -297,6 +307,8 @@ class _Loop:
             sched.step()
             if self.after_step is not None:
                 self.after_step(self.net)
+            if self.average is not None:
+                self.average.update(self.net)
             total_loss += loss.detach() * len(batch.labels)
             correct += (logits.detach().argmax(1) == batch.labels).sum()
             seen += len(batch.labels)
@@ -312,9 +324,10 @@ class _Loop:
             recalibrate_batchnorm(self.net, self.train, device, cfg.precise_bn, input_size=cfg.input_size,
                                   channels_last=cfg.channels_last, seed=cfg.seed + epoch)
         if self.val is not None:
-            metrics = classification_metrics(predict_logits(self.net, self.val, device, cfg.eval_batch_size,
-                                                            cfg.channels_last, cfg.input_size),
-                                             self.val.labels, self.val.num_classes)
+            with self._averaged():
+                logits = predict_logits(self.net, self.val, device, cfg.eval_batch_size, cfg.channels_last,
+                                        cfg.input_size)
+            metrics = classification_metrics(logits, self.val.labels, self.val.num_classes)
             row.update(val_loss=round(metrics["loss"], 5), val_accuracy=round(metrics["accuracy"], 5),
                        eval_seconds=round(time.perf_counter() - t0 - train_seconds, 3))
         return row
