@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/food101_10")
     ap.add_argument("--bits", type=int, default=3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--schedules", nargs="+", default=["3:3e-4", "3:3e-4:0.5"], metavar="EPOCHS:LR[:AVERAGE]",
+    ap.add_argument("--schedules", nargs="+", default=["3:3e-4", "3:3e-4:3"], metavar="EPOCHS:LR[:AVERAGE]",
                     help="QAT schedules compared: epochs, learning rate and, where given, the epochs a moving "
                          "average of the weights spans (TrainConfig.average_epochs)")
     ap.add_argument("--device", default="auto")

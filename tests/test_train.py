@@ -114,7 +114,7 @@ def test_interrupted_training_resumes_from_the_last_finished_epoch(tmp_path, ave
 
 
 def test_fit_with_average_epochs_returns_the_moving_average_of_every_step():
-    """The returned model is the average of the weights after each optimizer step, ramped as WeightAverage says,
+    """The returned model is the average of the weights after each optimizer step, as WeightAverage says,
     recomputed here from the live weights after_step sees; integer entries (BatchNorm's counter) follow the live."""
     train, net = synthetic_split("training", 64, 0), student()
     seen = []
@@ -122,7 +122,7 @@ def test_fit_with_average_epochs_returns_the_moving_average_of_every_step():
                       after_step=lambda m: seen.append({k: v.detach().clone() for k, v in m.state_dict().items()}))
     expected = {k: v.clone() for k, v in net.state_dict().items()}
     for step, live in enumerate(seen, 1):
-        decay = min(1 - 1 / (0.5 * 4), (1 + step) / (10 + step))
+        decay = min(1 - 1 / (0.5 * 4), 1 - 1 / step)
         expected = {k: (v.lerp(live[k], 1 - decay) if v.is_floating_point() else live[k]) for k, v in expected.items()}
     assert len(seen) == 8
     final = averaged.state_dict()
@@ -131,23 +131,25 @@ def test_fit_with_average_epochs_returns_the_moving_average_of_every_step():
     assert any(not torch.allclose(final[k], v) for k, v in seen[-1].items() if v.is_floating_point())
 
 
-def test_weight_average_follows_its_decay_and_ramp():
+def test_weight_average_is_the_mean_of_the_steps_until_its_span_then_exponential():
     from netcompress.train.average import WeightAverage
 
     net = nn.Linear(1, 1, bias=False)
     with torch.no_grad():
-        net.weight.fill_(0.0)
-    average = WeightAverage(net, epochs=10, steps_per_epoch=10)  # decay 0.99 once ramped up
-    with torch.no_grad():
-        net.weight.fill_(1.0)
-    average.update(net)  # first step: decay min(0.99, 2/11)
-    assert average.state["weight"].item() == pytest.approx(1 - 2 / 11)
-    with average.applied(net):
-        assert net.weight.item() == pytest.approx(1 - 2 / 11)
-    assert net.weight.item() == 1.0  # the live weights come back after the block
-    for _ in range(2000):
+        net.weight.fill_(100.0)  # the starting weights never weigh in
+    average = WeightAverage(net, epochs=1, steps_per_epoch=4)  # decay 0.75 from the 4th step on
+    for value in [1.0, 2.0, 3.0, 4.0]:
+        with torch.no_grad():
+            net.weight.fill_(value)
         average.update(net)
-    assert average.decay == pytest.approx(0.99) and average.state["weight"].item() == pytest.approx(1.0, abs=1e-6)
+    assert average.state["weight"].item() == pytest.approx(2.5)  # the mean of the 4 steps
+    with average.applied(net):
+        assert net.weight.item() == pytest.approx(2.5)
+    assert net.weight.item() == 4.0  # the live weights come back after the block
+    with torch.no_grad():
+        net.weight.fill_(6.5)
+    average.update(net)
+    assert average.state["weight"].item() == pytest.approx(0.75 * 2.5 + 0.25 * 6.5)
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

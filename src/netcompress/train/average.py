@@ -15,8 +15,9 @@ import torch.nn as nn
 
 
 class WeightAverage:
-    """The average of `net`'s state over about the last `epochs` epochs (decay 1 - 1/steps, ramped up over the first
-    steps as timm's ModelEmaV3 does, so the starting weights fade fast); integer entries follow the live network."""
+    """The average of `net`'s state over about the last `epochs` epochs: the plain mean of every step so far until
+    that many steps have passed, then an exponential average with decay 1 - 1/steps (so the starting weights never
+    weigh in, and a short run averages what it has); integer entries follow the live network."""
 
     def __init__(self, net: nn.Module, epochs: float, steps_per_epoch: int):
         self.decay = 1.0 - 1.0 / max(1.0, epochs * steps_per_epoch)
@@ -26,7 +27,7 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
         self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        decay = min(self.decay, 1.0 - 1.0 / self.updates)
         for key, value in net.state_dict().items():
             average = self.state[key]
             if average.is_floating_point():
