@@ -232,8 +232,8 @@ def quantize(
                                  "the fp32 model) on --data's training split; 0: none."),
     finetune_lr: float = typer.Option(3e-4, "--finetune-lr", help="AdamW learning rate for --finetune (cosine)."),
     finetune_average: float = typer.Option(0.0, "--finetune-average", help="Store the moving average of the "
-                                           "weights over about this many of the last --finetune epochs: steadier "
-                                           "at 2-3 bits, where weights oscillate across rounding steps; 0: none."),
+                                           "weights over about this many of the last --finetune epochs; 0: the "
+                                           "best epoch's weights as they are."),
     data: Optional[Path] = typer.Option(None, "--data", help="Also report validation accuracy, fp32 vs quantized."),
     image_size: Optional[int] = model_size_option(help="Default: the model's own input size."),
     threads: Optional[int] = ThreadsOpt,
