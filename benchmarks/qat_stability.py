@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--schedules", nargs="+", default=["3:3e-4", "3:3e-4:3"], metavar="EPOCHS:LR[:AVERAGE]",
                     help="QAT schedules compared: epochs, learning rate and, where given, the epochs a moving "
-                         "average of the weights spans (TrainConfig.average_epochs)")
+                         "average of the weights spans (QuantConfig.finetune_average)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/qat_stability.json"))
     args = ap.parse_args()
@@ -46,11 +46,10 @@ def main() -> None:
     for schedule in args.schedules:
         epochs, lr, average = (schedule.split(":") + ["0"])[:3]
         cfg = nc.QuantConfig(codec="kbit", bits=args.bits, entropy=True, finetune_epochs=int(epochs),
-                             finetune_lr=float(lr))
+                             finetune_lr=float(lr), finetune_average=float(average))
         runs = []
         for seed in args.seeds:
-            training = replace(qat_training(cfg), seed=seed, average_epochs=float(average))
-            finetune = Finetune.on(data, training, device=device)
+            finetune = Finetune.on(data, replace(qat_training(cfg), seed=seed), device=device)
             stored = nc.quantize(finetune_quantized(model, cfg, finetune), replace(cfg, finetune_epochs=0))
             decoded = stored.decode()
             runs.append({"seed": seed, "bytes": stored.nbytes,
