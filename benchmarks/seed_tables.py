@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 import netcompress as nc
+from netcompress.files import atomic_write_text
 from netcompress.formats.course import export_course_state_dict, save_course_pkl
 from netcompress.pipeline.artifact import Artifact
 from netcompress.pipeline.budgets import standard_error
@@ -83,13 +85,28 @@ def main() -> None:
 
 
 def timed(folder: Path, work) -> dict:
-    """Runs a part and adds this call's wall time to the part's record (a resumed part sums its calls)."""
+    """Runs a part and adds this call's wall time to the part's record (a resumed part sums its calls). The record
+    is rewritten every minute while the part runs, so a call that is stopped still counts to within a minute."""
     record_file = folder / "seed_tables_wall.json"
-    walls = json.loads(record_file.read_text())["calls_seconds"] if record_file.exists() else []
-    started = time.perf_counter()
-    result = work()
-    walls.append(round(time.perf_counter() - started, 1))
-    record_file.write_text(json.dumps({"calls_seconds": walls}))
+    earlier = json.loads(record_file.read_text())["calls_seconds"] if record_file.exists() else []
+    started, stopped = time.perf_counter(), threading.Event()
+
+    def note() -> list[float]:
+        walls = [*earlier, round(time.perf_counter() - started, 1)]
+        atomic_write_text(record_file, json.dumps({"calls_seconds": walls}))
+        return walls
+
+    def every_minute() -> None:
+        while not stopped.wait(60):
+            note()
+
+    folder.mkdir(parents=True, exist_ok=True)
+    threading.Thread(target=every_minute, daemon=True).start()
+    try:
+        result = work()
+    finally:
+        stopped.set()
+    walls = note()
     return {**result, "wall_seconds": round(sum(walls), 1), "calls_seconds": walls}
 
 
