@@ -2,6 +2,8 @@
 photos, carrying their spec, refused when damaged, and run by the openvino latency runtime."""
 
 import json
+import multiprocessing
+import os
 import shutil
 
 import pytest
@@ -111,3 +113,15 @@ def test_cli_exports_openvino_by_suffix(course_student_32, tmp_path):
     row = json.loads(result.output)
     assert row["format"] == "openvino"
     assert row["bytes"] == (tmp_path / "s.xml").stat().st_size + (tmp_path / "s.bin").stat().st_size
+
+
+def test_export_starts_no_telemetry_process_and_leaves_the_environment_as_it_was(course_student_32, food_32,
+                                                                                    tmp_path, monkeypatch):
+    """OpenVINO's converter (and NNCF) would send usage events, each from a forked process, on every export."""
+    started = []
+    monkeypatch.setattr(multiprocessing.Process, "start", lambda process: started.append(process))  # never runs it
+    monkeypatch.delenv("CI", raising=False)
+    nc.export(course_student_32, "openvino", tmp_path / "fp32.xml")
+    if _has_nncf():
+        nc.export(course_student_32, "openvino", tmp_path / "int8.xml", food_32, int8=True, calibration_images=32)
+    assert started == [] and "CI" not in os.environ

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,12 +34,32 @@ PENDING = "netcompress-checksum-pending"  # what the checksum field holds while 
 INSTALL = "pip install 'netcompress[openvino]'"
 
 
-def _openvino():
-    try:
-        import openvino
-    except ImportError:
-        raise NetcompressError(f"OpenVINO IR files need the openvino package: {INSTALL}") from None
+def import_openvino():
+    """The openvino module (imported with its telemetry off, see `telemetry_off`)."""
+    with telemetry_off():
+        try:
+            import openvino
+        except ImportError:
+            raise NetcompressError(f"OpenVINO IR files need the openvino package: {INSTALL}") from None
     return openvino
+
+
+@contextmanager
+def telemetry_off():
+    """OpenVINO's converter and NNCF send usage events to Google Analytics unless the user opted out, each from a
+    forked process they wait on for up to 3 s: 36 forks for one fp32 and one int8 export, forks that can deadlock
+    once LiteRT's converter has started JAX's threads, reporting runs nobody asked to report. Both decide again
+    each time they initialize (at import, and OpenVINO's converter on every call) and both skip CI jobs, the one
+    switch they share: so CI is set while netcompress calls them, and restored after."""
+    before = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["CI"]
+        else:
+            os.environ["CI"] = before
 
 
 def weights_file(path: Path) -> Path:
@@ -62,11 +84,12 @@ def export_openvino(model: nn.Module, path: str | Path, *, int8: bool = False, c
         raise NetcompressError(f"{path}: OpenVINO IR files end in .xml (the weights go beside it, in .bin)")
     if int8 and calibration is None:
         raise NetcompressError("int8 export needs calibration data: its training images set the activation ranges")
-    ov = _openvino()
+    ov = import_openvino()
     spec = spec_of(model)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(model, Path(tmp) / "fp32.onnx", dynamic_size=dynamic_size)
-        ov_model = ov.convert_model(str(_without_metadata(onnx_path)))
+        with telemetry_off():
+            ov_model = ov.convert_model(str(_without_metadata(onnx_path)))
         if int8:
             ov_model = quantize_openvino_int8(ov_model, split_of(calibration, "training"), calibration_images,
                                               overflow_fix)
@@ -101,7 +124,8 @@ def quantize_openvino_int8(ov_model, calibration, n: int = 300, overflow_fix: st
     """An int8 copy of an OpenVINO model by NNCF post-training quantization: activation ranges (and NNCF's bias
     correction) from `n` images of a Split, spread evenly over its classes."""
     try:
-        import nncf
+        with telemetry_off():
+            import nncf
     except ImportError:
         raise NetcompressError(f"int8 OpenVINO export needs NNCF: {INSTALL}") from None
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
@@ -112,8 +136,10 @@ def quantize_openvino_int8(ov_model, calibration, n: int = 300, overflow_fix: st
     images = calibration_images(calibration, n).numpy()
     dataset = nncf.Dataset([images[i:i + 1] for i in range(len(images))])
     try:
-        return nncf.quantize(ov_model, dataset, subset_size=len(images), preset=nncf.QuantizationPreset.PERFORMANCE,
-                             advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fixes[overflow_fix]))
+        with telemetry_off():
+            return nncf.quantize(ov_model, dataset, subset_size=len(images),
+                                 preset=nncf.QuantizationPreset.PERFORMANCE,
+                                 advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fixes[overflow_fix]))
     except Exception as exc:  # NNCF raises its own types for graphs it cannot quantize
         raise NetcompressError(f"NNCF could not quantize the model ({type(exc).__name__}: {exc})") from exc
 
@@ -130,7 +156,7 @@ class OpenVinoModel(nn.Module):
 
     def __init__(self, ov_model, path: Path, threads: int = 0):  # 0: OpenVINO's default (every core)
         super().__init__()
-        ov = _openvino()
+        ov = import_openvino()
         self.compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                                   "INFERENCE_PRECISION_HINT": "f32"})
         self.graph_file = Path(path)
@@ -147,7 +173,7 @@ def read_ir(path: str | Path):
         raise NetcompressError(f"OpenVINO IR file {path} does not exist")
     if not weights_file(path).is_file():
         raise NetcompressError(f"{path}: its weights {weights_file(path).name} are not beside it; copy both files")
-    ov = _openvino()
+    ov = import_openvino()
     try:
         return ov.Core().read_model(str(path))
     except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own for damaged files

@@ -33,6 +33,7 @@ from ..formats.litert import Interpreter as LiteRTInterpreter
 from ..formats.litert import export_litert
 from ..formats.load import graph_file
 from ..formats.onnx import export_onnx, layer_graph, ort_session
+from ..formats.openvino import import_openvino
 from ..spec import copy_model, spec_of
 
 _RUNTIMES: dict[str, "Runtime"] = {}
@@ -162,9 +163,7 @@ class OpenVino(OnnxBased):
     reads = (".onnx", ".xml")
 
     def prepare_file(self, path, x, threads):
-        import openvino as ov
-
-        core = ov.Core()
+        core = import_openvino().Core()
         try:
             compiled = core.compile_model(core.read_model(str(path)), "CPU",
                                           {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
