@@ -8,7 +8,8 @@ to ONNX (fp32, random weights: latency does not depend on them) as the reference
 and its ratio to that reference, the accuracy-latency frontier, and for each latency target of
 docs/targets.md the most accurate file within it (on validation), its test accuracy measured once.
 Prints markdown tables and the wall time; writes JSON. A run folder made earlier is reused stage by
-stage (its wall time is then not the from-scratch one, and the JSON says so).
+stage (its wall time is then not the from-scratch one, and the JSON says so; each stage's own wall time, as
+it ran, is in the JSON beside it).
 
     python benchmarks/results_table.py --out runs/food101_10
 """
@@ -64,15 +65,19 @@ def main() -> None:
     print("\n| budget | most accurate within it (on validation) | bytes | val | test |\n|---|---|---:|---:|---:|")
     for b in budgets:
         print(f"| ≤ {b['budget_bytes']:,} B | {b['chosen']} | {b['bytes']:,} | {b['val']:.3f} | {_acc(b['test'])} |")
+    stage_seconds = {f.parent.name: json.loads(f.read_text()).get("wall_seconds", 0.0)
+                     for f in sorted(args.out.glob("*/done.json"))}
     print(f"\nwall time {wall / 60:.1f} min ({'from scratch' if from_scratch else 'reusing finished stages'}, "
-          f"{torch.get_num_threads()} threads)")
+          f"{torch.get_num_threads()} threads); the stages' own wall times, each as it ran, sum to "
+          f"{sum(stage_seconds.values()) / 60:.1f} min")
     deployed = [a for a in records if a.stage == "deploy"]
     deployment = _deployable(deployed, args.out, recipe.data.root) if deployed else None
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "benchmark": "results table", "recipe": str(args.recipe), "overrides": args.overrides, "seed": recipe.seed,
         "run_dir": str(args.out),
-        "from_scratch": from_scratch, "wall_seconds": round(wall, 1), "threads": torch.get_num_threads(),
+        "from_scratch": from_scratch, "wall_seconds": round(wall, 1), "stage_wall_seconds": stage_seconds,
+        "threads": torch.get_num_threads(),
         "models": models, "budgets": budgets, "deployable": deployment, "torch": torch.__version__,
         "machine": platform.machine(), "processor": platform.processor(), "machine_state": machine_state()},
         indent=2))
@@ -86,23 +91,30 @@ def _deployable(deployed: list[Artifact], run_dir: Path, root: str) -> dict:
     reference = nc.new_model("studentnet", example.class_names, 96, example.channels)
     timed = latency_across({REFERENCE: (reference, "ort"), **files}, LatencyConfig(threads=1, rounds=7), batch=1)
     ref_ms = timed[REFERENCE].median_ms
+    own_fp32 = {a.details.get("source"): timed[a.name].median_ms for a in deployed
+                if (a.format, a.precision, a.runtime) == ("onnx", "fp32", "ort")}
     rows = sorted(({"file": a.name, "path": a.file, "runtime": a.runtime, "bytes": a.file_bytes,
                     "input_size": nc.spec_of(files[a.name][0]).input_size, "val": a.val_accuracy,
+                    "drop_points": a.details.get("drop_points"), "own_fp32_ms": own_fp32.get(a.details.get("source")),
                     "ms": timed[a.name].median_ms, "clock": timed[a.name].clock} for a in deployed),
                   key=lambda r: (r["ms"] is None, r["ms"] or 0))
     best = -1.0
     for r in rows:
         r["ratio_to_reference"] = round(r["ms"] / ref_ms, 3) if r["ms"] is not None and ref_ms else None
+        r["speedup_over_own_fp32"] = round(r["own_fp32_ms"] / r["ms"], 3) if r["ms"] and r["own_fp32_ms"] else None
         r["frontier"] = r["ms"] is not None and r["val"] > best
         best = max(best, r["val"]) if r["ms"] is not None else best
     print(f"\nreference: {REFERENCE} (random weights, 96 px): "
           f"{'busy' if ref_ms is None else f'{ref_ms:.3f} ms'} at batch 1, 1 thread")
-    print("\n| deployment file | px | bytes | val | ms @1 | x reference | frontier |\n|---|---:|---:|---:|---:|---:|---|")
+    print("\n| deployment file | px | bytes | val | drop (points) | ms @1 | x reference | speed-up over own ONNX fp32 "
+          "| frontier |\n|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         ms = "busy" if r["ms"] is None else f"{r['ms']:.3f}"
         ratio = "" if r["ratio_to_reference"] is None else f"{r['ratio_to_reference']:.2f}"
-        print(f"| {r['file']} | {r['input_size']} | {r['bytes']:,} | {r['val']:.3f} | {ms} | {ratio} | "
-              f"{'yes' if r['frontier'] else ''} |")
+        speedup = "" if r["speedup_over_own_fp32"] is None else f"{r['speedup_over_own_fp32']:.2f}"
+        drop = "" if r["drop_points"] is None else f"{r['drop_points']:.1f}"
+        print(f"| {r['file']} | {r['input_size']} | {r['bytes']:,} | {r['val']:.3f} | {drop} | {ms} | {ratio} | "
+              f"{speedup} | {'yes' if r['frontier'] else ''} |")
     targets = []
     for accuracy, ms in LATENCY_TARGETS:
         within = [r for r in rows if r["ms"] is not None and r["ms"] <= ms]
