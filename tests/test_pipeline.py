@@ -331,6 +331,11 @@ def test_overrides_from_the_command_line(tmp_path):
                                                        "data.root=../elsewhere/data"])
     assert recipe.student.epochs == 7 and [p.finetune_epochs for p in recipe.prune] == [3, 3]
     assert recipe.data.root == "../elsewhere/data"
+    assert load_recipe(write_recipe(tmp_path, "x"), ["seed=3"]).seed == 3
+    with pytest.raises(NetcompressError, match="seed"):
+        load_recipe(write_recipe(tmp_path, "x"), ["seed=three"])
+    with pytest.raises(NetcompressError, match="section.field=value or seed=N"):
+        load_recipe(write_recipe(tmp_path, "x"), ["epochs=3"])
 
 
 def test_budget_choice_and_an_impossible_budget():

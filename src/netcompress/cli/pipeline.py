@@ -106,7 +106,7 @@ def compare_arch_cmd(
 def run_cmd(
     recipe: Path = typer.Argument(..., help="Recipe TOML file, e.g. recipes/demo.toml."),
     out: Path = typer.Option(Path("runs/recipe"), "--out", help="Run directory; rerunning skips finished stages."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a recipe field: section.field=value (repeatable)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a recipe field: section.field=value, or seed=N (repeatable)."),
     target_bytes: Optional[int] = typer.Option(None, "--target-bytes", help="Choose the best model with a file of at most N bytes."),
     target_params: Optional[int] = typer.Option(None, "--target-params", help="Choose the best model with at most N parameters."),
     target_latency: Optional[float] = TargetLatencyOpt,

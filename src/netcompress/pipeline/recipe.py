@@ -22,7 +22,7 @@
 Each section maps onto the library's configs (TrainConfig, DistillConfig, PruneConfig,
 LowRankConfig, QuantConfig), which validate their own fields: a bad value is reported with the
 recipe file and the section. `--set section.field=value` overrides any field from the command
-line (e.g. student.epochs=5; prune.* applies to every [[prune]] table).
+line (e.g. student.epochs=5; prune.* applies to every [[prune]] table; seed=1 the run's seed).
 """
 
 from __future__ import annotations
@@ -392,16 +392,19 @@ def _section(name: str, cls, table, where: str, seed: int):
 
 
 def _apply_override(raw: dict, assignment: str) -> None:
-    """section.field=value (value in TOML syntax; bare words are strings); [[prune]] fields apply to every run."""
+    """section.field=value or seed=N (value in TOML syntax; bare words are strings); [[prune]] fields apply to
+    every run."""
     key, sep, value = assignment.partition("=")
     section, dot, name = key.strip().partition(".")
-    if not sep or not dot:
-        raise NetcompressError(f"--set {assignment!r}: write section.field=value, e.g. student.epochs=5")
+    if not sep or not (dot or section == "seed"):
+        raise NetcompressError(f"--set {assignment!r}: write section.field=value or seed=N, e.g. student.epochs=5")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
-    if section in LISTS:
+    if not dot:
+        raw[section] = parsed
+    elif section in LISTS:
         for table in raw.setdefault(section, []):
             table[name] = parsed
     else:
