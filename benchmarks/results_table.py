@@ -28,6 +28,7 @@ import netcompress as nc
 from netcompress.measure.latency import LatencyConfig, latency_across
 from netcompress.pipeline.artifact import Artifact
 from netcompress.pipeline.recipe import load_recipe
+from netcompress.pipeline.records import stage_wall_seconds
 from netcompress.pipeline.stages import run_recipe
 from netcompress.process import machine_state, resolve_device, tune_allocator
 
@@ -65,8 +66,7 @@ def main() -> None:
     print("\n| budget | most accurate within it (on validation) | bytes | val | test |\n|---|---|---:|---:|---:|")
     for b in budgets:
         print(f"| ≤ {b['budget_bytes']:,} B | {b['chosen']} | {b['bytes']:,} | {b['val']:.3f} | {_acc(b['test'])} |")
-    stage_seconds = {f.parent.name: json.loads(f.read_text()).get("wall_seconds", 0.0)
-                     for f in sorted(args.out.glob("*/done.json"))}
+    stage_seconds = stage_wall_seconds(args.out)
     print(f"\nwall time {wall / 60:.1f} min ({'from scratch' if from_scratch else 'reusing finished stages'}, "
           f"{torch.get_num_threads()} threads); the stages' own wall times, each as it ran, sum to "
           f"{sum(stage_seconds.values()) / 60:.1f} min")

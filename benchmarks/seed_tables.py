@@ -159,7 +159,7 @@ def arch_table(recipe, size: int, out: Path, device) -> dict:
     for r in rows:
         family = r["architecture"]
         curve = [m["val_accuracy"] for m in read_jsonl(out / family / "metrics.jsonl")]
-        table.append({"architecture": family, "params": r["params"], "val": r["val_accuracy"],
+        table.append({"architecture": family, "params": r["params"], "macs": r["macs"], "val": r["val_accuracy"],
                       "standard_error": round(standard_error(r["val_accuracy"], images), 4),
                       "best_epoch": curve.index(max(curve)) + 1, "val_per_epoch": curve,
                       "report_params": REPORT_Q4[family][0], "report_val": REPORT_Q4[family][1]})
@@ -204,11 +204,11 @@ def print_hw7(r: dict) -> None:
 def print_arch(r: dict) -> None:
     print(f"\nQuestion 4: {r['budget_params']:,} parameters, {r['epochs']} epochs, {r['image_size']} px "
           f"(validation: {r['val_images']:,} images)\n")
-    print("| | params (report) | val (report) | params (ours) | val (ours) ± 1 s.e. | best epoch |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| | params (report) | val (report) | params (ours) | MACs (ours) | val (ours) ± 1 s.e. | best epoch |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for row in r["rows"]:
         print(f"| {row['architecture']} | {row['report_params']:,} | {row['report_val']:.4f} | {row['params']:,} | "
-              f"{row['val']:.4f} ± {row['standard_error']:.4f} | {row['best_epoch']} |")
+              f"{row['macs'] / 1e6:.1f} M | {row['val']:.4f} ± {row['standard_error']:.4f} | {row['best_epoch']} |")
     k = r["ranking"]
     gaps = "; ".join(f"{g['pair']} by {g['points']} points (noise {g['noise_points']})" for g in k["gaps"])
     print(f"\nranking: ours {' > '.join(k['ours'])}, the report's {' > '.join(k['report'])}: "

@@ -14,6 +14,7 @@ from netcompress.pipeline.artifact import DECODED, Artifact
 from netcompress.pipeline.recipe import load_recipe
 from netcompress.pipeline.budgets import choose, codec_losses, weigh_teacher
 from netcompress.pipeline.plan import plan_recipe
+from netcompress.pipeline.records import stage_wall_seconds
 from netcompress.pipeline.report import write_report
 from netcompress.pipeline.stages import run_recipe
 
@@ -336,6 +337,17 @@ def test_overrides_from_the_command_line(tmp_path):
         load_recipe(write_recipe(tmp_path, "x"), ["seed=three"])
     with pytest.raises(NetcompressError, match="section.field=value or seed=N"):
         load_recipe(write_recipe(tmp_path, "x"), ["epochs=3"])
+
+
+def test_stage_wall_seconds_of_a_run_resumed_over_several_calls(tmp_path):
+    for stage, seconds in (("teacher", 120.5), ("student", 30.0)):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "done.json").write_text(json.dumps({"artifacts": [], "wall_seconds": seconds}))
+    (tmp_path / "deploy").mkdir()  # a stage that has not finished
+    assert stage_wall_seconds(tmp_path) == {"student": 30.0, "teacher": 120.5}
+    (tmp_path / "student" / "done.json").write_text("[1, 2]")
+    with pytest.raises(NetcompressError, match="student.*delete"):
+        stage_wall_seconds(tmp_path)
 
 
 def test_budget_choice_and_an_impossible_budget():

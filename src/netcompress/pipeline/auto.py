@@ -49,6 +49,7 @@ from .budgets import codec_losses, standard_error
 from .deploy import runtimes_reading
 from .plan import RunPlan, plan_recipe
 from .recipe import StudentVariantSection, load_recipe
+from .records import stage_wall_seconds
 from .report import write_report
 from .stages import run_recipe
 
@@ -314,8 +315,7 @@ def final_epochs(plan, c: Candidates, factor: float, finalist: Finalist, out: Pa
 def spent_seconds(out: Path, planning: float, wall: float) -> float:
     """A run's time so far: this call's wall time, or where it resumed an earlier call, the planning and every
     stage's own (done.json)."""
-    stages = sum(json.loads(f.read_text()).get("wall_seconds", 0) for f in out.glob("*/done.json"))
-    return max(wall, planning + stages)
+    return max(wall, planning + sum(stage_wall_seconds(out).values()))
 
 
 def auto(root: str | Path, out: str | Path, config: AutoConfig, device: str | torch.device = "auto",

@@ -23,6 +23,13 @@ def read_json_object(path: Path, remedy: str) -> dict:
     return value
 
 
+def stage_wall_seconds(run_dir: Path) -> dict[str, float]:
+    """Each finished stage's own wall time (seconds, as it ran), by stage name: a run resumed over several calls
+    still has the time its work took."""
+    return {done.parent.name: read_json_object(done, f"delete {done.parent} to make that stage again")
+            .get("wall_seconds", 0.0) for done in sorted(Path(run_dir).glob("*/done.json"))}
+
+
 def read_done(done: Path, run_dir: Path) -> dict:
     """A finished stage's record, checked: its artifacts parse and every model file it names still exists."""
     remedy = f"delete {done.parent} to make that stage (and what follows) again"
