@@ -324,7 +324,11 @@ def test_a_field_added_since_a_stage_was_made_changes_nothing_at_its_default(jpe
         del made["settings"]["prune"][field]
     done.write_text(json.dumps(made))
     again = run_recipe(load_recipe(recipe), run, torch.device("cpu"), progress=False)  # skipped, not refused
-    assert {k: v for k, v in again.items() if k != "machine"} == {k: v for k, v in first.items() if k != "machine"}
+
+    def without_timings(result: dict) -> dict:  # a figure the machine was too busy for is measured again on a rerun
+        artifacts = [{**a, "latency_ms": sorted(a["latency_ms"])} for a in result["artifacts"]]
+        return {**{k: v for k, v in result.items() if k != "machine"}, "artifacts": artifacts}
+    assert without_timings(again) == without_timings(first)
 
 
 def test_overrides_from_the_command_line(tmp_path):
