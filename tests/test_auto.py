@@ -11,7 +11,7 @@ import netcompress as nc
 from netcompress.cli.auto import seconds_of
 from netcompress.measure.latency import LatencyTarget
 from netcompress.pipeline.auto import (AutoConfig, Candidates, Finalist, auto, best_student, evidence,
-                                     largest_factor, lite0_depth, recipe_text)
+                                     largest_factor, lite0_depth, pace, recipe_text)
 from netcompress.pipeline.recipe import load_recipe
 from test_cli import run_cli
 
@@ -35,6 +35,16 @@ def test_the_epochs_are_scaled_to_the_largest_factor_that_fits():
     assert largest_factor(costs, 200.0, 0.05) == 1.0
     assert largest_factor(costs, 90.0, 0.05) == pytest.approx(0.5, abs=1e-6)  # 15 + 150 f = 90
     assert largest_factor(costs, 20.0, 0.05) is None  # even the floor needs 22.5 s
+
+
+def test_the_time_left_is_planned_at_the_pace_the_first_round_ran(tmp_path):
+    planned = [{"stage": "teacher", "estimated_seconds": 300.0}, {"stage": "student", "estimated_seconds": 100.0},
+               {"stage": "finalist", "estimated_seconds": 600.0}, {"stage": "decode", "estimated_seconds": 0.0}]
+    assert pace(tmp_path, planned) == 1.0  # nothing ran yet: the estimates as they are
+    for stage, wall in (("teacher", 200.0), ("student", 120.0), ("decode", 3.0)):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "done.json").write_text(json.dumps({"wall_seconds": wall}))
+    assert pace(tmp_path, planned) == pytest.approx(320 / 400)  # the unestimated decode is left out
 
 
 def test_the_student_fits_the_budget_at_four_bits():
