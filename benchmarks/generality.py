@@ -149,10 +149,12 @@ def paired_noise(data: Path, baseline_file: Path, auto_file: Path) -> dict:
     """How the two chosen files differ on the same test images: the images only one of them gets right, and one
     standard error of the difference of their accuracies, paired (the noise the gain must beat: two models scored
     on the same images disagree on fewer of them than two independent test sets would)."""
-    ds = nc.ImageFolderData(data, _size(data), progress=False)
-    labels = ds.split("testing").labels
-    right = [nc.predict(nc.load(f), ds, "testing", device="cpu").argmax(1) == labels
-             for f in (baseline_file, auto_file)]
+    right = []
+    for file in (baseline_file, auto_file):
+        model = nc.load(file)
+        ds = nc.ImageFolderData(data, nc.spec_of(model).input_size, progress=False)  # at the size it was made for
+        labels = ds.split("testing").labels
+        right.append(nc.predict(model, ds, "testing", device="cpu").argmax(1) == labels)
     n, baseline_only, auto_only = len(labels), int((right[0] & ~right[1]).sum()), int((~right[0] & right[1]).sum())
     variance = baseline_only + auto_only - (auto_only - baseline_only) ** 2 / n
     return {"baseline_only": baseline_only, "auto_only": auto_only, "standard_error": round(variance ** 0.5 / n, 4)}

@@ -23,7 +23,7 @@ Time: a few training batches of every network are timed (plan.py); the first rou
 finalist, assumed to be the pretrained student) are scaled by one factor, the largest whose estimate fits the
 time left after planning; the finalist's epochs are then set from the time actually left, at the pace the first round
 ran against its estimates (timed batches of 16 random images misjudge an epoch: on 2 idle cores the sample data's
-first round took 0.8 of its estimate, and a run that trusted them ended 25% early). Where the finalist
+first round took 0.80 of its estimate, and a run that trusted them ended 27% early). Where the finalist
 would get less than a quarter of the time, the teacher goes, then quantization-aware fine-tuning; where even one epoch
 each does not fit, auto stops and says how much time it needs.
 """
