@@ -22,8 +22,8 @@ minutes, eight students got 3 epochs each, where the pretrained students need 20
 Time: a few training batches of every network are timed (plan.py); the first round's epochs (and the plan's
 finalist, assumed to be the pretrained student) are scaled by one factor, the largest whose estimate fits the
 time left after planning; the finalist's epochs are then set from the time actually left, at the pace the first round
-ran against its estimates (timed batches of 16 random images misjudge an epoch: on 2 idle cores the sample data's
-first round took 0.80 of its estimate, and a run that trusted them ended 27% early). Where the finalist
+ran against its estimates (timed batches of 16 random images misjudge an epoch: on 2 idle cores, a run on the
+sample data that trusted them ended at 21.8 of its 30 min). Where the finalist
 would get less than a quarter of the time, the teacher goes, then quantization-aware fine-tuning; where even one epoch
 each does not fit, auto stops and says how much time it needs.
 """
